@@ -1,0 +1,117 @@
+"""The array backend: NumPy on the CPU, CuPy on the GPU, chosen with one switch.
+
+Every layer in minivit is written once against an array module called ``xp``.
+``xp`` is ``numpy`` or ``cupy``; the two share almost the whole NumPy API, so the
+same line of code runs on either. Layers never import a backend themselves: they
+ask ``array_module(x)`` which module owns the array they were given.
+
+The switch:
+
+    get_xp("numpy")   # always works
+    get_xp("cupy")    # CuPy, or a clear error saying why not and how to fix it
+    get_xp("auto")    # CuPy when a GPU is usable, else NumPy
+    get_xp(None)      # the MINIVIT_BACKEND environment variable, else "numpy"
+"""
+
+import os
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy", "auto")
+ENV_VAR = "MINIVIT_BACKEND"
+
+GPU_INSTALL_HINT = (
+    "Install the GPU extra with `pip install -e .[gpu]` (CuPy for CUDA 12) on a machine "
+    "with an NVIDIA GPU and driver, or use backend='numpy'."
+)
+
+_cupy = None          # the cupy module once it imported and found a GPU
+_cupy_error = None    # why it could not be used, as a sentence
+
+
+def _load_cupy():
+    """Import CuPy and check that a GPU is usable; remember the outcome."""
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install raising anything
+        _cupy_error = f"CuPy is not installed or failed to import ({type(e).__name__}: {e})."
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device found")
+        cupy.zeros(1).sum().item()  # a real allocation and kernel launch
+    except Exception as e:
+        _cupy_error = f"CuPy is installed but no GPU is usable ({type(e).__name__}: {e})."
+        return None
+    _cupy = cupy
+    return _cupy
+
+
+def gpu_available():
+    """True when CuPy imports and can run a kernel on a GPU."""
+    return _load_cupy() is not None
+
+
+def gpu_unavailable_reason():
+    """Why the CuPy backend cannot be used here (None when it can)."""
+    _load_cupy()
+    return _cupy_error
+
+
+def resolve_backend(name=None):
+    """Turn None / "auto" / "numpy" / "cupy" into "numpy" or "cupy"."""
+    if name is None:
+        name = os.environ.get(ENV_VAR, "").strip().lower() or "numpy"
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)} "
+            f"(or set {ENV_VAR} to one of them)"
+        )
+    name = name.lower()
+    if name == "auto":
+        return "cupy" if gpu_available() else "numpy"
+    if name == "cupy" and not gpu_available():
+        raise RuntimeError(f"backend 'cupy' was requested but {_cupy_error} {GPU_INSTALL_HINT}")
+    return name
+
+
+def get_xp(name=None):
+    """The array module (numpy or cupy) for a backend name; see resolve_backend."""
+    return _load_cupy() if resolve_backend(name) == "cupy" else np
+
+
+def array_module(x):
+    """numpy or cupy: whichever owns the array x (plain Python data counts as NumPy)."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy
+    return np
+
+
+def backend_name(xp):
+    return "cupy" if xp is not np else "numpy"
+
+
+def to_host(x):
+    """Any array (NumPy or CuPy) as a NumPy array; NumPy arrays pass through unchanged."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_device(x, xp, dtype=None):
+    """Put x on the backend xp (copying host -> GPU when needed), optionally casting."""
+    if xp is np:
+        return to_host(x) if dtype is None else to_host(x).astype(dtype, copy=False)
+    return xp.asarray(x, dtype=dtype)
+
+
+def erf(x):
+    """The error function, elementwise, on whichever backend owns x (exact to float64)."""
+    if array_module(x) is np:
+        from scipy.special import erf as _erf
+    else:
+        from cupyx.scipy.special import erf as _erf
+    return _erf(x)

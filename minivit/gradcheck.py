@@ -1,0 +1,263 @@
+"""Gradient checking: hand-derived gradients against centered finite differences.
+
+For a function out = f(inputs) and a fixed random upstream gradient G (never all ones,
+which would hide transposed or mis-summed gradients), the scalar L = sum(out * G) has
+dL/d(input) = backward(G). Each input element is nudged by +-eps and
+
+    numeric = (L(x + eps) - L(x - eps)) / (2 eps)        (error O(eps^2))
+
+is compared with the analytic value. Per tensor we report the largest absolute error and
+the relative error ||analytic - numeric|| / max(||analytic||, ||numeric||).
+
+    from minivit import gradcheck
+    print(gradcheck.check_layer("attention"))       # one layer, float64, a table
+    print(gradcheck.check_model(ViT(..., dtype="float64")))
+
+In float64 a correct backward gives relative errors near 1e-10; 1e-7 is the pass mark.
+In float32 the rounding of L (about 1e-7 of its size) divided by 2 eps swamps small
+gradients, so a larger eps and a looser mark are used (see TOLERANCES).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layers
+from .backend import array_module, get_xp, to_device, to_host
+from .loss import cross_entropy
+
+# dtype -> (eps, relative-error pass mark)
+TOLERANCES = {"float64": (3e-6, 1e-7), "float32": (1e-2, 2e-2)}
+
+
+@dataclass
+class TensorResult:
+    name: str
+    shape: tuple
+    checked: int        # elements compared (all, unless max_checks sampled fewer)
+    max_abs_err: float
+    rel_err: float
+    passed: bool
+
+
+class Report:
+    """The results of one check, one row per tensor; str() gives a table."""
+
+    def __init__(self, title, results, dtype, eps, tol):
+        self.title, self.results, self.dtype, self.eps, self.tol = title, results, dtype, eps, tol
+
+    @property
+    def passed(self):
+        return all(r.passed for r in self.results)
+
+    @property
+    def max_rel_err(self):
+        return max(r.rel_err for r in self.results)
+
+    def __getitem__(self, name):
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def table(self):
+        rows = [("tensor", "shape", "checked", "max abs err", "rel err", "result")]
+        for r in self.results:
+            rows.append((r.name, "x".join(map(str, r.shape)) or "scalar", str(r.checked),
+                         f"{r.max_abs_err:.2e}", f"{r.rel_err:.2e}", "pass" if r.passed else "FAIL"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [f"{self.title}  ({self.dtype}, eps={self.eps:g}, pass if rel err <= {self.tol:g})"]
+        for j, row in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("all passed" if self.passed else "SOME GRADIENTS ARE WRONG")
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _defaults(dtype, eps, tol):
+    d_eps, d_tol = TOLERANCES[str(np.dtype(dtype))]
+    return (d_eps if eps is None else eps), (d_tol if tol is None else tol)
+
+
+def _indices(size, max_checks, rng):
+    if max_checks is None or size <= max_checks:
+        return np.arange(size)
+    return np.sort(rng.choice(size, max_checks, replace=False))
+
+
+def numeric_gradient(objective, arr, eps, indices):
+    """Centered differences of the scalar objective() w.r.t. the given flat indices of
+    arr, nudging arr in place (and restoring it). arr must be contiguous."""
+    flat = arr.reshape(-1)  # a view, since arr is contiguous
+    out = np.zeros(len(indices))
+    for j, i in enumerate(indices):
+        old = flat[i].copy()
+        flat[i] = old + eps
+        plus = objective()
+        flat[i] = old - eps
+        minus = objective()
+        flat[i] = old
+        out[j] = (plus - minus) / (2 * eps)
+    return out
+
+
+def _compare(name, analytic, arr, objective, eps, tol, max_checks, rng):
+    idx = _indices(arr.size, max_checks, rng)
+    numeric = numeric_gradient(objective, arr, eps, idx)
+    a = to_host(analytic).reshape(-1)[idx].astype(np.float64)
+    diff = np.abs(a - numeric)
+    scale = max(np.linalg.norm(a), np.linalg.norm(numeric))
+    rel = float(np.linalg.norm(a - numeric) / scale) if scale > 0 else 0.0
+    return TensorResult(name, tuple(arr.shape), len(idx), float(diff.max(initial=0.0)), rel, rel <= tol)
+
+
+def check(forward, backward, inputs, *, seed=0, eps=None, tol=None, max_checks=None, title="check"):
+    """Check any forward/backward pair.
+
+    forward(**inputs) -> (out, cache);  backward(dout, cache) -> the gradient of every
+    input, as a tuple in the order of ``inputs`` or a dict keyed by input name (or one
+    array when there is one input).
+    inputs: {name: array}, all of one float dtype and backend. Returns a Report.
+    """
+    inputs = {k: array_module(v).ascontiguousarray(v) for k, v in inputs.items()}
+    first = next(iter(inputs.values()))
+    xp, dtype = array_module(first), first.dtype
+    eps, tol = _defaults(dtype, eps, tol)
+    rng = np.random.default_rng(seed)
+    out, cache = forward(**inputs)
+    G = to_device(rng.standard_normal(np.shape(out)), xp, dtype)     # random upstream grad
+    grads = backward(G, cache)
+    if not isinstance(grads, (tuple, list, dict)):   # a one-input layer returns dx alone
+        grads = (grads,)
+    if not isinstance(grads, dict):
+        grads = dict(zip(inputs, grads))
+
+    def objective():
+        return float((forward(**inputs)[0] * G).sum())
+
+    results = [_compare(name, grads[name], arr, objective, eps, tol, max_checks, rng)
+               for name, arr in inputs.items()]
+    return Report(title, results, str(dtype), eps, tol)
+
+
+def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_checks=None):
+    """Check the whole ViT: the gradient of sum(logits * G) w.r.t. the input images and
+    every parameter (perturbed in place in the model, then restored)."""
+    rng = np.random.default_rng(seed)
+    if x is None:
+        c = model.config
+        x = rng.standard_normal((batch_size, c["in_chans"], c["img_size"], c["img_size"]))
+    x = model.xp.ascontiguousarray(to_device(x, model.xp, model.dtype))
+    eps, tol = _defaults(model.dtype, eps, tol)
+    logits = model.forward(x)
+    G = to_device(rng.standard_normal(logits.shape), model.xp, model.dtype)
+    model.zero_grad()
+    dx = model.backward(G)
+    grads = {"input": dx, **{k: v.copy() for k, v in model.grads().items()}}
+    model.zero_grad()
+
+    def objective():
+        return float((model.forward(x) * G).sum())
+
+    tensors = {"input": x, **model.state_dict()}
+    results = [_compare(name, grads[name], arr, objective, eps, tol, max_checks, rng)
+               for name, arr in tensors.items()]
+    model._cache = None
+    return Report(f"ViT (depth {model.depth}, dim {model.embed_dim})", results,
+                  str(model.dtype), eps, tol)
+
+
+# ------------------------------------------------------------ every layer, small sizes
+
+def _block_case(rng):
+    D, F, H = 8, 16, 2
+    p = {"norm1.weight": 1 + 0.1 * rng.standard_normal(D), "norm1.bias": 0.1 * rng.standard_normal(D),
+         "attn.in_proj_weight": 0.3 * rng.standard_normal((3 * D, D)),
+         "attn.in_proj_bias": 0.1 * rng.standard_normal(3 * D),
+         "attn.out_proj.weight": 0.3 * rng.standard_normal((D, D)),
+         "attn.out_proj.bias": 0.1 * rng.standard_normal(D),
+         "norm2.weight": 1 + 0.1 * rng.standard_normal(D), "norm2.bias": 0.1 * rng.standard_normal(D),
+         "mlp.0.weight": 0.3 * rng.standard_normal((F, D)), "mlp.0.bias": 0.1 * rng.standard_normal(F),
+         "mlp.2.weight": 0.3 * rng.standard_normal((D, F)), "mlp.2.bias": 0.1 * rng.standard_normal(D)}
+    inputs = {"x": rng.standard_normal((2, 5, D)), **p}
+
+    def forward(x, **p):
+        return layers.block_forward(x, p, H)
+
+    def backward(dy, cache):
+        dx, grads = layers.block_backward(dy, cache)
+        return {"x": dx, **grads}
+    return forward, backward, inputs
+
+
+def _cross_entropy_case(smoothing):
+    def case(rng):
+        labels = rng.integers(0, 5, size=4)
+
+        def forward(logits):
+            loss, dlogits = cross_entropy(logits, to_device(labels, array_module(logits)), smoothing)
+            return loss, dlogits
+
+        def backward(dloss, dlogits):
+            return (dloss * dlogits,)
+        return forward, backward, {"logits": 2 * rng.standard_normal((4, 5))}
+    return case
+
+
+def _gelu_case(kind):
+    def case(rng):
+        return (lambda x: layers.gelu_forward(x, kind), layers.gelu_backward,
+                {"x": 2 * rng.standard_normal((3, 7))})
+    return case
+
+
+# name -> rng -> (forward, backward, float64 host inputs)
+LAYERS = {
+    "linear": lambda rng: (layers.linear_forward, layers.linear_backward,
+                           {"x": rng.standard_normal((2, 3, 5)), "w": rng.standard_normal((4, 5)),
+                            "b": rng.standard_normal(4)}),
+    "patch_embed": lambda rng: (layers.patch_embed_forward, layers.patch_embed_backward,
+                                {"x": rng.standard_normal((2, 3, 8, 8)),
+                                 "w": 0.2 * rng.standard_normal((6, 3, 4, 4)),
+                                 "b": rng.standard_normal(6)}),
+    "token_embed": lambda rng: (layers.token_embed_forward, layers.token_embed_backward,
+                                {"x": rng.standard_normal((2, 4, 6)),
+                                 "cls_token": rng.standard_normal((1, 1, 6)),
+                                 "pos_embed": rng.standard_normal((1, 5, 6))}),
+    "layernorm": lambda rng: (layers.layernorm_forward, layers.layernorm_backward,
+                              {"x": 3 * rng.standard_normal((2, 3, 8)) + 1,
+                               "w": 1 + 0.5 * rng.standard_normal(8), "b": rng.standard_normal(8)}),
+    "softmax": lambda rng: (layers.softmax_forward, layers.softmax_backward,
+                            {"s": 2 * rng.standard_normal((2, 3, 5))}),
+    "gelu": _gelu_case("exact"),
+    "gelu_tanh": _gelu_case("tanh"),
+    "attention": lambda rng: (lambda **kw: layers.attention_forward(**kw, num_heads=2),
+                              layers.attention_backward,
+                              {"x": rng.standard_normal((2, 5, 8)),
+                               "in_proj_weight": 0.4 * rng.standard_normal((24, 8)),
+                               "in_proj_bias": 0.1 * rng.standard_normal(24),
+                               "out_proj_weight": 0.4 * rng.standard_normal((8, 8)),
+                               "out_proj_bias": 0.1 * rng.standard_normal(8)}),
+    "mlp": lambda rng: (layers.mlp_forward, layers.mlp_backward,
+                        {"x": rng.standard_normal((2, 3, 6)),
+                         "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
+                         "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
+    "block": _block_case,
+    "cross_entropy": _cross_entropy_case(0.0),
+    "cross_entropy_smoothed": _cross_entropy_case(0.1),
+}
+
+
+def check_layer(name, dtype="float64", backend="numpy", *, seed=0, eps=None, tol=None, max_checks=None):
+    """Gradient-check one layer of LAYERS on small random inputs; returns a Report."""
+    if name not in LAYERS:
+        raise ValueError(f"unknown layer {name!r}: choose one of {', '.join(LAYERS)}")
+    xp = get_xp(backend)
+    rng = np.random.default_rng(seed)
+    forward, backward, host_inputs = LAYERS[name](rng)
+    inputs = {k: to_device(v, xp, dtype) for k, v in host_inputs.items()}
+    return check(forward, backward, inputs, seed=seed, eps=eps, tol=tol,
+                 max_checks=max_checks, title=name)

@@ -1,0 +1,256 @@
+"""The Vision Transformer: the layers of layers.py put together, forward and backward.
+
+    image [B, C, H, W]
+      -> patch_embed   (conv p x p, stride p)          [B, P, D]
+      -> vit_embed     (class token, position embed)   [B, N, D]
+      -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
+      -> norm          (on the class token)            [B, D]
+      -> head          (linear)                        [B, num_classes]
+
+Parameter names and shapes are those of the PyTorch SimpleViT this engine reproduces,
+so a state_dict moves between the two without renaming.
+"""
+
+import numpy as np
+
+from . import layers
+from .backend import array_module, backend_name, get_xp, to_device, to_host
+
+DTYPES = ("float32", "float64")
+
+
+class Param:
+    """One learnable tensor: its name, its values and its gradient (same shape).
+
+    ``data`` and ``grad`` are views into the model's two flat buffers, so an optimizer
+    updating ``data`` in place updates the model, and one ``fill(0)`` clears every grad.
+    """
+
+    __slots__ = ("name", "data", "grad")
+
+    def __init__(self, name, data, grad):
+        self.name, self.data, self.grad = name, data, grad
+
+    def __repr__(self):
+        return f"Param({self.name!r}, shape={tuple(self.data.shape)})"
+
+
+def trunc_normal(rng, shape, std=0.02):
+    """Normal(0, std) samples, redrawn until all lie within 2 std (as timm's trunc_normal_)."""
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * std
+
+
+class ViT:
+    """A Vision Transformer with hand-written backward passes.
+
+    Arguments mirror the reference SimpleViT: img_size, patch_size, in_chans, embed_dim,
+    depth, num_heads, mlp_ratio (MLP hidden width = int(embed_dim * mlp_ratio)) and
+    num_classes; plus dtype ("float32" or "float64"), backend ("numpy", "cupy", "auto",
+    or None for the MINIVIT_BACKEND environment variable, else "numpy"), seed (the
+    initial weights depend only on it, whatever the backend) and gelu ("exact" or "tanh").
+
+    Initialization: every linear and conv weight, the class token and the position
+    embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
+    LayerNorm weights 1 and biases 0.
+    """
+
+    def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=6,
+                 num_heads=3, mlp_ratio=4.0, num_classes=10, dtype="float32",
+                 backend=None, seed=0, gelu="exact"):
+        for name, value in (("img_size", img_size), ("patch_size", patch_size),
+                            ("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
+                            ("num_heads", num_heads), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}: "
+                             f"choose a patch size that divides the image size (e.g. 4 for 32)")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: "
+                             f"each head gets embed_dim / num_heads channels")
+        if not mlp_ratio > 0 or int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if gelu not in layers.GELU_KINDS:
+            raise ValueError(f"unknown gelu {gelu!r}: use one of {', '.join(layers.GELU_KINDS)}")
+
+        self.xp = get_xp(backend)
+        self.backend = backend_name(self.xp)
+        self.dtype = self.xp.dtype(str(dtype))
+        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                           embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           mlp_ratio=mlp_ratio, num_classes=num_classes, dtype=str(dtype),
+                           gelu=gelu)
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.num_classes, self.gelu = num_classes, gelu
+        self.num_patches = (img_size // patch_size) ** 2
+        self._init_params(seed)
+        self._cache = None
+
+    # ------------------------------------------------------------------ parameters
+
+    def param_shapes(self):
+        """{name: shape} in the PyTorch SimpleViT's state_dict order."""
+        D, C, p = self.embed_dim, self.in_chans, self.patch_size
+        F = int(D * self.config["mlp_ratio"])
+        shapes = {
+            "patch_embed.proj.weight": (D, C, p, p),
+            "patch_embed.proj.bias": (D,),
+            "vit_embed.cls_token": (1, 1, D),
+            "vit_embed.pos_embed": (1, self.num_patches + 1, D),
+        }
+        block = {
+            "norm1.weight": (D,), "norm1.bias": (D,),
+            "attn.in_proj_weight": (3 * D, D), "attn.in_proj_bias": (3 * D,),
+            "attn.out_proj.weight": (D, D), "attn.out_proj.bias": (D,),
+            "norm2.weight": (D,), "norm2.bias": (D,),
+            "mlp.0.weight": (F, D), "mlp.0.bias": (F,),
+            "mlp.2.weight": (D, F), "mlp.2.bias": (D,),
+        }
+        for i in range(self.depth):
+            for name in layers.BLOCK_PARAM_NAMES:
+                shapes[f"blocks.{i}.{name}"] = block[name]
+        shapes.update({"norm.weight": (D,), "norm.bias": (D,),
+                       "head.weight": (self.num_classes, D), "head.bias": (self.num_classes,)})
+        return shapes
+
+    def _init_params(self, seed):
+        """Draw the initial weights on the host (same seed -> same weights on any
+        backend), then lay every parameter and gradient out in two flat buffers."""
+        rng = np.random.default_rng(seed)
+        shapes = self.param_shapes()
+        host = {}
+        for name, shape in shapes.items():
+            if name.endswith(("norm1.weight", "norm2.weight")) or name == "norm.weight":
+                host[name] = np.ones(shape)
+            elif name.endswith("bias"):
+                host[name] = np.zeros(shape)
+            else:  # linear / conv weights, class token, position embedding
+                host[name] = trunc_normal(rng, shape)
+        total = sum(int(np.prod(s)) for s in shapes.values())
+        self.flat_params = self.xp.empty(total, dtype=self.dtype)
+        self.flat_grads = self.xp.zeros(total, dtype=self.dtype)
+        self.params, self._grads, self._param_list = {}, {}, []
+        offset = 0
+        for name, shape in shapes.items():
+            n = int(np.prod(shape))
+            data = self.flat_params[offset:offset + n].reshape(shape)
+            grad = self.flat_grads[offset:offset + n].reshape(shape)
+            data[...] = to_device(host[name], self.xp, self.dtype)
+            self.params[name], self._grads[name] = data, grad
+            self._param_list.append(Param(name, data, grad))
+            offset += n
+
+    def parameters(self):
+        """The list of Param (name, data, grad), in state_dict order, for an optimizer."""
+        return list(self._param_list)
+
+    def num_parameters(self):
+        return int(self.flat_params.size)
+
+    def state_dict(self):
+        """{name: array}: the live parameters (optimizer steps show in them); copy or
+        to_host them to keep a snapshot."""
+        return dict(self.params)
+
+    def grads(self):
+        """{name: array}: the accumulated gradients, same names and shapes as state_dict."""
+        return dict(self._grads)
+
+    def zero_grad(self):
+        self.flat_grads.fill(0)
+
+    def load_state_dict(self, state):
+        """Copy weights in (NumPy, CuPy or anything np.asarray accepts, e.g. CPU torch
+        tensors). Missing, unexpected or mis-shaped names are all reported at once."""
+        shapes = self.param_shapes()
+        missing = [k for k in shapes if k not in state]
+        unexpected = [k for k in state if k not in shapes]
+        wrong = [f"{k}: expected {shapes[k]}, got {tuple(np.shape(state[k]))}"
+                 for k in shapes if k in state and tuple(np.shape(state[k])) != shapes[k]]
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append("missing keys: " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected keys: " + ", ".join(unexpected))
+            if wrong:
+                parts.append("shape mismatches: " + "; ".join(wrong))
+            raise ValueError("state_dict does not match this model (" + " | ".join(parts)
+                             + "). Build the ViT with the configuration the weights came from.")
+        for name in shapes:
+            value = state[name]
+            if array_module(value) is not self.xp:
+                value = to_device(to_host(value), self.xp)
+            self.params[name][...] = value.astype(self.dtype, copy=False)
+
+    def _block_params(self, i):
+        prefix = f"blocks.{i}."
+        return {name: self.params[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
+
+    # ------------------------------------------------------------ forward / backward
+
+    def forward(self, x):
+        """x [B, C, H, W] (normalized floats) -> logits [B, num_classes].
+
+        Keeps what backward needs; the input is cast to the model's dtype."""
+        x = self.xp.asarray(x, dtype=self.dtype)
+        p = self.params
+        h, c_patch = layers.patch_embed_forward(
+            x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
+        h, c_embed = layers.token_embed_forward(
+            h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
+        c_blocks = []
+        for i in range(self.depth):
+            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu)
+            c_blocks.append(c)                                                # [B, N, D]
+        # The final LayerNorm works token by token and only the class token reaches the
+        # head, so normalizing just that token gives the same logits and gradients.
+        z, c_norm = layers.layernorm_forward(h[:, 0], p["norm.weight"], p["norm.bias"])  # [B, D]
+        logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
+        self._cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head)
+        return logits
+
+    __call__ = forward
+
+    def backward(self, dlogits):
+        """Back-propagate dL/dlogits [B, num_classes] from the last forward; adds every
+        parameter's gradient into grads() (call zero_grad() between steps) and returns
+        dL/dx [B, C, H, W]."""
+        if self._cache is None:
+            raise RuntimeError("backward() called without a forward() since the last backward: "
+                               "run logits = model.forward(x) first")
+        h_shape, c_patch, c_embed, c_blocks, c_norm, c_head = self._cache
+        self._cache = None  # free the activations; a second backward needs a new forward
+        g = self._grads
+        dlogits = self.xp.asarray(dlogits, dtype=self.dtype)
+        dz, dw, db = layers.linear_backward(dlogits, c_head)
+        g["head.weight"] += dw
+        g["head.bias"] += db
+        dcls, dw, db = layers.layernorm_backward(dz, c_norm)
+        g["norm.weight"] += dw
+        g["norm.bias"] += db
+        dh = self.xp.zeros(h_shape, dtype=self.dtype)                           # [B, N, D]
+        dh[:, 0] = dcls
+        for i in reversed(range(self.depth)):
+            dh, block_grads = layers.block_backward(dh, c_blocks[i])
+            for name, grad in block_grads.items():
+                g[f"blocks.{i}.{name}"] += grad
+        dh, dcls_token, dpos = layers.token_embed_backward(dh, c_embed)
+        g["vit_embed.cls_token"] += dcls_token
+        g["vit_embed.pos_embed"] += dpos
+        dx, dw, db = layers.patch_embed_backward(dh, c_patch)
+        g["patch_embed.proj.weight"] += dw
+        g["patch_embed.proj.bias"] += db
+        return dx
+
+    def __repr__(self):
+        return (f"ViT({', '.join(f'{k}={v!r}' for k, v in self.config.items())}, "
+                f"backend={self.backend!r}, params={self.num_parameters():,})")
