@@ -1,0 +1,133 @@
+"""Every layer: finite-difference gradient checks, forward references, float32 vs float64."""
+
+import math
+
+import numpy as np
+import pytest
+
+from minivit import gradcheck, layers
+from minivit.backend import get_xp, to_device, to_host
+
+
+@pytest.mark.parametrize("name", list(gradcheck.LAYERS))
+def test_gradcheck_float64(name, backend):
+    report = gradcheck.check_layer(name, "float64", backend)
+    assert report.passed, str(report)
+    assert report.max_rel_err <= 1e-7
+    assert all(r.checked == int(np.prod(r.shape)) for r in report.results)  # every element
+
+
+@pytest.mark.parametrize("name", list(gradcheck.LAYERS))
+def test_gradcheck_float32_within_its_looser_tolerance(name):
+    report = gradcheck.check_layer(name, "float32")
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("name", list(gradcheck.LAYERS))
+def test_float32_forward_agrees_with_float64(name, backend):
+    xp = get_xp(backend)
+    forward, _, host = gradcheck.LAYERS[name](np.random.default_rng(3))
+    out64 = to_host(forward(**{k: to_device(v, xp, "float64") for k, v in host.items()})[0])
+    out32 = to_host(forward(**{k: to_device(v, xp, "float32") for k, v in host.items()})[0])
+    assert out32.dtype == np.float32  # no silent promotion to float64
+    np.testing.assert_allclose(out32, out64, rtol=1e-4, atol=1e-5)
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    """The check is not vacuous: a backward with a transposed weight gradient fails."""
+    def bad_backward(dy, cache):
+        dx, dw, db = layers.linear_backward(dy, cache)
+        return dx, dw * 1.001, db
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.standard_normal((3, 4)), "w": rng.standard_normal((4, 4)),
+              "b": rng.standard_normal(4)}
+    report = gradcheck.check(layers.linear_forward, bad_backward, inputs)
+    assert not report.passed
+    assert not report["w"].passed and report["x"].passed and report["b"].passed
+    assert "SOME GRADIENTS ARE WRONG" in str(report)
+
+
+def test_gradcheck_catches_a_missing_mean_term_in_layernorm():
+    def bad_backward(dy, cache):
+        xhat, rstd, w = cache
+        return rstd * dy * w, (dy * xhat).reshape(-1, w.shape[0]).sum(0), dy.reshape(-1, w.shape[0]).sum(0)
+    _, _, inputs = gradcheck.LAYERS["layernorm"](np.random.default_rng(0))
+    assert not gradcheck.check(layers.layernorm_forward, bad_backward, inputs)["x"].passed
+
+
+def test_gradcheck_report_table_and_sampling():
+    report = gradcheck.check_layer("attention", max_checks=10)
+    assert report["in_proj_weight"].checked == 10
+    text = str(report)
+    assert text.splitlines()[0].startswith("attention  (float64")
+    assert "in_proj_weight" in text and "pass" in text and "all passed" in text
+    with pytest.raises(ValueError, match="unknown layer 'convolution': choose one of linear"):
+        gradcheck.check_layer("convolution")
+
+
+def test_patch_embed_equals_a_strided_convolution():
+    rng = np.random.default_rng(0)
+    B, C, H, W, D, p = 2, 3, 8, 12, 5, 4
+    x, w, b = rng.standard_normal((B, C, H, W)), rng.standard_normal((D, C, p, p)), rng.standard_normal(D)
+    y, _ = layers.patch_embed_forward(x, w, b)
+    assert y.shape == (B, (H // p) * (W // p), D)
+    for i in range(H // p):          # the conv, written out patch by patch
+        for j in range(W // p):
+            patch = x[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p]
+            ref = np.einsum("bchw,dchw->bd", patch, w) + b
+            np.testing.assert_allclose(y[:, i * (W // p) + j], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(layers.unpatchify(layers.patchify(x, p), x.shape, p), x)
+
+
+def test_attention_matches_a_head_by_head_reference():
+    rng = np.random.default_rng(1)
+    B, N, D, H = 2, 5, 12, 3
+    d = D // H
+    x = rng.standard_normal((B, N, D))
+    w_in, b_in = rng.standard_normal((3 * D, D)) * 0.3, rng.standard_normal(3 * D)
+    w_out, b_out = rng.standard_normal((D, D)) * 0.3, rng.standard_normal(D)
+    y, cache = layers.attention_forward(x, w_in, b_in, w_out, b_out, H)
+    q, k, v = np.split(x @ w_in.T + b_in, 3, axis=-1)
+    heads = []
+    for h in range(H):
+        sl = slice(h * d, (h + 1) * d)
+        s = q[..., sl] @ k[..., sl].transpose(0, 2, 1) / math.sqrt(d)
+        a = np.exp(s) / np.exp(s).sum(-1, keepdims=True)
+        heads.append(a @ v[..., sl])
+    ref = np.concatenate(heads, axis=-1) @ w_out.T + b_out
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cache[5].sum(-1), 1.0)   # attention rows sum to one
+
+
+def test_layernorm_normalizes_each_token():
+    rng = np.random.default_rng(2)
+    x = 5 * rng.standard_normal((3, 4, 16)) + 2
+    y, _ = layers.layernorm_forward(x, np.ones(16), np.zeros(16))
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(-1), x.var(-1) / (x.var(-1) + 1e-5), rtol=1e-10)
+
+
+def test_gelu_exact_and_tanh_values():
+    xs = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
+    exact = [x * 0.5 * (1 + math.erf(x / math.sqrt(2))) for x in xs]
+    np.testing.assert_allclose(layers.gelu_forward(xs, "exact")[0], exact, rtol=1e-14, atol=1e-15)
+    tanh = [0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))) for x in xs]
+    np.testing.assert_allclose(layers.gelu_forward(xs, "tanh")[0], tanh, rtol=1e-14, atol=1e-15)
+    assert np.abs(np.array(exact) - np.array(tanh)).max() < 1e-3
+    with pytest.raises(ValueError, match="unknown GELU approximation 'relu'"):
+        layers.gelu_forward(xs, "relu")
+
+
+def test_softmax_is_stable_for_huge_scores():
+    a, _ = layers.softmax_forward(np.array([[1e4, 1e4 - 1.0, -1e4]], dtype=np.float32))
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_token_embed_places_class_token_first():
+    x = np.ones((2, 3, 4))
+    cls = np.full((1, 1, 4), 7.0)
+    pos = np.arange(16.0).reshape(1, 4, 4)
+    y, _ = layers.token_embed_forward(x, cls, pos)
+    np.testing.assert_array_equal(y[:, 0], np.broadcast_to(7.0 + pos[0, 0], (2, 4)))
+    np.testing.assert_array_equal(y[:, 1:], np.broadcast_to(1.0 + pos[0, 1:], (2, 3, 4)))
