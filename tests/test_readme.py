@@ -24,3 +24,8 @@ def test_readme_states_the_test_command_ci_runs():
         ci = f.read()
     command = "pip install -e .[test] && python -m pytest -q"
     assert command in readme and command in ci
+
+
+def test_readme_states_the_main_job_command():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "pip install -e .[plot] && minivit train" in f.read()

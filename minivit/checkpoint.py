@@ -1,0 +1,96 @@
+"""Checkpoints: one .npz file, written atomically, read without pickle.
+
+Inside the file:
+    <PyTorch state-dict name>   the model's weights, e.g. "blocks.0.attn.in_proj_weight"
+    optim.m.<name>, optim.v.<name>   the optimizer's moment estimates (training checkpoints)
+    minivit.meta                 a JSON document (as uint8 bytes): format version, model
+                                 configuration, training configuration, epoch, step,
+                                 optimizer scalars, RNG state, normalization, best accuracy
+
+The weights keep PyTorch's names, so the PyTorch SimpleViT loads them directly:
+
+    sd = minivit.checkpoint.load_weights("best.npz")
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+"""
+
+import json
+import zipfile
+
+import numpy as np
+
+from .backend import to_host
+from .data import atomic_write
+from .model import ViT
+
+FORMAT = "minivit-checkpoint-1"
+META_KEY = "minivit.meta"
+OPTIM_PREFIX = "optim."
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, damaged, or not a minivit checkpoint."""
+
+
+def save(path, model, meta, optimizer=None, dtype=None):
+    """Write model weights (+ optimizer state) and the meta dict to path, atomically:
+    a crash while writing leaves the previous file intact. dtype (e.g. "float16") stores
+    the weights smaller; they are cast back to the model's dtype on loading."""
+    arrays = {}
+    for name, value in model.state_dict().items():
+        value = to_host(value)
+        arrays[name] = value.astype(dtype) if dtype else value
+    meta = dict(meta, format=FORMAT, model=model.config)
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        meta["optimizer"] = {k: state[k] for k in ("t", "lr", "betas", "eps")}
+        meta["optimizer"]["kind"] = type(optimizer).__name__
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                arrays[OPTIM_PREFIX + k] = v
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load(path):
+    """Read a checkpoint -> (weights dict, optimizer arrays dict, meta dict). Never
+    unpickles anything; a damaged or foreign file raises CheckpointError."""
+    fix = "point --checkpoint at a checkpoint.npz or best.npz written by `minivit train`"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if META_KEY not in f.files:
+                raise CheckpointError(f"{path} is not a minivit checkpoint (it has no "
+                                      f"{META_KEY} entry): {fix}")
+            meta = json.loads(bytes(f[META_KEY]).decode())
+            weights, optim = {}, {}
+            for k in f.files:
+                if k.startswith(OPTIM_PREFIX):
+                    optim[k[len(OPTIM_PREFIX):]] = f[k]
+                elif k != META_KEY:
+                    weights[k] = f[k]
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist: {fix}") from None
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or damaged ({type(e).__name__}: "
+                              f"{e}); use another checkpoint (best.npz and checkpoint.npz are "
+                              f"written separately)") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}: {fix}")
+    return weights, optim, meta
+
+
+def load_weights(path):
+    """Only the weights, {PyTorch name: array}."""
+    return load(path)[0]
+
+
+def load_model(path, backend=None):
+    """Rebuild the ViT a checkpoint was saved from, with its weights -> (model, meta)."""
+    weights, _, meta = load(path)
+    model = ViT(**meta["model"], backend=backend)
+    try:
+        model.load_state_dict(weights)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return model, meta

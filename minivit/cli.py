@@ -1,0 +1,296 @@
+"""The `minivit` command: train, eval, predict, plot, download.
+
+    minivit train                       # full CIFAR-10 if found, else the shipped sample
+    minivit train --preset seed --data ~/cifar10 --backend cupy
+    minivit train --resume --out runs/seed-20261123-101500
+    minivit eval --checkpoint runs/.../best.npz
+    minivit predict --checkpoint runs/.../best.npz cat.png dog.jpg
+    minivit plot runs/...
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .backend import to_host
+from .data import (CLASSES, SAMPLE_ROOT, DataError, DEFAULT_ROOT, dataset_folder, download_cifar10,
+                   find_cifar10, load_cifar10, normalize)
+from .train import PRESETS, TrainConfig, evaluate, per_class_accuracy, train
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return v
+
+
+def _fraction(text):
+    v = _nonneg_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
+def _common(p, data=True, out_help="output folder"):
+    p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default=None,
+                   help="array backend (default: $MINIVIT_BACKEND, else numpy)")
+    if data:
+        p.add_argument("--data", metavar="DIR", default=None,
+                       help="folder holding cifar-10-batches-py (default: $MINIVIT_DATA, "
+                            "~/.cache/minivit, else the shipped sample)")
+    p.add_argument("--out", metavar="PATH", default=None, help=out_help)
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="minivit", description="A Vision Transformer with "
+                                 "hand-derived gradients, on NumPy or CuPy.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a ViT on CIFAR-10",
+                       description="Train a ViT on CIFAR-10. With no options: the 'default' "
+                       "preset on the full CIFAR-10 when found, else the 'sample' preset on the "
+                       "small sample shipped with minivit (a few minutes on a CPU).")
+    _common(t, out_help="run folder (default: runs/PRESET-DATE-TIME)")
+    t.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="seed: the reference recipe (Adam 3e-4, batch 80, 30 epochs); default: "
+                        "AdamW, warmup + cosine, label smoothing, crop + flip; sample: a small "
+                        "ViT for a quick CPU run")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g = t.add_argument_group("overrides of the preset")
+    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    g.add_argument("--min-lr", type=_nonneg_float)
+    g.add_argument("--weight-decay", type=_nonneg_float)
+    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--schedule", choices=["cosine", "constant"])
+    g.add_argument("--warmup-epochs", type=_nonneg_float)
+    g.add_argument("--clip-grad", type=_nonneg_float, help="global gradient-norm cap (0: off)")
+    g.add_argument("--label-smoothing", type=_fraction)
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + horizontal flip")
+    g.add_argument("--val-fraction", type=_fraction, help="share of training images held out")
+    g.add_argument("--limit-train", type=_nonneg_int, help="use only the first N training images")
+    g.add_argument("--seed", type=_nonneg_int)
+    g.add_argument("--patch-size", type=_positive_int)
+    g.add_argument("--embed-dim", type=_positive_int)
+    g.add_argument("--depth", type=_positive_int)
+    g.add_argument("--num-heads", type=_positive_int)
+    g.add_argument("--mlp-ratio", type=_positive_float)
+    g.add_argument("--gelu", choices=["exact", "tanh"])
+    g.add_argument("--dtype", choices=["float32", "float64"])
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-plots", action="store_true", help="draw no plots at the end")
+
+    e = sub.add_parser("eval", help="score a checkpoint on the test set",
+                       description="Overall and per-class accuracy of a checkpoint on the test set.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH")
+    e.add_argument("--batch-size", type=_positive_int, default=500)
+    _common(e, out_help="also write the results as JSON to this file")
+
+    p = sub.add_parser("predict", help="classify image files",
+                       description="Top classes for PNG/JPEG images (resized to the model's input).")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=_positive_int, default=3, help="classes to show (default 3)")
+    _common(p, data=False, out_help="also write the predictions as JSON to this file")
+
+    pl = sub.add_parser("plot", help="draw the plots of a run folder",
+                        description="Learning curves, per-class accuracy, predictions and the "
+                                    "confusion matrix of a run, as PNG files in the run folder.")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+
+    d = sub.add_parser("download", help="download the full CIFAR-10",
+                       description=f"Fetch the official archive (md5-checked) into --data "
+                                   f"(default {DEFAULT_ROOT}).")
+    d.add_argument("--data", metavar="DIR", default=str(DEFAULT_ROOT))
+    for name, sp in sub.choices.items():
+        sp.set_defaults(parser=sp)   # errors name the subcommand: "minivit train: error: ..."
+    return ap
+
+
+def _check_writable(parser, folder):
+    """Fail up front, argparse-style, when the run folder cannot be created or written."""
+    import tempfile
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        parser.error(f"--out {folder} is not a writable folder ({e.strerror}); choose another --out")
+
+
+def cmd_train(args, parser):
+    if args.resume:
+        if args.out is None:
+            parser.error("--resume needs --out RUN_DIR, the run folder to continue")
+        overrides = {k for k in ("preset", "epochs", "batch_size", "lr") if getattr(args, k) is not None}
+        if overrides:
+            print(f"note: --resume continues with the run's saved configuration; ignoring "
+                  f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))}", file=sys.stderr)
+        train(None, data=args.data, out=args.out, resume=True, backend=args.backend,
+              progress=not args.no_progress, plots=not args.no_plots)
+        return 0
+    preset = args.preset
+    if preset is None:
+        preset = "default" if find_cifar10(args.data) is not None else "sample"
+    fields = TrainConfig.__dataclass_fields__
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
+    cfg = TrainConfig.from_preset(preset, **overrides)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_writable(parser, out)
+    train(cfg, data=args.data, out=out, backend=args.backend, progress=not args.no_progress,
+          plots=not args.no_plots)
+    return 0
+
+
+def _test_split(args, meta):
+    data = args.data if args.data is not None else meta.get("data_arg")
+    folder = find_cifar10(data)
+    if folder is None:
+        folder = dataset_folder(SAMPLE_ROOT)
+        print(f"Full CIFAR-10 not found: scoring on the shipped sample's test images ({folder}).")
+    return load_cifar10(folder)
+
+
+def cmd_eval(args, parser):
+    from .data import Loader
+    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
+    d = _test_split(args, meta)
+    loader = Loader(d["x_test"], d["y_test"], args.batch_size, model.xp, meta["mean"], meta["std"],
+                    dtype=model.config["dtype"])
+    loss, acc, preds = evaluate(model, loader)
+    per_class = per_class_accuracy(d["y_test"], preds)
+    print(f"checkpoint {args.checkpoint} (epoch {meta.get('epoch')}), {len(preds)} test images "
+          f"from {d['folder']}")
+    print(f"accuracy {acc:.4f}  loss {loss:.4f}")
+    for name, a, n in zip(CLASSES, per_class, np.bincount(d["y_test"], minlength=10)):
+        print(f"  {name:<11s} {a:.4f}  ({n} images)")
+    if args.out:
+        result = dict(checkpoint=str(args.checkpoint), data=d["folder"], test_images=int(len(preds)),
+                      accuracy=acc, loss=loss, per_class_acc=dict(zip(CLASSES, per_class)))
+        _write_json_file(args.out, result)
+    return 0
+
+
+def load_image(path, size):
+    """An image file -> uint8 [3, size, size] (RGB, resized with bicubic filtering)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path} ({e}): give a PNG or JPEG file") from None
+
+
+def cmd_predict(args, parser):
+    from .layers import softmax_forward
+    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
+    size = model.config["img_size"]
+    images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
+    x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config["dtype"])
+    probs, _ = softmax_forward(model.forward(x))
+    probs = to_host(probs).astype(np.float64)
+    k = min(args.top, probs.shape[1])
+    results = []
+    for path, pr in zip(args.images, probs):
+        top = np.argsort(-pr)[:k]
+        results.append({"image": str(path), "top": [{"class": CLASSES[c], "prob": float(pr[c])} for c in top]})
+        print(f"{path}: " + ", ".join(f"{CLASSES[c]} {pr[c]:.3f}" for c in top))
+    if args.out:
+        _write_json_file(args.out, results)
+    return 0
+
+
+def cmd_plot(args, parser):
+    from .plots import plot_run
+    if not Path(args.run_dir).is_dir():
+        parser.error(f"RUN_DIR {args.run_dir} is not a folder; give a run folder written by `minivit train`")
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def cmd_download(args, parser):
+    folder = download_cifar10(args.data)
+    print(f"CIFAR-10 is in {folder}")
+    return 0
+
+
+def _write_json_file(path, obj):
+    from .data import atomic_write
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    print(f"wrote {path}")
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot,
+            "download": cmd_download}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, args.parser)
+    except (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError, ValueError,
+            RuntimeError, FloatingPointError) as e:
+        print(f"minivit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\nminivit {args.command}: interrupted; the last completed epoch's checkpoint is "
+              f"intact (continue with --resume --out RUN_DIR)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""CIFAR-10: finding, downloading and reading it, and batching it on the backend.
+
+The files are the official ``cifar-10-batches-py`` layout: pickled dicts with ``data``
+(uint8 [N, 3072], each row 1024 red, 1024 green, 1024 blue values of a 32x32 image) and
+``labels`` (N ints). They are read with a restricted unpickler that admits only the few
+NumPy names the format needs, so a file can never run code.
+
+Batching happens on the backend: the whole split sits on the device as uint8
+[N, 3, 32, 32]; each batch is gathered, normalized and augmented (random crop with
+padding, horizontal flip) with whole-batch array operations, no per-image Python loop.
+The random numbers come from a host NumPy generator, so NumPy and CuPy runs with the
+same seed see the same batches, and the generator's state goes into checkpoints.
+"""
+
+import hashlib
+import importlib
+import io
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .backend import array_module, to_device
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+# where the full data set is looked for when no folder is given, after $MINIVIT_DATA
+DEFAULT_ROOT = Path.home() / ".cache" / "minivit"
+# the small real sample shipped with the project (see data/README.md)
+SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "data" / "cifar10-sample"
+
+
+class DataError(Exception):
+    """A data set folder or file is missing or damaged; the message says how to fix it."""
+
+
+# ------------------------------------------------------------------- safe unpickling
+
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode")}   # how Python 3 writes bytes at pickle protocol 2
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only the NumPy names a CIFAR-10 batch needs; anything else is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only NumPy arrays, "
+                f"lists and strings, so this file is not one (and may be malicious)")
+        if module == "_codecs":
+            import codecs
+            return codecs.encode
+        for candidate in (module, module.replace("numpy._core", "numpy.core"),
+                          module.replace("numpy.core", "numpy._core")):
+            try:
+                return getattr(importlib.import_module(candidate), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"cannot resolve {module}.{name} in this NumPy")
+
+
+def read_batch(path):
+    """One batch file -> (images uint8 [N, 3, 32, 32], labels int64 [N])."""
+    path = Path(path)
+    fix = (f"replace it with the original file from the CIFAR-10 archive ({URL}), "
+           f"or delete the folder and download again")
+    try:
+        with open(path, "rb") as f:
+            d = _RestrictedUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"missing CIFAR-10 file {path}: {fix}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            AttributeError, KeyError, MemoryError, OverflowError) as e:
+        raise DataError(f"{path} is truncated or not a CIFAR-10 batch ({e}): {fix}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch (a {type(d).__name__}, not a dict): {fix}")
+    d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise DataError(f"{path} has no 'data' or 'labels' entry: {fix}")
+    data, labels = d["data"], np.asarray(d["labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: 'data' should be uint8 [N, 3072], got "
+                        f"{getattr(data, 'dtype', type(data).__name__)} {np.shape(data)}: {fix}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'labels' should be a list of integers: {fix}")
+    if len(labels) < len(data):
+        raise DataError(f"{path}: {len(data)} images but only {len(labels)} labels: {fix}")
+    labels = labels[:len(data)].astype(np.int64)   # files cut short keep all labels first
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise DataError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}: {fix}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def write_batch(path, images, labels, batch_label="minivit"):
+    """Write images uint8 [N, 3, 32, 32] and labels in the official batch format."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    d = {b"batch_label": batch_label.encode(), b"labels": [int(v) for v in labels],
+         b"data": images.reshape(len(images), -1),
+         b"filenames": [f"{batch_label}_{i:05d}.png".encode() for i in range(len(images))]}
+    atomic_write(path, lambda f: pickle.dump(d, f, protocol=4))
+
+
+def atomic_write(path, write):
+    """Write a file so that it is either complete or absent: write(f) fills a temporary
+    file in the same folder, which is flushed, synced and renamed over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------ finding the data
+
+def dataset_folder(root):
+    """The cifar-10-batches-py folder for root (root itself or root/cifar-10-batches-py),
+    or None if neither holds the training batches."""
+    root = Path(root).expanduser()
+    for folder in (root, root / FOLDER):
+        if all((folder / f).exists() for f in TRAIN_FILES) or (folder / TRAIN_FILES[0]).exists():
+            return folder
+    return None
+
+
+def find_cifar10(data=None):
+    """The folder to train on: ``data`` if given (an error if it holds no CIFAR-10),
+    else $MINIVIT_DATA, else the download location; None if none is found."""
+    if data is not None:
+        folder = dataset_folder(data)
+        if folder is None:
+            if not Path(data).expanduser().exists():
+                raise DataError(f"data folder {data} does not exist: pass --data with a folder "
+                                f"holding {FOLDER}/ (or its files), or leave --data out to use "
+                                f"the sample shipped with minivit")
+            raise DataError(f"no CIFAR-10 in {data}: it should hold {FOLDER}/ with "
+                            f"{', '.join(TRAIN_FILES)} and {TEST_FILE} (the official python "
+                            f"archive, {URL}, unpacked)")
+        return folder
+    for root in (os.environ.get("MINIVIT_DATA"), DEFAULT_ROOT):
+        if root and dataset_folder(root) is not None:
+            return dataset_folder(root)
+    return None
+
+
+def load_cifar10(folder):
+    """Read a cifar-10-batches-py folder -> dict with x_train, y_train, x_test, y_test
+    (uint8 [N, 3, 32, 32] and int64 [N]). Training files may be fewer than five (the
+    sample has one) and any file may hold fewer than 10,000 rows."""
+    folder = Path(folder)
+    train = [f for f in TRAIN_FILES if (folder / f).exists()]
+    if not train:
+        raise DataError(f"no training batches ({', '.join(TRAIN_FILES)}) in {folder}")
+    parts = [read_batch(folder / f) for f in train]
+    x_test, y_test = read_batch(folder / TEST_FILE)
+    return {"x_train": np.concatenate([p[0] for p in parts]),
+            "y_train": np.concatenate([p[1] for p in parts]),
+            "x_test": x_test, "y_test": y_test, "folder": str(folder)}
+
+
+def download_cifar10(root=DEFAULT_ROOT, url=URL, md5=MD5, progress=True):
+    """Download and unpack the official archive into root/cifar-10-batches-py.
+
+    Nothing is fetched when the folder is already there. The archive's md5 is checked
+    before anything is unpacked, and unpacking goes to a temporary folder that is renamed
+    into place, so an interrupted download never leaves a half data set."""
+    root = Path(root).expanduser()
+    if dataset_folder(root) is not None:
+        return dataset_folder(root)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.exists() or _md5(archive) != md5:
+        try:
+            _fetch(url, archive, progress)
+        except OSError as e:
+            raise DataError(
+                f"could not download CIFAR-10 from {url} ({e}). With no network, fetch "
+                f"cifar-10-python.tar.gz elsewhere and unpack it so that "
+                f"{root / FOLDER} holds data_batch_1..5 and test_batch, or pass --data with "
+                f"the folder that holds them") from None
+    got = _md5(archive)
+    if got != md5:
+        archive.unlink()
+        raise DataError(f"the downloaded archive's md5 is {got}, expected {md5}; it was "
+                        f"deleted, try again")
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".extract-"))
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(FOLDER + "/")
+                       and ".." not in m.name]
+            tar.extractall(tmp, members=members)
+        os.replace(tmp / FOLDER, root / FOLDER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    archive.unlink()
+    return root / FOLDER
+
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url, dest, progress):
+    part = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
+        total = int(r.headers.get("Content-Length") or 0)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total or None, unit="B", unit_scale=True, desc="CIFAR-10", file=sys.stderr)
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            f.write(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+    os.replace(part, dest)
+
+
+# -------------------------------------------------------------- splits and batching
+
+def split_validation(x, y, fraction, seed=0):
+    """Carve a class-balanced validation split off the training set -> (x_tr, y_tr, x_val, y_val)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        val.append(rng.permutation(idx)[:int(round(len(idx) * fraction))])
+    val = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(y)), val)
+    return x[keep], y[keep], x[val], y[val]
+
+
+def channel_stats(x):
+    """Per-channel mean and std of uint8 images [N, 3, H, W], on the 0..1 scale."""
+    x = x.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+
+
+def normalize(images, mean, std, dtype="float32"):
+    """uint8 [B, 3, H, W] on any backend -> (images/255 - mean) / std, as dtype."""
+    xp = array_module(images)
+    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
+    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
+    return (images.astype(dtype) * (1.0 / 255.0) - m) / s
+
+
+def random_crop_flip(x, rng, padding=4, flip=True):
+    """Augment a batch x [B, C, H, W] at once: pad every image by `padding` zeros, cut a
+    random H x W window from each, and mirror about half of them left-right.
+    Offsets and flips come from the host generator rng."""
+    xp = array_module(x)
+    B, C, H, W = x.shape
+    if padding:
+        padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        dy = xp.asarray(rng.integers(0, 2 * padding + 1, B))
+        dx = xp.asarray(rng.integers(0, 2 * padding + 1, B))
+        rows = (dy[:, None] + xp.arange(H))[:, None, :, None]        # [B, 1, H, 1]
+        cols = (dx[:, None] + xp.arange(W))[:, None, None, :]        # [B, 1, 1, W]
+        x = padded[xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None], rows, cols]
+    if flip:
+        mirror = xp.asarray(rng.random(B) < 0.5)[:, None, None, None]
+        x = xp.where(mirror, x[..., ::-1], x)
+    return x
+
+
+class Loader:
+    """Batches of one split, kept on the backend xp.
+
+        for images, labels in Loader(x, y, 128, xp, mean, std, shuffle=True, augment=True, rng=rng):
+            ...   # images: normalized float [B, 3, 32, 32] on xp, labels: int [B] on xp
+
+    The last partial batch is kept (drop_last=False) unless drop_last is set.
+    """
+
+    def __init__(self, x, y, batch_size, xp, mean, std, *, shuffle=False, augment=False,
+                 rng=None, dtype="float32", drop_last=False):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        if (shuffle or augment) and rng is None:
+            raise ValueError("shuffling or augmenting needs rng (a numpy Generator)")
+        self.x = to_device(x, xp)               # uint8 [N, 3, 32, 32] on the device
+        self.y = to_device(y, xp)
+        self.batch_size, self.xp, self.mean, self.std = batch_size, xp, mean, std
+        self.shuffle, self.augment, self.rng, self.dtype = shuffle, augment, rng, dtype
+        self.drop_last = drop_last
+
+    def __len__(self):
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        order = self.xp.asarray(order)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = normalize(self.x[idx], self.mean, self.std, self.dtype)
+            if self.augment:
+                images = random_crop_flip(images, self.rng)
+            yield images, self.y[idx]

@@ -1,0 +1,103 @@
+"""Plots of a run folder: learning curves, per-class accuracy, a grid of test images
+with their predicted and true labels, and the confusion matrix. Drawn with matplotlib
+(the optional extra `pip install -e .[plot]`); without it a message says so and nothing
+breaks."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .data import CLASSES, atomic_write
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_run(run_dir, log=print):
+    """Write curves.png, per_class.png, predictions.png and confusion.png into run_dir
+    from metrics.jsonl and predictions.npz; returns the paths written."""
+    from .train import confusion_matrix, per_class_accuracy, read_metrics
+    run_dir = Path(run_dir)
+    plt = _pyplot()
+    if plt is None:
+        log("matplotlib is not installed, so no plots were drawn: `pip install -e .[plot]`, "
+            f"then `minivit plot {run_dir}`")
+        return []
+    metrics = read_metrics(run_dir)
+    if not metrics:
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
+                                f"`minivit train`?")
+    written = []
+    epochs = [m["epoch"] for m in metrics]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
+    a1.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
+    a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    a1.legend()
+    a2.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
+    a2.plot(epochs, [m["val_acc"] for m in metrics], "o-", label="validation")
+    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    a2.legend()
+    _save(fig, run_dir / "curves.png")
+    plt.close(fig)
+    written.append(run_dir / "curves.png")
+
+    pred_path = run_dir / "predictions.npz"
+    if not pred_path.exists():
+        log(f"no predictions.npz in {run_dir} yet (the run has not finished): only curves drawn")
+        return written
+    with np.load(pred_path, allow_pickle=False) as f:
+        y_true, y_pred, images = f["y_true"], f["y_pred"], f["images"]
+    acc = per_class_accuracy(y_true, y_pred)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(CLASSES, acc, color="tab:blue")
+    ax.axhline(float((y_true == y_pred).mean()), color="k", ls="--", label="overall")
+    ax.set(ylabel="test accuracy", ylim=(0, 1), title="per-class test accuracy")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend()
+    _save(fig, run_dir / "per_class.png")
+    plt.close(fig)
+    written.append(run_dir / "per_class.png")
+
+    n = min(len(images), 32)
+    fig, axes = plt.subplots(4, 8, figsize=(12, 6.6))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].transpose(1, 2, 0))
+            ok = y_pred[i] == y_true[i]
+            ax.set_title(f"{CLASSES[y_pred[i]]}\n({CLASSES[y_true[i]]})", fontsize=8,
+                         color="green" if ok else "red")
+    fig.suptitle("test images: predicted (true)")
+    _save(fig, run_dir / "predictions.png")
+    plt.close(fig)
+    written.append(run_dir / "predictions.png")
+
+    cm = confusion_matrix(y_true, y_pred)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(cm, cmap="Blues")
+    for (r, c), v in np.ndenumerate(cm):
+        ax.text(c, r, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > cm.max() / 2 else "black")
+    ax.set_xticks(range(10), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(10), CLASSES)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    fig.colorbar(im)
+    _save(fig, run_dir / "confusion.png")
+    plt.close(fig)
+    written.append(run_dir / "confusion.png")
+    return written

@@ -1,0 +1,126 @@
+"""The minivit command: train, eval, predict, plot, download, and its error messages."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minivit import cli, data
+
+TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-ratio", "2",
+        "--batch-size", "32", "--limit-train", "200", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_checkpoints_metrics_and_plots(run_dir):
+    for name in ("checkpoint.npz", "best.npz", "metrics.jsonl", "config.json", "summary.json",
+                 "predictions.npz", "curves.png", "per_class.png", "predictions.png", "confusion.png"):
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "config.json").read_text())["preset"] == "sample"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_prints_progress_and_where_outputs_went(tmp_path, capsys):
+    out = tmp_path / "r"
+    cli.main(["train", "--epochs", "1", "--out", str(out), "--no-plots", *TINY])
+    text = capsys.readouterr().out
+    assert "Full CIFAR-10 not found: training on the shipped sample" in text
+    assert "epoch   1  train loss" in text and f"Outputs in {out}" in text
+
+
+def test_eval_prints_overall_and_per_class_accuracy(run_dir, capsys, tmp_path):
+    assert cli.main(["eval", "--checkpoint", str(run_dir / "best.npz"),
+                     "--out", str(tmp_path / "eval.json")]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy" in text and "airplane" in text and "truck" in text and "(50 images)" in text
+    result = json.loads((tmp_path / "eval.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert result["accuracy"] == pytest.approx(summary["test_acc"])
+    assert len(result["per_class_acc"]) == 10
+
+
+def test_predict_prints_top3(run_dir, tmp_path, capsys):
+    d = data.load_cifar10(data.dataset_folder(data.SAMPLE_ROOT))
+    paths = []
+    for i, ext in enumerate(["png", "jpg"]):
+        path = tmp_path / f"img{i}.{ext}"
+        Image.fromarray(d["x_test"][i].transpose(1, 2, 0)).resize((64, 48)).save(path)
+        paths.append(str(path))
+    assert cli.main(["predict", "--checkpoint", str(run_dir / "best.npz"), *paths,
+                     "--out", str(tmp_path / "p.json")]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith(str(tmp_path / "img"))]
+    assert len(lines) == 2 and all(l.count(",") == 2 for l in lines)
+    result = json.loads((tmp_path / "p.json").read_text())
+    probs = [t["prob"] for t in result[0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_predict_unreadable_image(run_dir, tmp_path, capsys):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    assert cli.main(["predict", "--checkpoint", str(run_dir / "best.npz"), str(bad)]) == 2
+    assert f"cannot read image {bad}" in capsys.readouterr().err
+
+
+def test_plot_command_and_missing_matplotlib(run_dir, capsys, monkeypatch):
+    assert cli.main(["plot", str(run_dir)]) == 0
+    assert "confusion.png" in capsys.readouterr().out
+    from minivit import plots
+    monkeypatch.setattr(plots, "_pyplot", lambda: None)
+    assert cli.main(["plot", str(run_dir)]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_resume_from_the_command_line(tmp_path, capsys):
+    from minivit.train import TrainConfig, train
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=1, num_heads=2,
+                                  mlp_ratio=2.0, batch_size=32, limit_train=200)
+    train(cfg, out=out, progress=False, plots=False, log=lambda *a: None, stop_after_epochs=1)
+    assert not (out / "summary.json").exists()
+    assert cli.main(["train", "--resume", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert "Resuming" in text and "epoch   2" in text and "epoch   1" not in text
+    assert (out / "summary.json").exists()
+    assert cli.main(["train", "--out", str(out), "--no-plots", *TINY]) == 2   # never overwritten
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+    (["train", "--batch-size", "-3"], "argument --batch-size: must be a positive integer, got -3"),
+    (["train", "--lr", "0"], "argument --lr: must be a positive number, got 0"),
+    (["train", "--preset", "fast"], "argument --preset: invalid choice: 'fast'"),
+    (["train", "--backend", "tpu"], "argument --backend: invalid choice: 'tpu'"),
+    (["train", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["train", "--embed-dim", "100", "--num-heads", "3"], "embed_dim 100 is not divisible by num_heads 3"),
+    (["train", "--resume"], "--resume needs --out RUN_DIR"),
+])
+def test_bad_options_fail_up_front(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--out", str(blocker / "run")])
+    assert "minivit train: error: --out" in capsys.readouterr().err
+
+
+def test_missing_data_and_checkpoint_errors(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist: pass --data" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""Training: a short real run, checkpoints, exact resume, evaluation helpers."""
+
+import json
+
+import numpy as np
+import pytest
+
+import minivit
+from minivit import checkpoint as ckpt
+from minivit.train import (TrainConfig, confusion_matrix, decay_groups, per_class_accuracy,
+                           read_metrics, train)
+
+TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, batch_size=32, limit_train=256,
+            eval_batch_size=128)
+
+
+def quiet(*args):
+    pass
+
+
+def test_short_run_on_the_shipped_sample_beats_chance(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=5, embed_dim=32, depth=2, num_heads=2, lr=3e-3)
+    summary = train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
+    assert summary["data"] == "sample" and summary["test_images"] == 500
+    assert summary["test_acc"] >= 0.17, summary        # chance is 0.10 (std 0.013 on 500)
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["test_acc"] == summary["test_acc"] and len(saved["per_class_acc"]) == 10
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=3, **TINY)
+    train(cfg, out=tmp_path / "straight", progress=False, plots=False, log=quiet)
+    stopped = train(cfg, out=tmp_path / "halted", progress=False, plots=False, log=quiet,
+                    stop_after_epochs=2)
+    assert stopped is None
+    assert ckpt.load(tmp_path / "halted" / "checkpoint.npz")[2]["epoch"] == 2
+    train(None, out=tmp_path / "halted", resume=True, progress=False, plots=False, log=quiet)
+    a, optim_a, meta_a = ckpt.load(tmp_path / "straight" / "checkpoint.npz")
+    b, optim_b, meta_b = ckpt.load(tmp_path / "halted" / "checkpoint.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k in optim_a:
+        np.testing.assert_array_equal(optim_a[k], optim_b[k], err_msg=k)
+    assert meta_a["rng"] == meta_b["rng"] and meta_a["step"] == meta_b["step"]
+    untimed = [[{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")}
+                for m in read_metrics(tmp_path / run)] for run in ("straight", "halted")]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=1, **TINY)
+    train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
+    with pytest.raises(FileExistsError, match="already holds a run .*pass --resume"):
+        train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at"):
+        train(None, out=tmp_path / "other", resume=True, log=quiet)
+
+
+def test_checkpoint_round_trip_and_torch_names(tmp_path):
+    model = minivit.ViT(embed_dim=24, depth=2, num_heads=3, seed=5)
+    opt = minivit.AdamW(model.parameters(), lr=1e-3)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
+    model.backward(minivit.cross_entropy(model.forward(x), [0, 1, 2, 3])[1])
+    opt.step()
+    ckpt.save(tmp_path / "c.npz", model, {"epoch": 7}, optimizer=opt)
+    loaded, meta = ckpt.load_model(tmp_path / "c.npz")
+    assert meta["epoch"] == 7 and meta["optimizer"]["t"] == 1
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    weights, optim, _ = ckpt.load(tmp_path / "c.npz")
+    assert list(weights) == list(model.state_dict())          # PyTorch names, nothing else
+    assert "m.head.weight" in optim
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as f:   # loads without pickle
+        assert f["blocks.1.attn.in_proj_weight"].shape == (72, 24)
+
+
+def test_float16_checkpoint_storage(tmp_path):
+    model = minivit.ViT(embed_dim=24, depth=1, num_heads=3)
+    ckpt.save(tmp_path / "half.npz", model, {}, dtype="float16")
+    loaded, _ = ckpt.load_model(tmp_path / "half.npz")
+    assert loaded.dtype == np.float32
+    np.testing.assert_allclose(loaded.params["head.weight"], model.params["head.weight"], atol=1e-4)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    model = minivit.ViT(embed_dim=24, depth=1, num_heads=3)
+    ckpt.save(tmp_path / "good.npz", model, {})
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="is truncated or damaged"):
+        ckpt.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    with pytest.raises(ckpt.CheckpointError, match="is not a minivit checkpoint"):
+        ckpt.load(tmp_path / "foreign.npz")
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load(tmp_path / "absent.npz")
+
+
+def test_weights_load_into_the_pytorch_simplevit(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch_simplevit import SimpleViT
+    model = minivit.ViT(embed_dim=24, depth=2, num_heads=3, seed=2)
+    ckpt.save(tmp_path / "w.npz", model, {})
+    ref = SimpleViT(embed_dim=24, depth=2, num_heads=3)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.load_weights(tmp_path / "w.npz").items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(ref(torch.from_numpy(x)).detach().numpy(), model.forward(x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_weight_decay_only_on_weight_matrices():
+    groups = decay_groups(minivit.ViT(embed_dim=24, depth=1, num_heads=3), 0.05)
+    decay = {p.name for p in groups[0]["params"]}
+    assert "blocks.0.attn.in_proj_weight" in decay and "patch_embed.proj.weight" in decay
+    assert not decay & {"vit_embed.pos_embed", "vit_embed.cls_token", "blocks.0.norm1.weight",
+                        "head.bias"}
+    assert groups[1]["weight_decay"] == 0.0
+
+
+def test_accuracy_helpers():
+    y, p = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    assert per_class_accuracy(y, p, 3) == [0.5, 1.0, pytest.approx(2 / 3)]
+    np.testing.assert_array_equal(confusion_matrix(y, p, 3), [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(epochs=0), "epochs must be positive"), (dict(lr=-1.0), "lr must be positive"),
+    (dict(optimizer="sgd"), "unknown optimizer 'sgd'"), (dict(patch_size=5), "patch_size 5"),
+    (dict(dtype="int8"), "unknown dtype 'int8'"), (dict(label_smoothing=1.0), "label_smoothing"),
+])
+def test_config_validation(over, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_preset("default", **over).validate()
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        TrainConfig.from_preset("fast")
