@@ -26,44 +26,23 @@ from .train import PRESETS, TrainConfig, evaluate, per_class_accuracy, train
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _number(kind, low, strict, what):
+    """An argparse type: text -> kind, at least low (above it when strict), finite."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (v <= low if strict else v < low) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return v
+_positive_int = _number(int, 0, True, "a positive integer")
+_nonneg_int = _number(int, 0, False, "an integer >= 0")
+_positive_float = _number(float, 0.0, True, "a positive number")
+_nonneg_float = _number(float, 0.0, False, "a number >= 0")
 
 
 def _fraction(text):
@@ -142,6 +121,8 @@ def build_parser():
                         description="Learning curves, per-class accuracy, predictions and the "
                                     "confusion matrix of a run, as PNG files in the run folder.")
     pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("--out", metavar="DIR", default=None,
+                    help="folder for the PNG files (default: the run folder)")
 
     d = sub.add_parser("download", help="download the full CIFAR-10",
                        description=f"Fetch the official archive (md5-checked) into --data "
@@ -239,7 +220,7 @@ def cmd_predict(args, parser):
     size = model.config["img_size"]
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
     x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config["dtype"])
-    probs, _ = softmax_forward(model.forward(x))
+    probs, _ = softmax_forward(model.forward(x, keep_cache=False))
     probs = to_host(probs).astype(np.float64)
     k = min(args.top, probs.shape[1])
     results = []
@@ -256,7 +237,9 @@ def cmd_plot(args, parser):
     from .plots import plot_run
     if not Path(args.run_dir).is_dir():
         parser.error(f"RUN_DIR {args.run_dir} is not a folder; give a run folder written by `minivit train`")
-    for path in plot_run(args.run_dir):
+    if args.out:
+        _check_writable(parser, args.out)
+    for path in plot_run(args.run_dir, out_dir=args.out):
         print(path)
     return 0
 

@@ -197,10 +197,12 @@ class ViT:
 
     # ------------------------------------------------------------ forward / backward
 
-    def forward(self, x):
+    def forward(self, x, keep_cache=True):
         """x [B, C, H, W] (normalized floats) -> logits [B, num_classes].
 
-        Keeps what backward needs; the input is cast to the model's dtype."""
+        Keeps what backward needs unless keep_cache is False (evaluation: each block's
+        activations are then freed as soon as the next block has run). The input is cast
+        to the model's dtype."""
         x = self.xp.asarray(x, dtype=self.dtype)
         p = self.params
         h, c_patch = layers.patch_embed_forward(
@@ -210,12 +212,13 @@ class ViT:
         c_blocks = []
         for i in range(self.depth):
             h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu)
-            c_blocks.append(c)                                                # [B, N, D]
+            if keep_cache:
+                c_blocks.append(c)                                            # [B, N, D]
         # The final LayerNorm works token by token and only the class token reaches the
         # head, so normalizing just that token gives the same logits and gradients.
         z, c_norm = layers.layernorm_forward(h[:, 0], p["norm.weight"], p["norm.bias"])  # [B, D]
         logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
-        self._cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head)
+        self._cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head) if keep_cache else None
         return logits
 
     __call__ = forward

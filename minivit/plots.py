@@ -27,11 +27,12 @@ def _save(fig, path):
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def plot_run(run_dir, log=print):
-    """Write curves.png, per_class.png, predictions.png and confusion.png into run_dir
-    from metrics.jsonl and predictions.npz; returns the paths written."""
+def plot_run(run_dir, log=print, out_dir=None):
+    """Write curves.png, per_class.png, predictions.png and confusion.png into out_dir
+    (default run_dir) from run_dir's metrics.jsonl and predictions.npz; returns the paths."""
     from .train import confusion_matrix, per_class_accuracy, read_metrics
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
     plt = _pyplot()
     if plt is None:
         log("matplotlib is not installed, so no plots were drawn: `pip install -e .[plot]`, "
@@ -52,9 +53,9 @@ def plot_run(run_dir, log=print):
     a2.plot(epochs, [m["val_acc"] for m in metrics], "o-", label="validation")
     a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     a2.legend()
-    _save(fig, run_dir / "curves.png")
+    _save(fig, out_dir / "curves.png")
     plt.close(fig)
-    written.append(run_dir / "curves.png")
+    written.append(out_dir / "curves.png")
 
     pred_path = run_dir / "predictions.npz"
     if not pred_path.exists():
@@ -69,9 +70,9 @@ def plot_run(run_dir, log=print):
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="per-class test accuracy")
     ax.tick_params(axis="x", rotation=45)
     ax.legend()
-    _save(fig, run_dir / "per_class.png")
+    _save(fig, out_dir / "per_class.png")
     plt.close(fig)
-    written.append(run_dir / "per_class.png")
+    written.append(out_dir / "per_class.png")
 
     n = min(len(images), 32)
     fig, axes = plt.subplots(4, 8, figsize=(12, 6.6))
@@ -83,9 +84,9 @@ def plot_run(run_dir, log=print):
             ax.set_title(f"{CLASSES[y_pred[i]]}\n({CLASSES[y_true[i]]})", fontsize=8,
                          color="green" if ok else "red")
     fig.suptitle("test images: predicted (true)")
-    _save(fig, run_dir / "predictions.png")
+    _save(fig, out_dir / "predictions.png")
     plt.close(fig)
-    written.append(run_dir / "predictions.png")
+    written.append(out_dir / "predictions.png")
 
     cm = confusion_matrix(y_true, y_pred)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -97,7 +98,7 @@ def plot_run(run_dir, log=print):
     ax.set_yticks(range(10), CLASSES)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
     fig.colorbar(im)
-    _save(fig, run_dir / "confusion.png")
+    _save(fig, out_dir / "confusion.png")
     plt.close(fig)
-    written.append(run_dir / "confusion.png")
+    written.append(out_dir / "confusion.png")
     return written

@@ -147,11 +147,10 @@ def evaluate(model, loader):
     total_loss, preds = 0.0, []
     xp = model.xp
     for images, labels in loader:
-        logits = model.forward(images)
+        logits = model.forward(images, keep_cache=False)
         loss, _ = cross_entropy(logits, labels)
         total_loss += float(loss) * len(labels)
         preds.append(to_host(xp.argmax(logits, axis=1)))
-    model._cache = None
     preds = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
     y = to_host(loader.y)
     n = max(1, len(y))

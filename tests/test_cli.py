@@ -70,9 +70,12 @@ def test_predict_unreadable_image(run_dir, tmp_path, capsys):
     assert f"cannot read image {bad}" in capsys.readouterr().err
 
 
-def test_plot_command_and_missing_matplotlib(run_dir, capsys, monkeypatch):
+def test_plot_command_and_missing_matplotlib(run_dir, capsys, monkeypatch, tmp_path):
     assert cli.main(["plot", str(run_dir)]) == 0
     assert "confusion.png" in capsys.readouterr().out
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "figs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "confusion.png", "curves.png", "per_class.png", "predictions.png"]
     from minivit import plots
     monkeypatch.setattr(plots, "_pyplot", lambda: None)
     assert cli.main(["plot", str(run_dir)]) == 0

@@ -129,6 +129,12 @@ def test_backward_before_forward_is_a_clear_error():
     model = minivit.ViT(**tiny_config())
     with pytest.raises(RuntimeError, match=r"backward\(\) called without a forward\(\)"):
         model.backward(np.zeros((1, 3)))
+    x = np.zeros((1, 3, 8, 8))
+    logits = model.forward(x, keep_cache=False)          # evaluation: nothing kept
+    np.testing.assert_array_equal(logits, model.forward(x))
+    model.forward(x, keep_cache=False)
+    with pytest.raises(RuntimeError, match="called without a forward"):
+        model.backward(np.zeros((1, 3)))
 
 
 def test_state_dict_follows_optimizer_steps_and_loads_back():
