@@ -10,8 +10,6 @@ with the library's pieces).
 import argparse
 import time
 
-import numpy as np
-
 import minivit
 from minivit import data
 
@@ -40,9 +38,8 @@ model = minivit.ViT(img_size=32, patch_size=4, embed_dim=args.embed_dim, depth=a
 optimizer = minivit.Adam(model.parameters(), lr=3e-4)
 print(model)
 
-# 3. Batches live on the backend (GPU memory under CuPy); shuffled with a seeded generator.
-rng = np.random.default_rng(0)
-train_batches = data.Loader(x_train, y_train, 80, model.xp, mean, std, shuffle=True, rng=rng)
+# 3. Batches live on the backend (GPU memory under CuPy); reshuffled (seeded) every epoch.
+train_batches = data.Loader(x_train, y_train, 80, model.xp, mean, std, shuffle=True, seed=0)
 val_batches = data.Loader(x_val, y_val, 500, model.xp, mean, std)
 test_batches = data.Loader(d["x_test"], d["y_test"], 500, model.xp, mean, std)
 

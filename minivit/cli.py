@@ -270,8 +270,8 @@ def main(argv=None):
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\nminivit {args.command}: interrupted; the last completed epoch's checkpoint is "
-              f"intact (continue with --resume --out RUN_DIR)", file=sys.stderr)
+        print(f"\nminivit {args.command}: interrupted; every checkpoint on disk is complete "
+              f"(continue a training run with: minivit train --resume --out RUN_DIR)", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -297,35 +297,45 @@ def random_crop_flip(x, rng, padding=4, flip=True):
 class Loader:
     """Batches of one split, kept on the backend xp.
 
-        for images, labels in Loader(x, y, 128, xp, mean, std, shuffle=True, augment=True, rng=rng):
+        loader = Loader(x, y, 128, xp, mean, std, shuffle=True, augment=True, seed=0)
+        for images, labels in loader:      # one epoch; the next loop is the next epoch
             ...   # images: normalized float [B, 3, 32, 32] on xp, labels: int [B] on xp
 
-    The last partial batch is kept (drop_last=False) unless drop_last is set.
+    Randomness is counter-based: epoch e is shuffled by a generator seeded with
+    (seed, e) and batch i of it augmented by one seeded with (seed, e, i). So any batch
+    of any epoch can be rebuilt on its own, which is what lets a run interrupted in
+    the middle of an epoch resume exactly (``batches(epoch, start)``).
+    The last partial batch is kept unless drop_last is set.
     """
 
     def __init__(self, x, y, batch_size, xp, mean, std, *, shuffle=False, augment=False,
-                 rng=None, dtype="float32", drop_last=False):
+                 seed=0, dtype="float32", drop_last=False):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
-        if (shuffle or augment) and rng is None:
-            raise ValueError("shuffling or augmenting needs rng (a numpy Generator)")
         self.x = to_device(x, xp)               # uint8 [N, 3, 32, 32] on the device
         self.y = to_device(y, xp)
         self.batch_size, self.xp, self.mean, self.std = batch_size, xp, mean, std
-        self.shuffle, self.augment, self.rng, self.dtype = shuffle, augment, rng, dtype
+        self.shuffle, self.augment, self.seed, self.dtype = shuffle, augment, seed, dtype
         self.drop_last = drop_last
+        self.epoch = 0                          # epochs started by plain iteration
 
     def __len__(self):
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        self.epoch += 1
+        return self.batches(self.epoch)
+
+    def batches(self, epoch, start=0):
+        """The batches of epoch (1-based) from batch index start on."""
         n = len(self.y)
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle \
+            else np.arange(n)
         order = self.xp.asarray(order)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = normalize(self.x[idx], self.mean, self.std, self.dtype)
             if self.augment:
-                images = random_crop_flip(images, self.rng)
+                images = random_crop_flip(images, np.random.default_rng([self.seed, epoch, i]))
             yield images, self.y[idx]

@@ -19,8 +19,18 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     xp = array_module(logits)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [B, num_classes], got shape {tuple(logits.shape)}")
     B, K = logits.shape
     labels = xp.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
+                        f"convert them, e.g. labels.astype(int)")
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), one per logits row, got {tuple(labels.shape)}")
+    if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        raise ValueError(f"labels must lie in [0, {K}), got values from {int(labels.min())} "
+                         f"to {int(labels.max())}")
     rows = xp.arange(B)
     z = logits - logits.max(axis=1, keepdims=True)                    # [B, K]
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))          # [B, K]

@@ -203,7 +203,7 @@ class ViT:
         Keeps what backward needs unless keep_cache is False (evaluation: each block's
         activations are then freed as soon as the next block has run). The input is cast
         to the model's dtype."""
-        x = self.xp.asarray(x, dtype=self.dtype)
+        x = self._check_images(x)
         p = self.params
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
@@ -223,6 +223,42 @@ class ViT:
 
     __call__ = forward
 
+    def _check_images(self, x):
+        """Validate a batch of images and cast it to the model's dtype and backend, or
+        raise an error that names the problem and the fix."""
+        xp, C, S = self.xp, self.in_chans, self.img_size
+        if xp is np and hasattr(x, "__cuda_array_interface__"):
+            raise TypeError("a CuPy (GPU) array was given to a NumPy model: move it with "
+                            "minivit.to_host(x), or build the model with backend='cupy'")
+        if array_module(x) is np and not isinstance(x, np.ndarray):
+            x = np.asarray(x)                 # lists and other array-likes
+        shape = tuple(getattr(x, "shape", np.shape(x)))
+        expected = f"[B, {C}, {S}, {S}]"
+        if len(shape) != 4:
+            raise ValueError(f"images must have shape {expected} (batch, channels, height, width), "
+                             f"got {shape}; add a batch axis with x[None] for one image")
+        if shape[0] == 0:
+            raise ValueError(f"empty batch: images have shape {shape}; pass at least one image")
+        if shape[1] != C:
+            hint = " (channels last? use x.transpose(0, 3, 1, 2))" if shape[3] == C else ""
+            raise ValueError(f"images have {shape[1]} channels, the model expects {C}: shape "
+                             f"{shape}, expected {expected}{hint}")
+        if shape[2:] != (S, S):
+            raise ValueError(f"images are {shape[2]}x{shape[3]}, the model expects {S}x{S}: resize "
+                             f"them, or build the ViT with img_size={shape[2]} (square images)")
+        dtype = np.dtype(getattr(x, "dtype", np.float64))
+        if dtype == np.uint8:
+            raise TypeError("images are uint8 (raw 0..255 pixels): normalize them to floats first, "
+                            "e.g. minivit.data.normalize(x, mean, std)")
+        if dtype.kind not in "f":
+            raise TypeError(f"images must be floating point, got {dtype}: convert and normalize "
+                            f"them first, e.g. minivit.data.normalize(x, mean, std)")
+        x = xp.asarray(x, dtype=self.dtype)   # a NumPy batch is copied to the GPU for CuPy
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError("images contain NaN or Inf values: check the data and its "
+                             "normalization (a zero std divides by zero)")
+        return x
+
     def backward(self, dlogits):
         """Back-propagate dL/dlogits [B, num_classes] from the last forward; adds every
         parameter's gradient into grads() (call zero_grad() between steps) and returns
@@ -231,6 +267,10 @@ class ViT:
             raise RuntimeError("backward() called without a forward() since the last backward: "
                                "run logits = model.forward(x) first")
         h_shape, c_patch, c_embed, c_blocks, c_norm, c_head = self._cache
+        expected = (h_shape[0], self.num_classes)
+        if tuple(np.shape(dlogits)) != expected:
+            raise ValueError(f"dlogits must have the logits' shape {expected}, got "
+                             f"{tuple(np.shape(dlogits))}")
         self._cache = None  # free the activations; a second backward needs a new forward
         g = self._grads
         dlogits = self.xp.asarray(dlogits, dtype=self.dtype)

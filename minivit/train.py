@@ -17,7 +17,7 @@ checkpoint, and `--resume` continues exactly where it stopped.
 
 import dataclasses
 import json
-import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,16 +203,63 @@ def _write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progress=True,
-          plots=True, log=print, stop_after_epochs=None):
-    """Train a ViT with cfg; write everything into the run folder out. Returns the summary.
+class _StopRequest:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag that the loop reads between steps,
+    so a step (and the optimizer's in-place update) is never cut in half. A second
+    Ctrl-C stops at once; the checkpoint on disk is still whole (atomic writes)."""
 
-    resume: continue from out/checkpoint.npz (the configuration is taken from it).
-    stop_after_epochs: stop (as if interrupted) after this many epochs in this call.
+    def __init__(self):
+        self.signal, self._old = None, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:       # not the main thread: leave signals as they are
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_finite(model, loss, step, epoch, batch, last_path):
+    """Stop at the first step whose loss or gradients hold NaN or Inf, naming the tensor."""
+    xp = model.xp
+    bad = None
+    if not bool(xp.isfinite(loss)):
+        bad = f"the loss is {float(loss)}"
+    elif not bool(xp.isfinite(model.flat_grads).all()):
+        names = [k for k, g in model.grads().items() if not bool(xp.isfinite(g).all())]
+        more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
+        bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
+    if bad:
+        raise FloatingPointError(
+            f"step {step} (epoch {epoch}, batch {batch}): {bad}. Training stopped before the "
+            f"weights were updated; the last good checkpoint {last_path} is intact. Lower --lr "
+            f"or set --clip-grad, then start again (or --resume from it)")
+
+
+def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progress=True,
+          plots=True, log=print, stop_after_epochs=None, on_step=None, on_epoch=None):
+    """Train a ViT with cfg; write everything into the run folder out. Returns the summary
+    (None when the run stopped before its last epoch).
+
+    resume: continue from out/checkpoint.npz (its configuration is used), from the
+        batch after the last one it saved.
+    stop_after_epochs: stop after this many epochs in this call (resume later).
+    on_step(step), on_epoch(record): called after every step / epoch (for monitoring).
+    Ctrl-C or SIGTERM saves a checkpoint after the current step and raises KeyboardInterrupt.
     """
     out = Path(out)
     last_path, best_path = out / "checkpoint.npz", out / "best.npz"
-    start_epoch, step, best_acc, rng_state = 0, 0, -1.0, None
+    start_epoch, step, best_acc, in_epoch = 0, 0, -1.0, None
     if resume:
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
@@ -221,7 +268,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
         cfg = TrainConfig(**{**meta["train"], "betas": tuple(meta["train"]["betas"])})
         data = data if data is not None else meta.get("data_arg")
         start_epoch, step, best_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
-        rng_state = meta["rng"]
+        in_epoch = meta.get("in_epoch")
     elif last_path.exists():
         raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                               f"continue it, or choose another --out")
@@ -237,19 +284,20 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
     model = ViT(**cfg.model_config(), backend=backend, seed=cfg.seed)
     xp = model.xp
     opt = make_optimizer(cfg, model)
-    rng = np.random.default_rng(cfg.seed + 1)
     if resume:
         model.load_state_dict(weights)
         opt.load_state_dict({**meta["optimizer"], **optim_state})
-        rng.bit_generator.state = rng_state
-        # forget metrics of epochs after the checkpoint (a run killed mid-write of them)
+        # forget metrics of epochs after the checkpoint (from a run killed after writing them)
         kept = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
-        atomic_write(out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept).encode()))
-        log(f"Resuming {out} after epoch {start_epoch} (step {step}).")
+        atomic_write(out / "metrics.jsonl",
+                     lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept).encode()))
+        where = f"epoch {start_epoch + 1} batch {in_epoch['batch']}" if in_epoch else f"epoch {start_epoch}"
+        log(f"Resuming {out} after {where} (step {step}).")
     _write_json(out / "config.json", dataclasses.asdict(cfg))
 
     train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std, shuffle=True,
-                          augment=cfg.augment, rng=rng, dtype=cfg.dtype, drop_last=len(d["y_train"]) > cfg.batch_size)
+                          augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
+                          drop_last=len(d["y_train"]) > cfg.batch_size)
     val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
     steps_per_epoch = len(train_loader)
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}; preset {cfg.preset}; "
@@ -258,49 +306,68 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                      mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES))
 
     end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch + 1, end_epoch + 1):
-        t0 = time.perf_counter()
-        run_loss, run_correct, seen = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64), 0
-        bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
-        for i, (images, labels) in enumerate(train_loader):
-            opt.lr = lr_at(cfg, step, steps_per_epoch)
-            logits = model.forward(images)
-            loss, dlogits = cross_entropy(logits, labels, cfg.label_smoothing)
-            model.zero_grad()
-            model.backward(dlogits)
-            if cfg.clip_grad:
-                clip_grad_norm(model.parameters(), cfg.clip_grad)
-            opt.step()
-            step += 1
-            run_loss += loss * len(labels)
-            run_correct += (xp.argmax(logits, axis=1) == labels).sum()
-            seen += len(labels)
-            if bar is not None and (i % 10 == 9 or i == steps_per_epoch - 1):
-                bar.update(i + 1 - bar.n)
-                bar.set_postfix(loss=f"{float(run_loss) / seen:.3f}", acc=f"{float(run_correct) / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        if bar is not None:
-            bar.close()
-        train_loss = float(run_loss) / max(1, seen)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch}: lower "
-                                     f"--lr or set --clip-grad; the last good checkpoint is {last_path}")
-        train_time = time.perf_counter() - t0
-        val_loss, val_acc, _ = evaluate(model, val_loader)
-        record = dict(epoch=epoch, step=step, lr=opt.lr, train_loss=train_loss,
-                      train_acc=float(run_correct) / max(1, seen), val_loss=val_loss, val_acc=val_acc,
-                      epoch_seconds=round(train_time, 3), images_per_second=round(seen / train_time, 1))
-        is_best = val_acc > best_acc
-        best_acc = max(best_acc, val_acc)
-        meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc,
-                    rng=rng.bit_generator.state)
-        if is_best:
-            ckpt.save(best_path, model, meta)
-        ckpt.save(last_path, model, meta, optimizer=opt)
-        _append_jsonl(out / "metrics.jsonl", record)
-        log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
-            f"  {'(best)' if is_best else ''}".rstrip())
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch + 1, end_epoch + 1):
+            part = in_epoch or dict(batch=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+            in_epoch = None
+            run_loss = xp.asarray(part["loss_sum"], dtype=np.float64)   # on the device: no sync
+            run_correct = xp.asarray(part["correct"], dtype=np.int64)
+            seen, t0 = part["seen"], time.perf_counter() - part["seconds"]
+            bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress, part["batch"])
+            for i, (images, labels) in enumerate(train_loader.batches(epoch, part["batch"]), part["batch"]):
+                opt.lr = lr_at(cfg, step, steps_per_epoch)
+                logits = model.forward(images)
+                loss, dlogits = cross_entropy(logits, labels, cfg.label_smoothing)
+                model.zero_grad()
+                model.backward(dlogits)
+                _check_finite(model, loss, step + 1, epoch, i + 1, last_path)
+                if cfg.clip_grad:
+                    clip_grad_norm(model.parameters(), cfg.clip_grad)
+                opt.step()
+                step += 1
+                run_loss += loss * len(labels)
+                run_correct += (xp.argmax(logits, axis=1) == labels).sum()
+                seen += len(labels)
+                if bar is not None and (i % 10 == 9 or i == steps_per_epoch - 1):
+                    bar.update(i + 1 - bar.n)
+                    bar.set_postfix(loss=f"{float(run_loss) / seen:.3f}", acc=f"{float(run_correct) / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                if on_step is not None:
+                    on_step(step)
+                if stop.signal and i + 1 < steps_per_epoch:
+                    if bar is not None:
+                        bar.close()
+                    part = dict(batch=i + 1, loss_sum=float(run_loss), correct=int(run_correct),
+                                seen=seen, seconds=time.perf_counter() - t0)
+                    ckpt.save(last_path, model, dict(meta_base, epoch=epoch - 1, step=step,
+                                                     best_val_acc=best_acc, in_epoch=part), optimizer=opt)
+                    log(f"{stop.signal}: saved {last_path} at epoch {epoch}, batch {i + 1} of "
+                        f"{steps_per_epoch}; continue with: minivit train --resume --out {out}")
+                    raise KeyboardInterrupt
+            if bar is not None:
+                bar.close()
+            train_loss = float(run_loss) / max(1, seen)
+            train_time = time.perf_counter() - t0
+            val_loss, val_acc, _ = evaluate(model, val_loader)
+            record = dict(epoch=epoch, step=step, lr=opt.lr, train_loss=train_loss,
+                          train_acc=float(run_correct) / max(1, seen), val_loss=val_loss, val_acc=val_acc,
+                          epoch_seconds=round(train_time, 3), images_per_second=round(seen / train_time, 1))
+            is_best = val_acc > best_acc
+            best_acc = max(best_acc, val_acc)
+            meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc, in_epoch=None)
+            if is_best:
+                ckpt.save(best_path, model, meta)
+            ckpt.save(last_path, model, meta, optimizer=opt)
+            _append_jsonl(out / "metrics.jsonl", record)
+            log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
+                f"  {'(best)' if is_best else ''}".rstrip())
+            if on_epoch is not None:
+                on_epoch(record)
+            if stop.signal and epoch < cfg.epochs:
+                log(f"{stop.signal}: stopped after epoch {epoch}, saved in {last_path}; continue "
+                    f"with: minivit train --resume --out {out}")
+                raise KeyboardInterrupt
 
     if end_epoch < cfg.epochs:
         log(f"Stopped after epoch {end_epoch}; continue with --resume --out {out}")
@@ -335,8 +402,8 @@ def finish(out, backend=None, log=print, plots=True, data=None):
     return summary
 
 
-def _progress(total, desc, enabled):
+def _progress(total, desc, enabled, done=0):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)

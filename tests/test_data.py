@@ -165,8 +165,7 @@ def test_loader_batches_cover_the_split_once(backend):
     xp = get_xp(backend)
     x = np.arange(50, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 4, 4), np.uint8)
     y = np.arange(50) % 10
-    loader = data.Loader(x, y, 16, xp, [0, 0, 0], [1 / 255] * 3, shuffle=True,
-                         rng=np.random.default_rng(0))
+    loader = data.Loader(x, y, 16, xp, [0, 0, 0], [1 / 255] * 3, shuffle=True, seed=0)
     seen = []
     for images, labels in loader:
         images = to_host(images)
@@ -180,3 +179,15 @@ def test_normalize_uses_the_channel_statistics():
     x = np.full((2, 3, 2, 2), 255, np.uint8)
     out = data.normalize(x, [0.5, 0.5, 0.5], [0.25, 0.5, 1.0])
     np.testing.assert_allclose(out[0, :, 0, 0], [2.0, 1.0, 0.5], rtol=1e-6)
+
+
+def test_loader_batches_can_be_rebuilt_alone():
+    x = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8)).astype(np.uint8)
+    loader = data.Loader(x, np.arange(40) % 10, 8, np, [0.5] * 3,
+                         [0.25] * 3, shuffle=True, augment=True, seed=3)
+    first, second = list(loader), list(loader)            # epochs 1 and 2
+    assert not np.array_equal(first[0][1], second[0][1])  # a new order each epoch
+    tail = list(loader.batches(2, start=3))               # epoch 2 from batch 3, rebuilt
+    for (a, la), (b, lb) in zip(second[3:], tail):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
