@@ -355,10 +355,12 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
             is_best = val_acc > best_acc
             best_acc = max(best_acc, val_acc)
             meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc, in_epoch=None)
+            # metrics first: a run killed before the checkpoint redoes this epoch on resume
+            # and drops this line; killed after, it keeps both
+            _append_jsonl(out / "metrics.jsonl", record)
             if is_best:
                 ckpt.save(best_path, model, meta)
             ckpt.save(last_path, model, meta, optimizer=opt)
-            _append_jsonl(out / "metrics.jsonl", record)
             log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
                 f"  {'(best)' if is_best else ''}".rstrip())
