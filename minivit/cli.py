@@ -6,6 +6,8 @@
     minivit eval --checkpoint runs/.../best.npz
     minivit predict --checkpoint runs/.../best.npz cat.png dog.jpg
     minivit plot runs/...
+    minivit gradcheck --layer attention
+    minivit attention --checkpoint runs/.../best.npz --index 3
 """
 
 import argparse
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import gradcheck
 from .backend import to_host
 from .data import (CLASSES, SAMPLE_ROOT, DataError, DEFAULT_ROOT, dataset_folder, download_cifar10,
                    find_cifar10, load_cifar10, normalize)
@@ -123,6 +126,28 @@ def build_parser():
     pl.add_argument("run_dir", metavar="RUN_DIR")
     pl.add_argument("--out", metavar="DIR", default=None,
                     help="folder for the PNG files (default: the run folder)")
+
+    gc = sub.add_parser("gradcheck", help="check hand-derived gradients numerically",
+                        description="Compare analytic gradients with centered finite differences "
+                                    "and print a table per tensor. With neither --layer nor --model: "
+                                    "every layer, then a small model.")
+    what = gc.add_mutually_exclusive_group()
+    what.add_argument("--layer", choices=list(gradcheck.LAYERS), help="check one layer")
+    what.add_argument("--model", action="store_true", help="check a whole (small) ViT")
+    gc.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                    help="float64 (default, strict) or float32 (to see why it needs looser marks)")
+    gc.add_argument("--max-checks", type=_positive_int, default=None,
+                    help="check at most this many elements per tensor (default: all)")
+    gc.add_argument("--backend", choices=["numpy", "cupy", "auto"], default=None)
+
+    at = sub.add_parser("attention", help="draw attention maps of a trained model",
+                        description="Per-head attention of the class token in one layer and the "
+                                    "attention rollout across layers, over the image, as a PNG.")
+    at.add_argument("--checkpoint", required=True, metavar="PATH")
+    at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
+    at.add_argument("--index", type=_nonneg_int, default=0, help="test image index when no IMAGE")
+    at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
+    _common(at, out_help="PNG file to write (default: attention-IMAGE.png)")
 
     d = sub.add_parser("download", help="download the full CIFAR-10",
                        description=f"Fetch the official archive (md5-checked) into --data "
@@ -244,6 +269,81 @@ def cmd_plot(args, parser):
     return 0
 
 
+FLOAT32_NOTE = """Why float32 needs looser marks: float32 keeps about 7 significant digits, so
+L = sum(out * G) carries a rounding error near 1e-7 * |L|. The centered difference divides
+the difference of two such values by 2 eps: with eps = 1e-6 that error would be as large
+as the gradient itself. A larger eps (1e-2) shrinks the rounding part but lets the O(eps^2)
+curvature part grow, so a float32 check can only promise agreement to about 1e-2 relative
+error, against about 1e-9 in float64. A correct backward passes both; use float64 to
+prove a derivation, float32 to see that training precision behaves."""
+
+
+def cmd_gradcheck(args, parser):
+    from .model import ViT
+    reports = []
+    if args.model:
+        names = []
+    elif args.layer:
+        names = [args.layer]
+    else:
+        names = list(gradcheck.LAYERS)
+    for name in names:
+        reports.append(gradcheck.check_layer(name, args.dtype, args.backend, max_checks=args.max_checks))
+    if args.model or not args.layer:
+        model = ViT(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
+                    num_classes=3, dtype=args.dtype, backend=args.backend, seed=0)
+        reports.append(gradcheck.check_model(model, batch_size=2, max_checks=args.max_checks))
+    for r in reports:
+        print(r)
+        print()
+    if args.dtype == "float32":
+        print(FLOAT32_NOTE)
+        name = args.layer or "attention"
+        tiny_eps = gradcheck.check_layer(name, "float32", args.backend, eps=1e-6)
+        print(f"Shown on {name}: in float32 with eps = 1e-6 the worst relative error is "
+              f"{tiny_eps.max_rel_err:.1e}, with eps = 1e-2 it is "
+              f"{gradcheck.check_layer(name, 'float32', args.backend).max_rel_err:.1e}; in float64 "
+              f"with eps = 3e-6 it is {gradcheck.check_layer(name, 'float64', args.backend).max_rel_err:.1e}.")
+        print()
+    failed = [r.title for r in reports if not r.passed]
+    print(f"{len(reports) - len(failed)} passed, {len(failed)} failed" +
+          (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_attention(args, parser):
+    from . import attention_maps as am
+    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
+    size = model.config["img_size"]
+    if args.image:
+        image = load_image(args.image, size)
+        name, label = Path(args.image).stem, None
+    else:
+        d = _test_split(args, meta)
+        if args.index >= len(d["y_test"]):
+            parser.error(f"--index {args.index} is out of range: the test set has {len(d['y_test'])} images")
+        image, label = d["x_test"][args.index], CLASSES[int(d["y_test"][args.index])]
+        name = f"test{args.index}"
+    if not -model.depth <= args.layer < model.depth:
+        parser.error(f"--layer {args.layer} is out of range: the model has {model.depth} blocks "
+                     f"(0..{model.depth - 1}, or -1 for the last)")
+    x = normalize(model.xp.asarray(image[None]), meta["mean"], meta["std"], model.config["dtype"])
+    logits, maps = model.attention(x)
+    pred = CLASSES[int(to_host(logits).argmax())]
+    heads = am.to_grid(am.cls_attention(maps[args.layer])[0])            # [heads, g, g]
+    roll = am.to_grid(am.rollout(maps)[0])                               # [g, g]
+    layer = args.layer % model.depth
+    title = f"predicted {pred}" + (f" (true {label})" if label else "") + f"; heads of block {layer}"
+    out = args.out or f"attention-{name}.png"
+    try:
+        am.draw(image, heads, roll, out, title)
+    except ImportError:
+        raise RuntimeError("matplotlib is not installed: `pip install -e .[plot]` to draw "
+                           "attention maps") from None
+    print(f"{title}\nwrote {out}")
+    return 0
+
+
 def cmd_download(args, parser):
     folder = download_cifar10(args.data)
     print(f"CIFAR-10 is in {folder}")
@@ -257,7 +357,7 @@ def _write_json_file(path, obj):
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot,
-            "download": cmd_download}
+            "gradcheck": cmd_gradcheck, "attention": cmd_attention, "download": cmd_download}
 
 
 def main(argv=None):

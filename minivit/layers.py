@@ -330,3 +330,9 @@ def block_backward(dy, cache):
     dx = dx1 + dh                                                     # [B, N, D]
     grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
     return dx, dict(zip(BLOCK_PARAM_NAMES, grads))
+
+
+def block_attention(cache):
+    """The attention probabilities a [B, h, N, N] kept in a block_forward cache."""
+    c_n1, c_at, c_n2, c_mlp = cache
+    return c_at[5]

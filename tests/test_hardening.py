@@ -124,6 +124,7 @@ def _nan_at(step_bad, where):
     return poisoned
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the poisoned step's NaN arithmetic
 @pytest.mark.parametrize("where, message", [
     ("loss", "the loss is nan"),
     ("grad", "the gradient of head.bias (and 19 more tensors) holds NaN or Inf"),

@@ -1,0 +1,34 @@
+"""Where does a trained ViT look? Per-head attention of the class token and attention
+rollout, drawn over a few test images.
+
+    python examples/attention_maps.py --checkpoint runs/.../best.npz [--data DIR] [--count 4]
+
+Writes attention-<i>.png per image (the same figure as `minivit attention`).
+"""
+
+import argparse
+
+import minivit
+from minivit import attention_maps, checkpoint, data
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--checkpoint", required=True)
+ap.add_argument("--data", default=None)
+ap.add_argument("--count", type=int, default=4)
+ap.add_argument("--layer", type=int, default=-1)
+args = ap.parse_args()
+
+model, meta = checkpoint.load_model(args.checkpoint)
+folder = data.find_cifar10(args.data) or data.dataset_folder(data.SAMPLE_ROOT)
+test = data.load_cifar10(folder)
+images = test["x_test"][:args.count]                                   # uint8 [n, 3, 32, 32]
+x = data.normalize(model.xp.asarray(images), meta["mean"], meta["std"])
+logits, maps = model.attention(x)                                     # maps[l]: [n, heads, N, N]
+print(f"{len(maps)} blocks, attention maps of shape {tuple(maps[0].shape)}")
+heads = attention_maps.to_grid(attention_maps.cls_attention(maps[args.layer]))  # [n, heads, g, g]
+roll = attention_maps.to_grid(attention_maps.rollout(maps))                     # [n, g, g]
+pred = minivit.to_host(logits).argmax(axis=1)
+for i in range(len(images)):
+    title = f"predicted {data.CLASSES[pred[i]]} (true {data.CLASSES[test['y_test'][i]]})"
+    path = attention_maps.draw(images[i], heads[i], roll[i], f"attention-{i}.png", title)
+    print(f"{path}: {title}")

@@ -1,0 +1,108 @@
+"""Teaching material: the gradcheck command, attention maps, the walkthrough, the docs."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minivit
+from minivit import attention_maps, cli, gradcheck
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gradcheck_command_prints_a_table(capsys):
+    assert cli.main(["gradcheck", "--layer", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert "attention  (float64, eps=3e-06, pass if rel err <= 1e-07)" in out
+    header = next(l for l in out.splitlines() if l.startswith("tensor"))
+    assert header.split() == ["tensor", "shape", "checked", "max", "abs", "err", "rel", "err", "result"]
+    row = next(l for l in out.splitlines() if l.startswith("in_proj_weight"))
+    assert row.split()[1:3] == ["24x8", "192"] and row.split()[-1] == "pass"
+    assert out.strip().endswith("1 passed, 0 failed")
+
+
+def test_gradcheck_command_model_and_float32_explanation(capsys):
+    assert cli.main(["gradcheck", "--model", "--max-checks", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "ViT (depth 2, dim 8)" in out and "blocks.1.mlp.2.weight" in out
+    assert cli.main(["gradcheck", "--layer", "gelu", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "Why float32 needs looser marks" in out
+    assert re.search(r"in float32 with eps = 1e-6 the worst relative error is \d\.\de-0[0-2]", out)
+
+
+def test_gradcheck_command_fails_loudly_on_a_wrong_gradient(capsys, monkeypatch):
+    from minivit import layers
+    real = layers.softmax_backward
+    monkeypatch.setattr(layers, "softmax_backward", lambda da, a: real(da, a) * 1.01)
+    assert cli.main(["gradcheck", "--layer", "softmax"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "0 passed, 1 failed: softmax" in out
+
+
+def test_attention_maps_rows_sum_to_one_and_rollout_shape():
+    model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
+    logits, maps = model.attention(x)
+    np.testing.assert_array_equal(logits, model.forward(x))
+    assert len(maps) == 3 and all(a.shape == (2, 3, 17, 17) for a in maps)
+    for a in maps:
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+    heads = attention_maps.cls_attention(maps[-1])
+    assert heads.shape == (2, 3, 16)
+    roll = attention_maps.rollout(maps)
+    assert roll.shape == (2, 16) and np.all(roll > 0) and np.all(roll.sum(-1) < 1)
+    assert attention_maps.to_grid(roll).shape == (2, 4, 4)
+
+
+def test_rollout_of_identity_attention_is_uniform_over_nothing():
+    eye = np.broadcast_to(np.eye(5), (1, 2, 5, 5))      # every token attends to itself
+    roll = attention_maps.rollout([eye, eye])
+    np.testing.assert_allclose(roll, 0.0)                # the class token never sees a patch
+    uniform = np.full((1, 2, 5, 5), 0.2)
+    np.testing.assert_allclose(attention_maps.rollout([uniform])[0], 0.1)   # (0.2 + 0) / 2
+
+
+def test_attention_command_draws_a_png(tmp_path, capsys):
+    from minivit import checkpoint
+    model = minivit.ViT(embed_dim=16, depth=2, num_heads=2)
+    checkpoint.save(tmp_path / "m.npz", model, {"mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 1})
+    out = tmp_path / "att.png"
+    assert cli.main(["attention", "--checkpoint", str(tmp_path / "m.npz"), "--index", "2",
+                     "--layer", "0", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "heads of block 0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["attention", "--checkpoint", str(tmp_path / "m.npz"), "--layer", "5"])
+    assert "--layer 5 is out of range: the model has 2 blocks" in capsys.readouterr().err
+
+
+def test_walkthrough_example_runs():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "walkthrough.py")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    for piece in ("patch embedding", "multi-head self-attention", "transformer block", "the whole ViT"):
+        assert f"== {piece}" in proc.stdout
+    assert "FAIL" not in proc.stdout and "Every piece passed its gradient check." in proc.stdout
+    assert "attention  (2, 2, 5, 5)" in proc.stdout
+
+
+def test_docs_link_to_real_functions_and_real_checks():
+    with open(os.path.join(ROOT, "docs", "gradients.md")) as f:
+        doc = f.read()
+    links = re.findall(r"\[`([\w.]+)`\]\(\.\./minivit/(\w+)\.py\)", doc)
+    assert len(links) >= 25
+    for name, module in links:
+        obj = __import__(f"minivit.{module}", fromlist=["x"])
+        for part in name.split("."):
+            obj = getattr(obj, part)                 # raises if the doc names a missing function
+    checked = set(re.findall(r"minivit gradcheck --layer (\w+)", doc))
+    assert checked == set(gradcheck.LAYERS)          # every layer has its check command
+    assert "minivit gradcheck --model" in doc
+    sections = re.split(r"\n## ", doc)[2:]           # after the notation
+    assert all("Check: `" in s for s in sections)    # each derivation ends with its command
