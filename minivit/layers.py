@@ -147,12 +147,14 @@ def layernorm_backward(dy, cache):
     """
     xhat, rstd, w = cache
     D = w.shape[0]
-    g = dy * w                                                  # [..., D]
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
-                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))
     dw = (dy * xhat).reshape(-1, D).sum(axis=0)                 # [D]
     db = dy.reshape(-1, D).sum(axis=0)                          # [D]
-    return dx, dw, db
+    g = dy * w                                                  # [..., D]
+    g_xhat_mean = (g * xhat).mean(axis=-1, keepdims=True)       # [..., 1]
+    g -= g.mean(axis=-1, keepdims=True)                         # in place from here on
+    g -= xhat * g_xhat_mean
+    g *= rstd
+    return g, dw, db
 
 
 # --------------------------------------------------------------------------- softmax
@@ -191,11 +193,18 @@ def gelu_forward(x, approximate="exact"):
     """
     xp = array_module(x)
     if approximate == "exact":
-        cdf = 0.5 * (1.0 + erf(x / _SQRT_2))
+        cdf = erf(x * (1.0 / _SQRT_2))
     elif approximate == "tanh":
-        cdf = 0.5 * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+        cdf = x * x
+        cdf *= 0.044715
+        cdf += 1.0
+        cdf *= x
+        cdf *= _SQRT_2_OVER_PI
+        xp.tanh(cdf, out=cdf)
     else:
         raise ValueError(f"unknown GELU approximation {approximate!r}: use one of {GELU_KINDS}")
+    cdf += 1.0                          # in place: big temporaries cost time on the CPU
+    cdf *= 0.5
     return x * cdf, (x, cdf, approximate)
 
 
@@ -209,11 +218,23 @@ def gelu_backward(dy, cache):
     xp = array_module(dy)
     x, cdf, approximate = cache
     if approximate == "exact":
-        grad = cdf + x * (_INV_SQRT_2PI * xp.exp(-0.5 * x * x))
+        grad = x * x                    # x phi(x) = x exp(-x^2/2) / sqrt(2 pi), in place
+        grad *= -0.5
+        xp.exp(grad, out=grad)
+        grad *= _INV_SQRT_2PI
     else:
-        t = 2.0 * cdf - 1.0
-        grad = cdf + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-    return dy * grad
+        t = 2.0 * cdf - 1.0             # 0.5 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        t *= t
+        xp.subtract(1.0, t, out=t)
+        grad = x * x
+        grad *= 3 * 0.044715
+        grad += 1.0
+        grad *= t
+        grad *= 0.5 * _SQRT_2_OVER_PI
+    grad *= x
+    grad += cdf
+    grad *= dy
+    return grad
 
 
 # ------------------------------------------------------------ multi-head self-attention
