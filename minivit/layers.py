@@ -17,6 +17,7 @@ d = D/h head width, F hidden width of the MLP.
 
 import math
 
+from . import fast
 from .backend import array_module, erf
 
 
@@ -162,8 +163,9 @@ def layernorm_backward(dy, cache):
 def softmax_forward(s):
     """a = exp(s - max s) / sum exp(s - max s), over the last axis (max: for stability)."""
     xp = array_module(s)
-    e = xp.exp(s - s.max(axis=-1, keepdims=True))
-    a = e / e.sum(axis=-1, keepdims=True)
+    a = s - s.max(axis=-1, keepdims=True)
+    xp.exp(a, out=a)                                   # in place: no new temporaries
+    a /= a.sum(axis=-1, keepdims=True)
     return a, a
 
 
@@ -173,7 +175,9 @@ def softmax_backward(da, cache):
         ds = a (da - sum(da a))     (sum over the last axis)
     """
     a = cache
-    return a * (da - (da * a).sum(axis=-1, keepdims=True))
+    ds = da - (da * a).sum(axis=-1, keepdims=True)
+    ds *= a
+    return ds
 
 
 # ------------------------------------------------------------------------------ GELU
@@ -192,6 +196,11 @@ def gelu_forward(x, approximate="exact"):
                                         u = sqrt(2/pi) (x + 0.044715 x^3)
     """
     xp = array_module(x)
+    if approximate == "exact" and fast.applies(x):
+        # the same math, blocked, with a float32 erf (fast.py); GELU'(x) is computed here
+        # while x is in the cache, so the backward is one product
+        y, dgelu = fast.gelu_forward(x)
+        return y, (x, None, approximate, dgelu)
     if approximate == "exact":
         cdf = erf(x * (1.0 / _SQRT_2))
     elif approximate == "tanh":
@@ -205,7 +214,7 @@ def gelu_forward(x, approximate="exact"):
         raise ValueError(f"unknown GELU approximation {approximate!r}: use one of {GELU_KINDS}")
     cdf += 1.0                          # in place: big temporaries cost time on the CPU
     cdf *= 0.5
-    return x * cdf, (x, cdf, approximate)
+    return x * cdf, (x, cdf, approximate, None)
 
 
 def gelu_backward(dy, cache):
@@ -216,7 +225,9 @@ def gelu_backward(dy, cache):
             GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     """
     xp = array_module(dy)
-    x, cdf, approximate = cache
+    x, cdf, approximate, dgelu = cache
+    if dgelu is not None:                # the fast path computed GELU'(x) in the forward
+        return dy * dgelu
     if approximate == "exact":
         grad = x * x                    # x phi(x) = x exp(-x^2/2) / sqrt(2 pi), in place
         grad *= -0.5
@@ -258,7 +269,8 @@ def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj
     qkv, in_cache = linear_forward(x, in_proj_weight, in_proj_bias)   # [B, N, 3D]
     qkv = qkv.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)        # [3, B, h, N, d]
     q, k, v = qkv[0], qkv[1], qkv[2]                                  # [B, h, N, d] each
-    s = (q @ k.transpose(0, 1, 3, 2)) * scale                         # [B, h, N, N]
+    s = q @ k.transpose(0, 1, 3, 2)                                   # [B, h, N, N]
+    s *= scale
     a, _ = softmax_forward(s)                                         # [B, h, N, N]
     o = (a @ v).transpose(0, 2, 1, 3).reshape(B, N, D)                # [B, N, D]
     y, out_cache = linear_forward(o, out_proj_weight, out_proj_bias)  # [B, N, D]
@@ -281,7 +293,8 @@ def attention_backward(dy, cache):
     do = do.reshape(B, N, H, d).transpose(0, 2, 1, 3)                 # [B, h, N, d]
     da = do @ v.transpose(0, 1, 3, 2)                                 # [B, h, N, N]
     dv = a.transpose(0, 1, 3, 2) @ do                                 # [B, h, N, d]
-    ds = softmax_backward(da, a) * scale                              # [B, h, N, N]
+    ds = softmax_backward(da, a)                                      # [B, h, N, N]
+    ds *= scale
     dq = ds @ k                                                       # [B, h, N, d]
     dk = ds.transpose(0, 1, 3, 2) @ q                                 # [B, h, N, d]
     dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)                  # [B, N, 3, h, d]

@@ -31,15 +31,6 @@ class Param:
     def __init__(self, name, data, grad):
         self.name, self.data, self.grad = name, data, grad
 
-    def attention(self, x):
-        """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}]), a_l [B, heads, N, N] the
-        attention probabilities of block l (row i: how token i attends to every token;
-        token 0 is the class token). Nothing is kept for backward."""
-        logits = self.forward(x)
-        maps = [layers.block_attention(c) for c in self._cache[3]]
-        self._cache = None
-        return logits, maps
-
     def __repr__(self):
         return f"Param({self.name!r}, shape={tuple(self.data.shape)})"
 
