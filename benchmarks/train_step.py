@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                      # default model, batch 80, NumPy
     python benchmarks/train_step.py --backend cupy --batch-size 512
+    python benchmarks/train_step.py --memory --scaling     # + peak memory, + tokens table
 
 Prints images/second for minivit on the chosen backend and, when torch is installed,
 for the same model in PyTorch (benchmarks/torch_simplevit.py) on the same shapes, in the
@@ -34,6 +35,12 @@ def parse_args(argv=None):
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--num-heads", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure each side's peak memory in a fresh process")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also time minivit at 17, 65, 257 and 1025 tokens")
+    ap.add_argument("--scaling-batch", type=int, default=16)
+    ap.add_argument("--probe", choices=["minivit", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("batch_size", "steps", "warmup"):
         if getattr(args, name) < (1 if name != "warmup" else 0):
@@ -99,12 +106,69 @@ def bench_torch(args, x_host, y_host, device):
     return time_steps(step, sync, args.steps, args.warmup), torch
 
 
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def probe_memory(args, x, y):
+    """Run in a fresh process: build one side, then report how far its resident memory
+    rose above the level before the first step (peak over warm-up and timed steps).
+    On the GPU: the peak bytes the framework's allocator handed out."""
+    import resource
+    args.steps, args.warmup = 2, 1
+    if args.probe == "minivit":
+        before = _rss_bytes()
+        model, _ = bench_minivit(args, x, y)
+        if model.backend == "cupy":
+            print("peak", "n/a")     # CuPy's pool has no peak counter; measured by nvidia-smi
+            return
+    else:
+        import torch
+        before = _rss_bytes()
+        bench_torch(args, x, y, "cuda" if args.backend == "cupy" else "cpu")
+        if args.backend == "cupy":
+            print("peak", torch.cuda.max_memory_allocated())
+            return
+    print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+def measure_memory(args, sides):
+    import subprocess
+    base = [sys.executable, os.path.abspath(__file__), "--backend", args.backend,
+            "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--img-size", str(args.img_size),
+            "--patch-size", str(args.patch_size), "--embed-dim", str(args.embed_dim),
+            "--depth", str(args.depth), "--num-heads", str(args.num_heads)]
+    for side in sides:
+        out = subprocess.run(base + ["--probe", side], capture_output=True, text=True, check=True).stdout
+        value = out.split("peak")[-1].strip()
+        shown = value if not value.isdigit() else f"{int(value) / 2**20:.0f} MiB"
+        print(f"peak memory {side}: {shown} (resident memory above the level before the first step)")
+
+
+def scaling_table(args):
+    print(f"\nstep time against tokens (minivit, batch {args.scaling_batch}, "
+          f"dim {args.embed_dim}, depth {args.depth}):")
+    print(f"{'image':>6} {'patch':>6} {'tokens':>7} {'ms/step':>9} {'ms/step/token':>14}")
+    for img, patch in ((32, 8), (32, 4), (32, 2), (64, 2)):
+        sub = argparse.Namespace(**{**vars(args), "img_size": img, "patch_size": patch,
+                                    "steps": 2, "warmup": 1})
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((args.scaling_batch, 3, img, img)).astype(np.float32)
+        y = rng.integers(0, 10, args.scaling_batch)
+        _, t = bench_minivit(sub, x, y)
+        tokens = (img // patch) ** 2 + 1
+        print(f"{img:>6} {patch:>6} {tokens:>7} {t * 1e3:>9.1f} {t * 1e3 / tokens:>14.3f}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     rng = np.random.default_rng(0)
     B = args.batch_size
     x = rng.standard_normal((B, 3, args.img_size, args.img_size)).astype(np.float32)
     y = rng.integers(0, 10, B)
+    if args.probe:
+        return probe_memory(args, x, y)
     model, t_mini = bench_minivit(args, x, y)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"NumPy {np.__version__}")
@@ -112,19 +176,24 @@ def main(argv=None):
     print(f"batch {B}, {args.dtype}, {args.steps} timed steps after {args.warmup} warm-up")
     ips_mini = B / t_mini
     print(f"minivit ({model.backend}): {t_mini * 1e3:8.1f} ms/step  {ips_mini:8.1f} images/s")
-    if args.no_torch:
-        return
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("torch: not installed, comparison skipped (pip install torch to add it)")
-        return
-    device = "cuda" if model.backend == "cupy" else "cpu"
-    t_torch, torch = bench_torch(args, x, y, device)
-    ips_torch = B / t_torch
-    print(f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads): "
-          f"{t_torch * 1e3:8.1f} ms/step  {ips_torch:8.1f} images/s")
-    print(f"ratio minivit / torch: {ips_mini / ips_torch:.2f}")
+    sides = ["minivit"]
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch: not installed, comparison skipped (pip install torch to add it)")
+        else:
+            device = "cuda" if model.backend == "cupy" else "cpu"
+            t_torch, torch = bench_torch(args, x, y, device)
+            ips_torch = B / t_torch
+            print(f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads): "
+                  f"{t_torch * 1e3:8.1f} ms/step  {ips_torch:8.1f} images/s")
+            print(f"ratio minivit / torch: {ips_mini / ips_torch:.2f}")
+            sides.append("torch")
+    if args.memory:
+        measure_memory(args, sides)
+    if args.scaling:
+        scaling_table(args)
 
 
 if __name__ == "__main__":
