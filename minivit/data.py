@@ -294,6 +294,59 @@ def random_crop_flip(x, rng, padding=4, flip=True):
     return x
 
 
+def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):
+    """Random erasing on a whole batch: with probability prob an image gets one random
+    rectangle (area fraction and aspect ratio drawn from the ranges) set to 0, the data
+    set's mean after normalization. Boxes come from the host generator rng."""
+    xp = array_module(x)
+    B, C, H, W = x.shape
+    frac = rng.uniform(*area, B)
+    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), B))
+    h = np.clip(np.round(np.sqrt(frac * H * W * ratio)), 1, H).astype(np.int64)
+    w = np.clip(np.round(np.sqrt(frac * H * W / ratio)), 1, W).astype(np.int64)
+    y0 = (rng.random(B) * (H - h + 1)).astype(np.int64)
+    x0 = (rng.random(B) * (W - w + 1)).astype(np.int64)
+    erase = rng.random(B) < prob
+    rows = np.arange(H)[None, :]
+    cols = np.arange(W)[None, :]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + h)[:, None])            # [B, H]
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + w)[:, None])            # [B, W]
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]  # [B, H, W]
+    return xp.where(xp.asarray(mask)[:, None], xp.zeros((), dtype=x.dtype), x)
+
+
+def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5):
+    """Mixup or CutMix on a whole batch -> (images, soft targets [B, num_classes]).
+
+    Each image is paired with the image at a random permutation of the batch and
+    lam ~ Beta(alpha, alpha). Mixup blends them: x = lam x + (1 - lam) x[perm]. CutMix
+    pastes a box of the partner, covering about 1 - lam of the image (one box for the
+    batch), and lam becomes the share left uncovered. The targets mix the same way:
+    lam onehot(y) + (1 - lam) onehot(y[perm]). With both alphas set, CutMix is chosen
+    with probability switch_prob."""
+    xp = array_module(x)
+    B, C, H, W = x.shape
+    onehot = xp.eye(num_classes, dtype=x.dtype)[labels]                     # [B, K]
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    if alpha <= 0:
+        return x, onehot
+    lam = float(rng.beta(alpha, alpha))
+    perm = xp.asarray(rng.permutation(B))
+    if use_cutmix:
+        cut = np.sqrt(1.0 - lam)
+        h, w = int(H * cut), int(W * cut)
+        cy, cx = int(rng.integers(H)), int(rng.integers(W))
+        y0, y1 = max(cy - h // 2, 0), min(cy + h - h // 2, H)
+        x0, x1 = max(cx - w // 2, 0), min(cx + w - w // 2, W)
+        x = x.copy()
+        x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
+    else:
+        x = lam * x + (1.0 - lam) * x[perm]
+    return x, lam * onehot + (1.0 - lam) * onehot[perm]
+
+
 class Loader:
     """Batches of one split, kept on the backend xp.
 

@@ -143,16 +143,22 @@ def check(forward, backward, inputs, *, seed=0, eps=None, tol=None, max_checks=N
     return Report(title, results, str(dtype), eps, tol)
 
 
-def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_checks=None):
+def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_checks=None,
+                drop_path_seed=None):
     """Check the whole ViT: the gradient of sum(logits * G) w.r.t. the input images and
-    every parameter (perturbed in place in the model, then restored)."""
+    every parameter (perturbed in place in the model, then restored). drop_path_seed:
+    train-mode forward with stochastic depth, the same masks at every evaluation."""
+    def run():
+        rng = None if drop_path_seed is None else np.random.default_rng(drop_path_seed)
+        return model.forward(x, rng=rng)
+
     rng = np.random.default_rng(seed)
     if x is None:
         c = model.config
         x = rng.standard_normal((batch_size, c["in_chans"], c["img_size"], c["img_size"]))
     x = model.xp.ascontiguousarray(to_device(x, model.xp, model.dtype))
     eps, tol = _defaults(model.dtype, eps, tol)
-    logits = model.forward(x)
+    logits = run()
     G = to_device(rng.standard_normal(logits.shape), model.xp, model.dtype)
     model.zero_grad()
     dx = model.backward(G)
@@ -160,7 +166,7 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
     model.zero_grad()
 
     def objective():
-        return float((model.forward(x) * G).sum())
+        return float((run() * G).sum())
 
     tensors = {"input": x, **model.state_dict()}
     results = [_compare(name, grads[name], arr, objective, eps, tol, max_checks, rng)
@@ -172,7 +178,7 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
 
 # ------------------------------------------------------------ every layer, small sizes
 
-def _block_case(rng):
+def _block_case(rng, drop_path=False):
     D, F, H = 8, 16, 2
     p = {"norm1.weight": 1 + 0.1 * rng.standard_normal(D), "norm1.bias": 0.1 * rng.standard_normal(D),
          "attn.in_proj_weight": 0.3 * rng.standard_normal((3 * D, D)),
@@ -182,10 +188,13 @@ def _block_case(rng):
          "norm2.weight": 1 + 0.1 * rng.standard_normal(D), "norm2.bias": 0.1 * rng.standard_normal(D),
          "mlp.0.weight": 0.3 * rng.standard_normal((F, D)), "mlp.0.bias": 0.1 * rng.standard_normal(F),
          "mlp.2.weight": 0.3 * rng.standard_normal((D, F)), "mlp.2.bias": 0.1 * rng.standard_normal(D)}
-    inputs = {"x": rng.standard_normal((2, 5, D)), **p}
+    inputs = {"x": rng.standard_normal((3, 5, D)), **p}
+    # stochastic depth, rate 0.5: image 1 skips attention, image 2 skips the MLP
+    keep = (np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
 
     def forward(x, **p):
-        return layers.block_forward(x, p, H)
+        k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
+        return layers.block_forward(x, p, H, keep=k)
 
     def backward(dy, cache):
         dx, grads = layers.block_backward(dy, cache)
@@ -205,6 +214,18 @@ def _cross_entropy_case(smoothing):
             return (dloss * dlogits,)
         return forward, backward, {"logits": 2 * rng.standard_normal((4, 5))}
     return case
+
+
+def _soft_target_case(rng):
+    q = rng.random((4, 5))
+    q /= q.sum(axis=1, keepdims=True)                # rows of probabilities, as mixup makes
+
+    def forward(logits):
+        return cross_entropy(logits, to_device(q, array_module(logits), logits.dtype), 0.1)
+
+    def backward(dloss, dlogits):
+        return (dloss * dlogits,)
+    return forward, backward, {"logits": 2 * rng.standard_normal((4, 5))}
 
 
 def _gelu_case(kind):
@@ -246,8 +267,10 @@ LAYERS = {
                          "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
                          "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
     "block": _block_case,
+    "block_drop_path": lambda rng: _block_case(rng, drop_path=True),
     "cross_entropy": _cross_entropy_case(0.0),
     "cross_entropy_smoothed": _cross_entropy_case(0.1),
+    "cross_entropy_soft": _soft_target_case,
 }
 
 

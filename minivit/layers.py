@@ -334,32 +334,42 @@ BLOCK_PARAM_NAMES = (
 )
 
 
-def block_forward(x, p, num_heads, approximate="exact"):
+def block_forward(x, p, num_heads, approximate="exact", keep=None):
     """x1 = x + attn(norm1(x));  y = x1 + mlp(norm2(x1)).
 
     x [B, N, D]; p maps the names in BLOCK_PARAM_NAMES to arrays.
+    keep: None, or stochastic depth's two masks (k1, k2), each [B, 1, 1] holding 0 (this
+    image skips the branch) or 1/(1 - rate): x1 = x + k1 attn(...), y = x1 + k2 mlp(...).
     """
     h, c_n1 = layernorm_forward(x, p["norm1.weight"], p["norm1.bias"])
     h, c_at = attention_forward(h, p["attn.in_proj_weight"], p["attn.in_proj_bias"],
                                 p["attn.out_proj.weight"], p["attn.out_proj.bias"], num_heads)
+    if keep is not None:
+        h *= keep[0]
     x1 = x + h                                                        # [B, N, D]
     h, c_n2 = layernorm_forward(x1, p["norm2.weight"], p["norm2.bias"])
     h, c_mlp = mlp_forward(h, p["mlp.0.weight"], p["mlp.0.bias"],
                            p["mlp.2.weight"], p["mlp.2.bias"], approximate)
-    return x1 + h, (c_n1, c_at, c_n2, c_mlp)
+    if keep is not None:
+        h *= keep[1]
+    return x1 + h, (c_n1, c_at, c_n2, c_mlp, keep)
 
 
 def block_backward(dy, cache):
     """A residual y = x + f(x) passes dy straight through and adds f's path:
     dx = dy + f_backward(dy). Applied to the MLP half, then the attention half.
 
+    With stochastic depth a branch output is scaled by its mask k, so the gradient
+    entering the branch is k dy (zero for the images that skipped it).
+
     Returns dx and a dict of parameter gradients keyed like BLOCK_PARAM_NAMES.
     """
-    c_n1, c_at, c_n2, c_mlp = cache
-    dh, dw1, db1, dw2, db2 = mlp_backward(dy, c_mlp)
+    c_n1, c_at, c_n2, c_mlp, keep = cache
+    dh, dw1, db1, dw2, db2 = mlp_backward(dy if keep is None else dy * keep[1], c_mlp)
     dh, dn2w, dn2b = layernorm_backward(dh, c_n2)
     dx1 = dy + dh                                                     # [B, N, D]
-    dh, din_w, din_b, dout_w, dout_b = attention_backward(dx1, c_at)
+    dh, din_w, din_b, dout_w, dout_b = attention_backward(
+        dx1 if keep is None else dx1 * keep[0], c_at)
     dh, dn1w, dn1b = layernorm_backward(dh, c_n1)
     dx = dx1 + dh                                                     # [B, N, D]
     grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
@@ -368,5 +378,4 @@ def block_backward(dy, cache):
 
 def block_attention(cache):
     """The attention probabilities a [B, h, N, N] kept in a block_forward cache."""
-    c_n1, c_at, c_n2, c_mlp = cache
-    return c_at[5]
+    return cache[1][5]

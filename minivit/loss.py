@@ -6,12 +6,14 @@ from .backend import array_module
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """Mean softmax cross-entropy over the batch, as torch.nn.functional.cross_entropy.
 
-    logits [B, K], labels [B] (ints in [0, K)) -> (loss, dlogits): loss is a 0-d array
-    on the logits' backend (float(loss) reads it), dlogits [B, K] is dloss/dlogits.
+    logits [B, K], labels [B] (ints in [0, K)) or soft targets [B, K] (float rows of
+    probabilities, as mixup and cutmix make) -> (loss, dlogits): loss is a 0-d array on
+    the logits' backend (float(loss) reads it), dlogits [B, K] is dloss/dlogits.
 
     Forward, with log-sum-exp for stability (m = max_k z_k):
         log p_k = z_k - m - log sum_j exp(z_j - m)
-        target  q = (1 - eps) onehot(label) + eps / K       (eps: label_smoothing)
+        target  q = (1 - eps) onehot(label) + eps / K       (eps: label_smoothing;
+                                                             a soft target replaces onehot)
         loss    = -(1/B) sum_b sum_k q_bk log p_bk
     Backward: d/dz_j of -sum_k q_k log p_k = -q_j + (sum_k q_k) p_j = p_j - q_j, so
         dlogits = (p - q) / B
@@ -23,9 +25,18 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         raise ValueError(f"logits must be [B, num_classes], got shape {tuple(logits.shape)}")
     B, K = logits.shape
     labels = xp.asarray(labels)
+    if labels.ndim == 2 and labels.dtype.kind == "f":                # soft targets
+        if labels.shape != (B, K):
+            raise ValueError(f"soft targets must have the logits' shape {(B, K)}, got "
+                             f"{tuple(labels.shape)}")
+        z = logits - logits.max(axis=1, keepdims=True)                # [B, K]
+        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))      # [B, K]
+        q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
+        loss = -(q * logp).sum(axis=1).mean()
+        return loss, (xp.exp(logp) - q) / B
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
-                        f"convert them, e.g. labels.astype(int)")
+                        f"convert them, e.g. labels.astype(int) (or pass soft targets [B, K])")
     if labels.shape != (B,):
         raise ValueError(f"labels must have shape ({B},), one per logits row, got {tuple(labels.shape)}")
     if B and (int(labels.min()) < 0 or int(labels.max()) >= K):

@@ -52,7 +52,9 @@ class ViT:
     depth, num_heads, mlp_ratio (MLP hidden width = int(embed_dim * mlp_ratio)) and
     num_classes; plus dtype ("float32" or "float64"), backend ("numpy", "cupy", "auto",
     or None for the MINIVIT_BACKEND environment variable, else "numpy"), seed (the
-    initial weights depend only on it, whatever the backend) and gelu ("exact" or "tanh").
+    initial weights depend only on it, whatever the backend), gelu ("exact" or "tanh")
+    and drop_path (stochastic depth: the largest rate, reached by the last block; block l
+    drops each branch with rate drop_path * l / (depth - 1), when forward gets an rng).
 
     Initialization: every linear and conv weight, the class token and the position
     embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
@@ -61,7 +63,7 @@ class ViT:
 
     def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=6,
                  num_heads=3, mlp_ratio=4.0, num_classes=10, dtype="float32",
-                 backend=None, seed=0, gelu="exact"):
+                 backend=None, seed=0, gelu="exact", drop_path=0.0):
         for name, value in (("img_size", img_size), ("patch_size", patch_size),
                             ("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
                             ("num_heads", num_heads), ("num_classes", num_classes)):
@@ -77,6 +79,8 @@ class ViT:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
         if str(dtype) not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path!r}")
         if gelu not in layers.GELU_KINDS:
             raise ValueError(f"unknown gelu {gelu!r}: use one of {', '.join(layers.GELU_KINDS)}")
 
@@ -86,10 +90,10 @@ class ViT:
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                            mlp_ratio=mlp_ratio, num_classes=num_classes, dtype=str(dtype),
-                           gelu=gelu)
+                           gelu=gelu, drop_path=float(drop_path))
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
-        self.num_classes, self.gelu = num_classes, gelu
+        self.num_classes, self.gelu, self.drop_path = num_classes, gelu, float(drop_path)
         self.num_patches = (img_size // patch_size) ** 2
         self._init_params(seed)
         self._cache = None
@@ -191,18 +195,30 @@ class ViT:
                 value = to_device(to_host(value), self.xp)
             self.params[name][...] = value.astype(self.dtype, copy=False)
 
+    def _drop_path_masks(self, i, batch, rng):
+        """Stochastic depth masks (k1, k2) [B, 1, 1] for block i, or None: each image keeps
+        a branch with probability 1 - rate, scaled by 1/(1 - rate) so the expected output
+        is unchanged."""
+        rate = self.drop_path * i / max(1, self.depth - 1)
+        if rng is None or rate == 0.0:
+            return None
+        kept = rng.random((2, batch)) >= rate
+        masks = to_device(kept / (1.0 - rate), self.xp, self.dtype)
+        return masks[0][:, None, None], masks[1][:, None, None]
+
     def _block_params(self, i):
         prefix = f"blocks.{i}."
         return {name: self.params[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
 
     # ------------------------------------------------------------ forward / backward
 
-    def forward(self, x, keep_cache=True):
+    def forward(self, x, keep_cache=True, rng=None):
         """x [B, C, H, W] (normalized floats) -> logits [B, num_classes].
 
         Keeps what backward needs unless keep_cache is False (evaluation: each block's
         activations are then freed as soon as the next block has run). The input is cast
-        to the model's dtype."""
+        to the model's dtype. rng (a NumPy Generator) turns on stochastic depth when the
+        model has drop_path > 0 (training); without it the forward is deterministic."""
         x = self._check_images(x)
         p = self.params
         h, c_patch = layers.patch_embed_forward(
@@ -211,7 +227,8 @@ class ViT:
             h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
         c_blocks = []
         for i in range(self.depth):
-            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu)
+            keep = self._drop_path_masks(i, len(x), rng)
+            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu, keep)
             if keep_cache:
                 c_blocks.append(c)                                            # [B, N, D]
         # The final LayerNorm works token by token and only the class token reaches the

@@ -27,7 +27,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .backend import get_xp, to_host
 from .data import (CLASSES, SAMPLE_ROOT, Loader, atomic_write, channel_stats, dataset_folder,
-                   find_cifar10, load_cifar10, split_validation)
+                   find_cifar10, load_cifar10, mix_batch, random_erase, split_validation)
 from .loss import cross_entropy
 from .layers import GELU_KINDS
 from .model import DTYPES, ViT
@@ -57,8 +57,12 @@ class TrainConfig:
     min_lr: float = 1e-5
     clip_grad: float = 1.0              # global gradient norm cap; 0 turns it off
     label_smoothing: float = 0.1
+    drop_path: float = 0.0              # stochastic depth rate of the last block
     # data
     augment: bool = True                # random crop (padding 4) + horizontal flip
+    mixup: float = 0.0                  # mixup Beta(alpha, alpha); 0 turns it off
+    cutmix: float = 0.0                 # cutmix Beta(alpha, alpha); 0 turns it off
+    random_erase: float = 0.0           # probability of erasing a box of each image
     val_fraction: float = 0.1
     limit_train: int = 0                # use only this many training images (0: all)
     eval_batch_size: int = 500
@@ -87,6 +91,13 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: use cosine or constant")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} (a Beta alpha) must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.random_erase <= 1:
+            raise ValueError(f"random_erase must be in [0, 1], got {self.random_erase}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.dtype not in DTYPES:
@@ -101,7 +112,8 @@ class TrainConfig:
     def model_config(self):
         return dict(img_size=32, patch_size=self.patch_size, in_chans=3, embed_dim=self.embed_dim,
                     depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                    num_classes=len(CLASSES), dtype=self.dtype, gelu=self.gelu)
+                    num_classes=len(CLASSES), dtype=self.dtype, gelu=self.gelu,
+                    drop_path=self.drop_path)
 
 
 PRESETS = {
@@ -140,6 +152,16 @@ def lr_at(cfg, step, steps_per_epoch):
         return cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
     return warmup_cosine(step, cfg.epochs * steps_per_epoch, cfg.lr,
                          int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
+
+
+def regularize(cfg, images, labels, rng):
+    """The batch-level regularizers of cfg: random erasing, then mixup or cutmix
+    -> (images, targets); targets are the labels, or soft targets when mixing."""
+    if cfg.random_erase:
+        images = random_erase(images, rng, cfg.random_erase)
+    if cfg.mixup or cfg.cutmix:
+        return mix_batch(images, labels, len(CLASSES), rng, cfg.mixup, cfg.cutmix)
+    return images, labels
 
 
 def evaluate(model, loader):
@@ -316,8 +338,10 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
             bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress, part["batch"])
             for i, (images, labels) in enumerate(train_loader.batches(epoch, part["batch"]), part["batch"]):
                 opt.lr = lr_at(cfg, step, steps_per_epoch)
-                logits = model.forward(images)
-                loss, dlogits = cross_entropy(logits, labels, cfg.label_smoothing)
+                brng = np.random.default_rng([cfg.seed, epoch, i, 1])   # per batch: resumable
+                images, targets = regularize(cfg, images, labels, brng)
+                logits = model.forward(images, rng=brng if cfg.drop_path else None)
+                loss, dlogits = cross_entropy(logits, targets, cfg.label_smoothing)
                 model.zero_grad()
                 model.backward(dlogits)
                 _check_finite(model, loss, step + 1, epoch, i + 1, last_path)

@@ -1,0 +1,123 @@
+"""Regularizers for the accuracy recipe: stochastic depth, mixup, cutmix, random erasing
+and soft-target cross-entropy. Each has its gradient check or an exact reference."""
+
+import numpy as np
+import pytest
+
+import minivit
+from minivit import checkpoint as ckpt
+from minivit import cli, data, gradcheck
+from minivit.train import TrainConfig, train
+
+from conftest import tiny_config
+
+
+def test_model_gradcheck_with_stochastic_depth():
+    model = minivit.ViT(**tiny_config(depth=3), dtype="float64", drop_path=0.6, seed=1)
+    report = gradcheck.check_model(model, batch_size=4, seed=2, drop_path_seed=3)
+    assert report.passed, str(report)
+    masks = model._drop_path_masks(2, 4, np.random.default_rng(3))
+    assert any(float(m.min()) == 0.0 for m in masks)      # some branch really was dropped
+
+
+def test_drop_path_masks_and_evaluation():
+    model = minivit.ViT(**tiny_config(depth=3), drop_path=0.3)
+    assert model._drop_path_masks(0, 8, np.random.default_rng(0)) is None   # first block: rate 0
+    assert model._drop_path_masks(2, 8, None) is None                          # no rng: evaluation
+    k1, k2 = model._drop_path_masks(2, 20000, np.random.default_rng(0))
+    values = np.unique(k1)
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-6)
+    assert abs(float(k1.mean()) - 1.0) < 0.03                                  # expectation kept
+    x = np.random.default_rng(1).standard_normal((4, 3, 8, 8))
+    np.testing.assert_array_equal(model.forward(x), model.forward(x))          # deterministic
+    assert not np.array_equal(model.forward(x), model.forward(x, rng=np.random.default_rng(5)))
+    with pytest.raises(ValueError, match=r"drop_path must be in \[0, 1\), got 1.0"):
+        minivit.ViT(drop_path=1.0)
+
+
+def test_soft_target_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, 5)
+    onehot = np.eye(4)[labels]
+    for eps in (0.0, 0.1):
+        hard = minivit.cross_entropy(logits, labels, eps)
+        soft = minivit.cross_entropy(logits, onehot, eps)
+        assert abs(float(hard[0]) - float(soft[0])) < 1e-12
+        np.testing.assert_allclose(hard[1], soft[1], atol=1e-15)
+    with pytest.raises(ValueError, match=r"soft targets must have the logits' shape \(5, 4\)"):
+        minivit.cross_entropy(logits, np.ones((5, 3)) / 3)
+
+
+def test_soft_targets_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((6, 10))
+    q = rng.random((6, 10))
+    q /= q.sum(1, keepdims=True)
+    loss, _ = minivit.cross_entropy(logits, q, 0.1)
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(q),
+                                            label_smoothing=0.1)
+    assert abs(float(loss) - ref.item()) < 1e-12
+
+
+def test_mixup_blends_images_and_targets():
+    x = np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 5])
+    out, targets = data.mix_batch(x, y, 10, np.random.default_rng(4), mixup_alpha=0.8)
+    rng = np.random.default_rng(4)                  # the same draws, in the same order
+    lam, perm = rng.beta(0.8, 0.8), rng.permutation(6)
+    np.testing.assert_allclose(out, lam * x + (1 - lam) * x[perm], rtol=1e-6)
+    np.testing.assert_allclose(targets, lam * np.eye(10)[y] + (1 - lam) * np.eye(10)[y[perm]], rtol=1e-6)
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+
+
+def test_cutmix_pastes_one_box_and_weights_targets_by_area():
+    x = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 3, 16, 16), np.float32)
+    y = np.array([0, 1, 2, 3])
+    out, targets = data.mix_batch(x, y, 4, np.random.default_rng(2), cutmix_alpha=1.0)
+    pasted = out != x                                # where an image shows its partner
+    assert pasted.any()
+    area = pasted[:, 0].sum(axis=(1, 2))
+    moved = area > 0
+    box = pasted[moved][0, 0]
+    rows, cols = np.flatnonzero(box.any(1)), np.flatnonzero(box.any(0))
+    assert box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()   # one solid rectangle
+    lam = 1 - box.sum() / 256
+    for i in np.flatnonzero(moved):
+        assert targets[i, y[i]] == pytest.approx(lam, abs=1e-6)
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+
+
+def test_random_erase_boxes():
+    x = np.ones((64, 3, 32, 32), np.float32)
+    out = data.random_erase(x, np.random.default_rng(0), prob=1.0)
+    zero = (out == 0)[:, 0]
+    frac = zero.mean(axis=(1, 2))
+    assert (frac > 0).all() and frac.max() <= 1 / 3 + 0.05 and frac.min() >= 0.015
+    assert ((out == 0).all(axis=1) == zero).all()                   # every channel alike
+    np.testing.assert_array_equal(data.random_erase(x, np.random.default_rng(0), prob=0.0), x)
+
+
+def test_training_with_every_regularizer_resumes_exactly(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=2, num_heads=2,
+                                  mlp_ratio=2.0, batch_size=32, limit_train=256, drop_path=0.2,
+                                  mixup=0.8, cutmix=1.0, random_erase=0.25)
+    train(cfg, out=tmp_path / "a", progress=False, plots=False, log=lambda *a: None)
+    train(cfg, out=tmp_path / "b", progress=False, plots=False, log=lambda *a: None,
+          stop_after_epochs=1)
+    train(None, out=tmp_path / "b", resume=True, progress=False, plots=False, log=lambda *a: None)
+    a, b = ckpt.load(tmp_path / "a" / "checkpoint.npz")[0], ckpt.load(tmp_path / "b" / "checkpoint.npz")[0]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--drop-path", "1"], "argument --drop-path: must be in [0, 1), got 1"),
+    (["--mixup", "-0.5"], "argument --mixup: must be a number >= 0, got -0.5"),
+    (["--random-erase", "2"], "argument --random-erase: must be in [0, 1), got 2"),
+])
+def test_cli_validates_regularizer_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", *argv])
+    assert message in capsys.readouterr().err
