@@ -36,6 +36,7 @@ VARIANTS = {
                                                         mixup=0.8, cutmix=1.0),
     "+ random erasing 0.25": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0,
                                                      random_erase=0.25),
+    "+ EMA 0.99": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0, ema=0.99),
 }
 
 print(f"{'variant':<28} {'best val acc':>12} {'epoch':>6} {'test acc':>9} {'minutes':>8}")

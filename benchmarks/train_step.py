@@ -179,12 +179,12 @@ def main(argv=None):
     sides = ["minivit"]
     if not args.no_torch:
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             print("torch: not installed, comparison skipped (pip install torch to add it)")
         else:
             device = "cuda" if model.backend == "cupy" else "cpu"
-            t_torch, torch = bench_torch(args, x, y, device)
+            t_torch, _ = bench_torch(args, x, y, device)
             ips_torch = B / t_torch
             print(f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads): "
                   f"{t_torch * 1e3:8.1f} ms/step  {ips_torch:8.1f} images/s")

@@ -3,6 +3,7 @@
 Inside the file:
     <PyTorch state-dict name>   the model's weights, e.g. "blocks.0.attn.in_proj_weight"
     optim.m.<name>, optim.v.<name>   the optimizer's moment estimates (training checkpoints)
+    optim.ema.shadow             the flat weight average, when training keeps one
     minivit.meta                 a JSON document (as uint8 bytes): format version, model
                                  configuration, training configuration, epoch, step,
                                  optimizer scalars, RNG state, normalization, best accuracy
@@ -31,7 +32,7 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, damaged, or not a minivit checkpoint."""
 
 
-def save(path, model, meta, optimizer=None, dtype=None):
+def save(path, model, meta, optimizer=None, dtype=None, ema=None):
     """Write model weights (+ optimizer state) and the meta dict to path, atomically:
     a crash while writing leaves the previous file intact. dtype (e.g. "float16") stores
     the weights smaller; they are cast back to the model's dtype on loading."""
@@ -47,6 +48,10 @@ def save(path, model, meta, optimizer=None, dtype=None):
         for k, v in state.items():
             if isinstance(v, np.ndarray):
                 arrays[OPTIM_PREFIX + k] = v
+    if ema is not None:                       # the weight average, for resuming
+        state = ema.state_dict()
+        meta["ema"] = {"t": state["t"], "decay": state["decay"]}
+        arrays[OPTIM_PREFIX + "ema.shadow"] = state["shadow"]
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 

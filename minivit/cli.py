@@ -98,6 +98,7 @@ def build_parser():
     g.add_argument("--cutmix", type=_nonneg_float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--random-erase", type=_fraction, help="probability of erasing a box per image")
     g.add_argument("--drop-path", type=_fraction, help="stochastic depth rate of the last block")
+    g.add_argument("--ema", type=_fraction, help="decay of a weight average used for evaluation (0: off)")
     g.add_argument("--val-fraction", type=_fraction, help="share of training images held out")
     g.add_argument("--limit-train", type=_nonneg_int, help="use only the first N training images")
     g.add_argument("--seed", type=_nonneg_int)

@@ -14,7 +14,6 @@ same seed see the same batches, and the generator's state goes into checkpoints.
 
 import hashlib
 import importlib
-import io
 import os
 import pickle
 import shutil

@@ -7,6 +7,7 @@ where a group's own weight_decay overrides the optimizer's. Updates happen in pl
 ``param.data``, so the model sees them at once.
 """
 
+import contextlib
 import math
 
 from .backend import array_module, to_device, to_host
@@ -140,3 +141,47 @@ def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """An exponential moving average of a model's weights, for evaluation.
+
+    After every optimizer step: shadow = d shadow + (1 - d) w, with the decay warmed up as
+    d_t = min(decay, (1 + t) / (10 + t)) so the early average is not stuck at the random
+    initial weights. Works on the model's flat parameter buffer: one array operation.
+
+        ema = EMA(model, 0.999)
+        ...  opt.step(); ema.update()
+        with ema.applied():          # the model holds the averaged weights inside
+            evaluate(model)
+    """
+
+    def __init__(self, model, decay=0.999):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.model, self.decay, self.t = model, float(decay), 0
+        self.shadow = model.flat_params.copy()
+
+    def update(self):
+        self.t += 1
+        d = min(self.decay, (1.0 + self.t) / (10.0 + self.t))
+        diff = self.model.flat_params - self.shadow
+        diff *= 1.0 - d
+        self.shadow += diff
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Swap the averaged weights into the model for the duration of the block."""
+        saved = self.model.flat_params.copy()
+        self.model.flat_params[...] = self.shadow
+        try:
+            yield self.model
+        finally:
+            self.model.flat_params[...] = saved
+
+    def state_dict(self):
+        return {"t": self.t, "decay": self.decay, "shadow": to_host(self.shadow).copy()}
+
+    def load_state_dict(self, state):
+        self.t, self.decay = int(state["t"]), float(state["decay"])
+        self.shadow[...] = to_device(state["shadow"], array_module(self.shadow), self.shadow.dtype)

@@ -15,23 +15,24 @@ Every file is written atomically, so a run killed at any moment keeps its last g
 checkpoint, and `--resume` continues exactly where it stopped.
 """
 
+import contextlib
 import dataclasses
 import json
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from .backend import get_xp, to_host
+from .backend import to_host
 from .data import (CLASSES, SAMPLE_ROOT, Loader, atomic_write, channel_stats, dataset_folder,
                    find_cifar10, load_cifar10, mix_batch, random_erase, split_validation)
 from .loss import cross_entropy
 from .layers import GELU_KINDS
 from .model import DTYPES, ViT
-from .optim import Adam, AdamW, clip_grad_norm, warmup_cosine
+from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     mixup: float = 0.0                  # mixup Beta(alpha, alpha); 0 turns it off
     cutmix: float = 0.0                 # cutmix Beta(alpha, alpha); 0 turns it off
     random_erase: float = 0.0           # probability of erasing a box of each image
+    ema: float = 0.0                    # decay of a weight average used for evaluation; 0: off
     val_fraction: float = 0.1
     limit_train: int = 0                # use only this many training images (0: all)
     eval_batch_size: int = 500
@@ -96,6 +98,8 @@ class TrainConfig:
         for name in ("mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} (a Beta alpha) must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
         if not 0 <= self.random_erase <= 1:
             raise ValueError(f"random_erase must be in [0, 1], got {self.random_erase}")
         if not 0 <= self.val_fraction < 1:
@@ -306,9 +310,12 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
     model = ViT(**cfg.model_config(), backend=backend, seed=cfg.seed)
     xp = model.xp
     opt = make_optimizer(cfg, model)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
     if resume:
         model.load_state_dict(weights)
         opt.load_state_dict({**meta["optimizer"], **optim_state})
+        if ema is not None:
+            ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
         # forget metrics of epochs after the checkpoint (from a run killed after writing them)
         kept = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
         atomic_write(out / "metrics.jsonl",
@@ -348,6 +355,8 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                 if cfg.clip_grad:
                     clip_grad_norm(model.parameters(), cfg.clip_grad)
                 opt.step()
+                if ema is not None:
+                    ema.update()
                 step += 1
                 run_loss += loss * len(labels)
                 run_correct += (xp.argmax(logits, axis=1) == labels).sum()
@@ -364,7 +373,8 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                     part = dict(batch=i + 1, loss_sum=float(run_loss), correct=int(run_correct),
                                 seen=seen, seconds=time.perf_counter() - t0)
                     ckpt.save(last_path, model, dict(meta_base, epoch=epoch - 1, step=step,
-                                                     best_val_acc=best_acc, in_epoch=part), optimizer=opt)
+                                                     best_val_acc=best_acc, in_epoch=part),
+                              optimizer=opt, ema=ema)
                     log(f"{stop.signal}: saved {last_path} at epoch {epoch}, batch {i + 1} of "
                         f"{steps_per_epoch}; continue with: minivit train --resume --out {out}")
                     raise KeyboardInterrupt
@@ -372,19 +382,20 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                 bar.close()
             train_loss = float(run_loss) / max(1, seen)
             train_time = time.perf_counter() - t0
-            val_loss, val_acc, _ = evaluate(model, val_loader)
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                val_loss, val_acc, _ = evaluate(model, val_loader)   # the averaged weights, if any
+                is_best = val_acc > best_acc
+                best_acc = max(best_acc, val_acc)
+                meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc, in_epoch=None)
+                if is_best:            # best.npz holds the weights that were evaluated
+                    ckpt.save(best_path, model, meta)
             record = dict(epoch=epoch, step=step, lr=opt.lr, train_loss=train_loss,
                           train_acc=float(run_correct) / max(1, seen), val_loss=val_loss, val_acc=val_acc,
                           epoch_seconds=round(train_time, 3), images_per_second=round(seen / train_time, 1))
-            is_best = val_acc > best_acc
-            best_acc = max(best_acc, val_acc)
-            meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc, in_epoch=None)
-            # metrics first: a run killed before the checkpoint redoes this epoch on resume
-            # and drops this line; killed after, it keeps both
+            # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint
+            # redoes this epoch on resume (dropping this line and rewriting best.npz alike)
             _append_jsonl(out / "metrics.jsonl", record)
-            if is_best:
-                ckpt.save(best_path, model, meta)
-            ckpt.save(last_path, model, meta, optimizer=opt)
+            ckpt.save(last_path, model, meta, optimizer=opt, ema=ema)
             log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
                 f"  {'(best)' if is_best else ''}".rstrip())

@@ -121,3 +121,49 @@ def test_cli_validates_regularizer_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_ema_averages_weights_and_swaps_them_in():
+    model = minivit.ViT(**tiny_config())
+    ema = minivit.EMA(model, decay=0.9)
+    w0 = model.flat_params.copy()
+    history = [w0]
+    for step in range(1, 6):
+        model.flat_params += 0.1 * step                    # stand-in for optimizer steps
+        history.append(model.flat_params.copy())
+        ema.update()
+    ref = w0.copy()
+    for t, w in enumerate(history[1:], start=1):
+        d = min(0.9, (1 + t) / (10 + t))
+        ref = d * ref + (1 - d) * w
+    np.testing.assert_allclose(ema.shadow, ref, rtol=1e-5)
+    live = model.flat_params.copy()
+    with ema.applied():
+        np.testing.assert_array_equal(model.flat_params, ema.shadow)
+        np.testing.assert_array_equal(model.params["head.weight"].ravel(),
+                                      ema.shadow[-(3 * 8 + 3):-3])       # views follow the buffer
+    np.testing.assert_array_equal(model.flat_params, live)
+    with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\), got 1.0"):
+        minivit.EMA(model, 1.0)
+
+
+def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=1, num_heads=2,
+                                  mlp_ratio=2.0, batch_size=32, limit_train=256, ema=0.99)
+    train(cfg, out=tmp_path / "a", progress=False, plots=False, log=lambda *a: None)
+    train(cfg, out=tmp_path / "b", progress=False, plots=False, log=lambda *a: None,
+          stop_after_epochs=1)
+    train(None, out=tmp_path / "b", resume=True, progress=False, plots=False, log=lambda *a: None)
+    a_w, a_opt, a_meta = ckpt.load(tmp_path / "a" / "checkpoint.npz")
+    b_w, b_opt, _ = ckpt.load(tmp_path / "b" / "checkpoint.npz")
+    np.testing.assert_array_equal(a_opt["ema.shadow"], b_opt["ema.shadow"])
+    for k in a_w:
+        np.testing.assert_array_equal(a_w[k], b_w[k])
+    assert a_meta["ema"]["t"] == a_meta["step"]
+    one = TrainConfig.from_preset("sample", **{**cfg.__dict__, "epochs": 1, "preset": "sample"})
+    train(one, out=tmp_path / "c", progress=False, plots=False, log=lambda *a: None)
+    best = ckpt.load(tmp_path / "c" / "best.npz")[0]                 # epoch 1: always the best
+    last_w, last_opt, _ = ckpt.load(tmp_path / "c" / "checkpoint.npz")
+    flat = np.concatenate([v.ravel() for v in best.values()])
+    np.testing.assert_array_equal(flat, last_opt["ema.shadow"])      # evaluated: the average
+    assert not np.array_equal(flat, np.concatenate([v.ravel() for v in last_w.values()]))
