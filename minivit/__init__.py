@@ -7,7 +7,7 @@
     model.backward(dlogits)                          # fills model.grads()
 """
 
-from . import backend, gradcheck, layers
+from . import backend, checkpoint, data, gradcheck, layers
 from .backend import get_xp, gpu_available, to_device, to_host
 from .loss import cross_entropy
 from .model import ViT, Param
@@ -16,4 +16,4 @@ from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
 __version__ = "0.1.0"
 
 __all__ = ["ViT", "Param", "cross_entropy", "Adam", "AdamW", "EMA", "clip_grad_norm", "warmup_cosine",
-           "gradcheck", "layers", "backend", "get_xp", "gpu_available", "to_host", "to_device"]
+           "gradcheck", "layers", "backend", "checkpoint", "data", "get_xp", "gpu_available", "to_host", "to_device"]

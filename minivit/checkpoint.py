@@ -6,7 +6,8 @@ Inside the file:
     optim.ema.shadow             the flat weight average, when training keeps one
     minivit.meta                 a JSON document (as uint8 bytes): format version, model
                                  configuration, training configuration, epoch, step,
-                                 optimizer scalars, RNG state, normalization, best accuracy
+                                 optimizer scalars, position in the epoch, normalization,
+                                 best accuracy
 
 The weights keep PyTorch's names, so the PyTorch SimpleViT loads them directly:
 

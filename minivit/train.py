@@ -6,7 +6,8 @@
 A run folder holds:
     config.json      the full training configuration
     metrics.jsonl    one JSON line per epoch (loss, accuracies, learning rate, speed)
-    checkpoint.npz   the last completed epoch (model, optimizer, RNG, schedule position)
+    checkpoint.npz   the last completed epoch, or the batch where Ctrl-C stopped it (model,
+                     optimizer, schedule position)
     best.npz         the epoch with the best validation accuracy
     summary.json     final test accuracy, overall and per class (at the end)
     predictions.npz  test labels, predictions and a few images, for the plots
