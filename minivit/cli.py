@@ -178,7 +178,8 @@ def cmd_train(args, parser):
     if args.resume:
         if args.out is None:
             parser.error("--resume needs --out RUN_DIR, the run folder to continue")
-        overrides = {k for k in ("preset", "epochs", "batch_size", "lr") if getattr(args, k) is not None}
+        fields = set(TrainConfig.__dataclass_fields__)
+        overrides = {k for k, v in vars(args).items() if k in fields and v is not None}
         if overrides:
             print(f"note: --resume continues with the run's saved configuration; ignoring "
                   f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))}", file=sys.stderr)

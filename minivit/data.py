@@ -138,7 +138,7 @@ def dataset_folder(root):
     or None if neither holds the training batches."""
     root = Path(root).expanduser()
     for folder in (root, root / FOLDER):
-        if all((folder / f).exists() for f in TRAIN_FILES) or (folder / TRAIN_FILES[0]).exists():
+        if any((folder / f).exists() for f in TRAIN_FILES):
             return folder
     return None
 
