@@ -37,6 +37,7 @@ VARIANTS = {
     "+ random erasing 0.25": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0,
                                                      random_erase=0.25),
     "+ EMA 0.99": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0, ema=0.99),
+    "+ mean pooling": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0, pool="mean"),
 }
 
 print(f"{'variant':<28} {'best val acc':>12} {'epoch':>6} {'test acc':>9} {'minutes':>8}")

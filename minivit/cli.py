@@ -108,6 +108,7 @@ def build_parser():
     g.add_argument("--num-heads", type=_positive_int)
     g.add_argument("--mlp-ratio", type=_positive_float)
     g.add_argument("--gelu", choices=["exact", "tanh"])
+    g.add_argument("--pool", choices=["cls", "mean"], help="head on the class token or the patch mean")
     g.add_argument("--dtype", choices=["float32", "float64"])
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plots", action="store_true", help="draw no plots at the end")

@@ -17,6 +17,7 @@ from . import layers
 from .backend import array_module, backend_name, get_xp, to_device, to_host
 
 DTYPES = ("float32", "float64")
+POOLS = ("cls", "mean")
 
 
 class Param:
@@ -53,8 +54,10 @@ class ViT:
     num_classes; plus dtype ("float32" or "float64"), backend ("numpy", "cupy", "auto",
     or None for the MINIVIT_BACKEND environment variable, else "numpy"), seed (the
     initial weights depend only on it, whatever the backend), gelu ("exact" or "tanh")
-    and drop_path (stochastic depth: the largest rate, reached by the last block; block l
-    drops each branch with rate drop_path * l / (depth - 1), when forward gets an rng).
+    drop_path (stochastic depth: the largest rate, reached by the last block; block l
+    drops each branch with rate drop_path * l / (depth - 1), when forward gets an rng) and
+    pool: "cls" (the head reads the class token, as the reference) or "mean" (the head
+    reads the mean of the patch tokens; the class token still takes part in attention).
 
     Initialization: every linear and conv weight, the class token and the position
     embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
@@ -63,7 +66,7 @@ class ViT:
 
     def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=6,
                  num_heads=3, mlp_ratio=4.0, num_classes=10, dtype="float32",
-                 backend=None, seed=0, gelu="exact", drop_path=0.0):
+                 backend=None, seed=0, gelu="exact", drop_path=0.0, pool="cls"):
         for name, value in (("img_size", img_size), ("patch_size", patch_size),
                             ("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
                             ("num_heads", num_heads), ("num_classes", num_classes)):
@@ -81,6 +84,8 @@ class ViT:
             raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path!r}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
         if gelu not in layers.GELU_KINDS:
             raise ValueError(f"unknown gelu {gelu!r}: use one of {', '.join(layers.GELU_KINDS)}")
 
@@ -90,10 +95,11 @@ class ViT:
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                            mlp_ratio=mlp_ratio, num_classes=num_classes, dtype=str(dtype),
-                           gelu=gelu, drop_path=float(drop_path))
+                           gelu=gelu, drop_path=float(drop_path), pool=pool)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.num_classes, self.gelu, self.drop_path = num_classes, gelu, float(drop_path)
+        self.pool = pool
         self.num_patches = (img_size // patch_size) ** 2
         self._init_params(seed)
         self._cache = None
@@ -233,7 +239,9 @@ class ViT:
                 c_blocks.append(c)                                            # [B, N, D]
         # The final LayerNorm works token by token and only the class token reaches the
         # head, so normalizing just that token gives the same logits and gradients.
-        z, c_norm = layers.layernorm_forward(h[:, 0], p["norm.weight"], p["norm.bias"])  # [B, D]
+        # pool="mean" instead normalizes the mean of the patch tokens.
+        pooled = h[:, 0] if self.pool == "cls" else h[:, 1:].mean(axis=1)       # [B, D]
+        z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])  # [B, D]
         logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
         self._cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head) if keep_cache else None
         return logits
@@ -298,7 +306,10 @@ class ViT:
         g["norm.weight"] += dw
         g["norm.bias"] += db
         dh = self.xp.zeros(h_shape, dtype=self.dtype)                           # [B, N, D]
-        dh[:, 0] = dcls
+        if self.pool == "cls":
+            dh[:, 0] = dcls
+        else:                     # a mean over P tokens: each receives 1/P of the gradient
+            dh[:, 1:] = dcls[:, None, :] / (h_shape[1] - 1)
         for i in reversed(range(self.depth)):
             dh, block_grads = layers.block_backward(dh, c_blocks[i])
             for name, grad in block_grads.items():

@@ -32,7 +32,7 @@ from .data import (CLASSES, SAMPLE_ROOT, Loader, atomic_write, channel_stats, da
                    find_cifar10, load_cifar10, mix_batch, random_erase, split_validation)
 from .loss import cross_entropy
 from .layers import GELU_KINDS
-from .model import DTYPES, ViT
+from .model import DTYPES, POOLS, ViT
 from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     clip_grad: float = 1.0              # global gradient norm cap; 0 turns it off
     label_smoothing: float = 0.1
     drop_path: float = 0.0              # stochastic depth rate of the last block
+    pool: str = "cls"                   # what the head reads: "cls" token or "mean" of patches
     # data
     augment: bool = True                # random crop (padding 4) + horizontal flip
     mixup: float = 0.0                  # mixup Beta(alpha, alpha); 0 turns it off
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: use cosine or constant")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
         for name in ("mixup", "cutmix"):
@@ -118,7 +121,7 @@ class TrainConfig:
         return dict(img_size=32, patch_size=self.patch_size, in_chans=3, embed_dim=self.embed_dim,
                     depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                     num_classes=len(CLASSES), dtype=self.dtype, gelu=self.gelu,
-                    drop_path=self.drop_path)
+                    drop_path=self.drop_path, pool=self.pool)
 
 
 PRESETS = {

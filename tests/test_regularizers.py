@@ -167,3 +167,15 @@ def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path):
     flat = np.concatenate([v.ravel() for v in best.values()])
     np.testing.assert_array_equal(flat, last_opt["ema.shadow"])      # evaluated: the average
     assert not np.array_equal(flat, np.concatenate([v.ravel() for v in last_w.values()]))
+
+
+def test_mean_pooling_head_gradcheck_and_torch_layout():
+    model = minivit.ViT(**tiny_config(), dtype="float64", pool="mean", seed=3)
+    report = gradcheck.check_model(model, batch_size=2, seed=1)
+    assert report.passed, str(report)
+    assert list(model.state_dict()) == list(minivit.ViT(**tiny_config()).state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    cls_model = minivit.ViT(**tiny_config(), dtype="float64", seed=3)
+    assert not np.allclose(model.forward(x), cls_model.forward(x))
+    with pytest.raises(ValueError, match="unknown pool 'max': use one of cls, mean"):
+        minivit.ViT(pool="max")
