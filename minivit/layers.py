@@ -200,7 +200,7 @@ def gelu_forward(x, approximate="exact"):
         # the same math, blocked, with a float32 erf (fast.py); GELU'(x) is computed here
         # while x is in the cache, so the backward is one product
         y, dgelu = fast.gelu_forward(x)
-        return y, (x, None, approximate, dgelu)
+        return y, (None, None, approximate, dgelu)     # x is not kept: backward needs dgelu only
     if approximate == "exact":
         cdf = erf(x * (1.0 / _SQRT_2))
     elif approximate == "tanh":
