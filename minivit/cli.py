@@ -11,7 +11,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from . import checkpoint as ckpt
 from . import gradcheck
 from .backend import to_host
 from .data import (CLASSES, SAMPLE_ROOT, DataError, DEFAULT_ROOT, dataset_folder, download_cifar10,
-                   find_cifar10, load_cifar10, normalize)
+                   find_cifar10, load_cifar10, normalize, write_json)
 from .train import PRESETS, TrainConfig, evaluate, per_class_accuracy, train
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -358,8 +357,7 @@ def cmd_download(args, parser):
 
 
 def _write_json_file(path, obj):
-    from .data import atomic_write
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    write_json(path, obj)
     print(f"wrote {path}")
 
 

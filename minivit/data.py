@@ -14,6 +14,7 @@ same seed see the same batches, and the generator's state goes into checkpoints.
 
 import hashlib
 import importlib
+import json
 import os
 import pickle
 import shutil
@@ -129,6 +130,16 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path, obj):
+    """Write obj as indented JSON, atomically."""
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_jsonl(path, records):
+    """Write one JSON line per record, atomically: the file never holds half a line."""
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 # ------------------------------------------------------------------ finding the data

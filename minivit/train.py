@@ -28,8 +28,9 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .backend import to_host
-from .data import (CLASSES, SAMPLE_ROOT, Loader, atomic_write, channel_stats, dataset_folder,
-                   find_cifar10, load_cifar10, mix_batch, random_erase, split_validation)
+from .data import (CLASSES, SAMPLE_ROOT, Loader, channel_stats, dataset_folder, find_cifar10,
+                   load_cifar10, mix_batch, random_erase, split_validation, atomic_write, write_json,
+                   write_jsonl)
 from .loss import cross_entropy
 from .layers import GELU_KINDS
 from .model import DTYPES, POOLS, ViT
@@ -71,6 +72,11 @@ class TrainConfig:
     limit_train: int = 0                # use only this many training images (0: all)
     eval_batch_size: int = 500
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d):
+        """The configuration saved in a checkpoint (JSON turned the betas into a list)."""
+        return cls(**{**d, "betas": tuple(d["betas"])})
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -216,21 +222,11 @@ def prepare_data(cfg, data):
                 y_test=d["y_test"], folder=str(folder), source=source)
 
 
-def _append_jsonl(path, record):
-    """Append one line; the whole file is rewritten atomically so it never holds half a line."""
-    old = Path(path).read_bytes() if Path(path).exists() else b""
-    atomic_write(path, lambda f: f.write(old + (json.dumps(record) + "\n").encode()))
-
-
 def read_metrics(run_dir):
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 class _StopRequest:
@@ -295,7 +291,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
                                     f"without --resume, or point --out at an earlier run folder")
         weights, optim_state, meta = ckpt.load(last_path)
-        cfg = TrainConfig(**{**meta["train"], "betas": tuple(meta["train"]["betas"])})
+        cfg = TrainConfig.from_dict(meta["train"])
         data = data if data is not None else meta.get("data_arg")
         start_epoch, step, best_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
         in_epoch = meta.get("in_epoch")
@@ -322,11 +318,10 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
             ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
         # forget metrics of epochs after the checkpoint (from a run killed after writing them)
         kept = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
-        atomic_write(out / "metrics.jsonl",
-                     lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept).encode()))
+        write_jsonl(out / "metrics.jsonl", kept)
         where = f"epoch {start_epoch + 1} batch {in_epoch['batch']}" if in_epoch else f"epoch {start_epoch}"
         log(f"Resuming {out} after {where} (step {step}).")
-    _write_json(out / "config.json", dataclasses.asdict(cfg))
+    write_json(out / "config.json", dataclasses.asdict(cfg))
 
     train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std, shuffle=True,
                           augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
@@ -398,7 +393,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                           epoch_seconds=round(train_time, 3), images_per_second=round(seen / train_time, 1))
             # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint
             # redoes this epoch on resume (dropping this line and rewriting best.npz alike)
-            _append_jsonl(out / "metrics.jsonl", record)
+            write_jsonl(out / "metrics.jsonl", read_metrics(out) + [record])
             ckpt.save(last_path, model, meta, optimizer=opt, ema=ema)
             log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
@@ -420,7 +415,7 @@ def finish(out, backend=None, log=print, plots=True, data=None):
     """Score best.npz on the test set; write summary.json, predictions.npz and plots."""
     out = Path(out)
     model, meta = ckpt.load_model(out / "best.npz", backend=backend)
-    cfg = TrainConfig(**{**meta["train"], "betas": tuple(meta["train"]["betas"])})
+    cfg = TrainConfig.from_dict(meta["train"])
     d = data if data is not None else prepare_data(cfg, meta.get("data_arg"))
     loader = Loader(d["x_test"], d["y_test"], cfg.eval_batch_size, model.xp, meta["mean"],
                     meta["std"], dtype=cfg.dtype)
@@ -430,7 +425,7 @@ def finish(out, backend=None, log=print, plots=True, data=None):
                    best_epoch=meta["epoch"], best_val_acc=meta["best_val_acc"], data=d["source"],
                    per_class_acc=dict(zip(CLASSES, per_class)), preset=cfg.preset,
                    parameters=model.num_parameters(), backend=model.backend)
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     atomic_write(out / "predictions.npz", lambda f: np.savez(
         f, y_true=d["y_test"], y_pred=preds, images=d["x_test"][:32]))
     log(f"Test accuracy (best epoch {meta['epoch']}): {test_acc:.4f} on {len(preds)} images")
