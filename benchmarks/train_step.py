@@ -7,7 +7,9 @@
 Prints images/second for minivit on the chosen backend and, when torch is installed,
 for the same model in PyTorch (benchmarks/torch_simplevit.py) on the same shapes, in the
 same process, with the ratio. Each side is warmed up first; on the GPU the device is
-synchronized before the clock is read.
+synchronized before the clock is read. The two sides take turns: --rounds rounds of
+--steps steps each, so a slow spell of a shared machine hits both; the figure of each
+side is its median round.
 """
 
 import argparse
@@ -26,7 +28,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
     ap.add_argument("--batch-size", type=int, default=80)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per side (default 10)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per round (default 5)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds, the sides taking turns (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--img-size", type=int, default=32)
@@ -42,7 +46,7 @@ def parse_args(argv=None):
     ap.add_argument("--scaling-batch", type=int, default=16)
     ap.add_argument("--probe", choices=["minivit", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("batch_size", "steps", "warmup"):
+    for name in ("batch_size", "steps", "rounds", "warmup"):
         if getattr(args, name) < (1 if name != "warmup" else 0):
             ap.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -53,15 +57,19 @@ def model_config(args):
                 depth=args.depth, num_heads=args.num_heads, num_classes=10)
 
 
-def time_steps(step, sync, steps, warmup):
+def timer(step, sync, steps, warmup):
+    """Warm up, then return a function that times `steps` steps: seconds per step."""
     for _ in range(warmup):
         step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - t0) / steps
+
+    def time_round():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        return (time.perf_counter() - t0) / steps
+    return time_round
 
 
 def bench_minivit(args, x_host, y_host):
@@ -81,7 +89,7 @@ def bench_minivit(args, x_host, y_host):
         if xp is not np:
             xp.cuda.Device().synchronize()
 
-    return model, time_steps(step, sync, args.steps, args.warmup)
+    return model, timer(step, sync, args.steps, args.warmup)
 
 
 def bench_torch(args, x_host, y_host, device):
@@ -103,7 +111,7 @@ def bench_torch(args, x_host, y_host, device):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return time_steps(step, sync, args.steps, args.warmup), torch
+    return timer(step, sync, args.steps, args.warmup), torch
 
 
 def _rss_bytes():
@@ -111,26 +119,37 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes():
+    """The high-water mark of this process's resident memory (VmHWM). Not ru_maxrss: on
+    Linux that survives exec, so a child started by a big parent reports the parent's."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def probe_memory(args, x, y):
     """Run in a fresh process: build one side, then report how far its resident memory
     rose above the level before the first step (peak over warm-up and timed steps).
     On the GPU: the peak bytes the framework's allocator handed out."""
-    import resource
     args.steps, args.warmup = 2, 1
     if args.probe == "minivit":
         before = _rss_bytes()
-        model, _ = bench_minivit(args, x, y)
+        model, time_round = bench_minivit(args, x, y)
+        time_round()
         if model.backend == "cupy":
             print("peak", "n/a")     # CuPy's pool has no peak counter; measured by nvidia-smi
             return
     else:
         import torch
         before = _rss_bytes()
-        bench_torch(args, x, y, "cuda" if args.backend == "cupy" else "cpu")
+        time_round, _ = bench_torch(args, x, y, "cuda" if args.backend == "cupy" else "cpu")
+        time_round()
         if args.backend == "cupy":
             print("peak", torch.cuda.max_memory_allocated())
             return
-    print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    print("peak", _peak_rss_bytes() - before)
 
 
 def measure_memory(args, sides):
@@ -156,7 +175,8 @@ def scaling_table(args):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((args.scaling_batch, 3, img, img)).astype(np.float32)
         y = rng.integers(0, 10, args.scaling_batch)
-        _, t = bench_minivit(sub, x, y)
+        _, time_round = bench_minivit(sub, x, y)
+        t = time_round()
         tokens = (img // patch) ** 2 + 1
         print(f"{img:>6} {patch:>6} {tokens:>7} {t * 1e3:>9.1f} {t * 1e3 / tokens:>14.3f}")
 
@@ -169,14 +189,13 @@ def main(argv=None):
     y = rng.integers(0, 10, B)
     if args.probe:
         return probe_memory(args, x, y)
-    model, t_mini = bench_minivit(args, x, y)
+    model, round_mini = bench_minivit(args, x, y)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"NumPy {np.__version__}")
     print(f"model: {model!r}")
-    print(f"batch {B}, {args.dtype}, {args.steps} timed steps after {args.warmup} warm-up")
-    ips_mini = B / t_mini
-    print(f"minivit ({model.backend}): {t_mini * 1e3:8.1f} ms/step  {ips_mini:8.1f} images/s")
-    sides = ["minivit"]
+    print(f"batch {B}, {args.dtype}, {args.warmup} warm-up steps, then {args.rounds} rounds of "
+          f"{args.steps} timed steps per side, taking turns")
+    sides, round_torch = ["minivit"], None
     if not args.no_torch:
         try:
             import torch
@@ -184,12 +203,26 @@ def main(argv=None):
             print("torch: not installed, comparison skipped (pip install torch to add it)")
         else:
             device = "cuda" if model.backend == "cupy" else "cpu"
-            t_torch, _ = bench_torch(args, x, y, device)
-            ips_torch = B / t_torch
-            print(f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads): "
-                  f"{t_torch * 1e3:8.1f} ms/step  {ips_torch:8.1f} images/s")
-            print(f"ratio minivit / torch: {ips_mini / ips_torch:.2f}")
+            round_torch, _ = bench_torch(args, x, y, device)
             sides.append("torch")
+    times = {side: [] for side in sides}
+    for r in range(args.rounds):
+        times["minivit"].append(round_mini())
+        if round_torch is not None:
+            times["torch"].append(round_torch())
+        print(f"round {r + 1}: " + "  ".join(f"{side} {B / t[-1]:.1f} img/s" for side, t in times.items()))
+    t_mini = float(np.median(times["minivit"]))
+    ips_mini = B / t_mini
+    print(f"minivit ({model.backend}, {model.threads} thread{'s' if model.threads > 1 else ''}): "
+          f"{t_mini * 1e3:8.1f} ms/step  {ips_mini:8.1f} images/s (median round)")
+    if round_torch is not None:
+        t_torch = float(np.median(times["torch"]))
+        ips_torch = B / t_torch
+        print(f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads): "
+              f"{t_torch * 1e3:8.1f} ms/step  {ips_torch:8.1f} images/s (median round)")
+        per_round = [tt / tm for tm, tt in zip(times["minivit"], times["torch"])]
+        print(f"ratio minivit / torch: {ips_mini / ips_torch:.2f} "
+              f"(per round: {', '.join(f'{r:.2f}' for r in per_round)})")
     if args.memory:
         measure_memory(args, sides)
     if args.scaling:

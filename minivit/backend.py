@@ -13,9 +13,12 @@ The switch:
     get_xp(None)      # the MINIVIT_BACKEND environment variable, else "numpy"
 """
 
+import contextlib
 import ctypes
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -141,3 +144,73 @@ def tune_host_allocator():
 
 
 HOST_ALLOCATOR_TUNED = tune_host_allocator()
+
+
+# ------------------------------------------------------------- CPU threads (NumPy only)
+#
+# NumPy runs every elementwise operation on one core; only its matmuls use several (through
+# BLAS). A ViT treats every image of a batch independently until the parameter gradients
+# are summed, so the model can instead cut the batch into one shard per core and run the
+# same array code on every shard at once, in threads: NumPy releases Python's GIL while
+# it computes, so the shards really run in parallel, elementwise work included. BLAS is
+# held to one thread per shard meanwhile (through threadpoolctl), so the cores are not
+# oversubscribed. model.py does the cutting; these helpers run the shards.
+
+THREADS_ENV_VAR = "MINIVIT_THREADS"
+
+_pool = None                  # the worker threads, made on first use
+_blas = None                  # threadpoolctl's controller, or False when it is missing
+_pool_lock = threading.Lock()
+
+
+def cpu_threads():
+    """How many shards a NumPy batch is split into: MINIVIT_THREADS when set, else every
+    CPU this process may run on. 1 turns the splitting off."""
+    value = os.environ.get(THREADS_ENV_VAR, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
+                             f"to the number of CPU threads to use (1 turns threading off)")
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:    # not Linux
+        return os.cpu_count() or 1
+
+
+def _blas_controller():
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController()
+        except Exception:     # not installed: the model then runs unsplit
+            _blas = False
+    return _blas
+
+
+def can_split():
+    """True when BLAS can be held to one thread per shard (threadpoolctl is installed);
+    without it the model runs unsplit unless told otherwise."""
+    return bool(_blas_controller())
+
+
+def parallel_map(fn, items):
+    """[fn(item) for item in items], the items run at once in threads with BLAS held to
+    one thread each; the first runs in the calling thread. Exceptions propagate."""
+    items = list(items)
+    if len(items) == 1:
+        return [fn(items[0])]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(items) - 1:
+            _pool = ThreadPoolExecutor(max_workers=len(items) - 1,
+                                       thread_name_prefix="minivit-shard")
+    blas = _blas_controller()
+    with blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
+        futures = [_pool.submit(fn, item) for item in items[1:]]
+        try:
+            first = fn(items[0])
+        finally:              # never leave a shard running behind an exception
+            wait(futures)
+        return [first] + [f.result() for f in futures]

@@ -14,7 +14,8 @@ so a state_dict moves between the two without renaming.
 import numpy as np
 
 from . import layers
-from .backend import array_module, backend_name, get_xp, to_device, to_host
+from .backend import (array_module, backend_name, can_split, cpu_threads, get_xp,
+                      parallel_map, to_device, to_host)
 
 DTYPES = ("float32", "float64")
 POOLS = ("cls", "mean")
@@ -58,6 +59,9 @@ class ViT:
     drops each branch with rate drop_path * l / (depth - 1), when forward gets an rng) and
     pool: "cls" (the head reads the class token, as the reference) or "mean" (the head
     reads the mean of the patch tokens; the class token still takes part in attention).
+    threads (NumPy only, not part of the saved configuration): how many shards of each
+    batch run at once on the CPU; None: the MINIVIT_THREADS environment variable, else
+    every CPU this process may use; 1 turns it off.
 
     Initialization: every linear and conv weight, the class token and the position
     embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
@@ -66,7 +70,7 @@ class ViT:
 
     def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=6,
                  num_heads=3, mlp_ratio=4.0, num_classes=10, dtype="float32",
-                 backend=None, seed=0, gelu="exact", drop_path=0.0, pool="cls"):
+                 backend=None, seed=0, gelu="exact", drop_path=0.0, pool="cls", threads=None):
         for name, value in (("img_size", img_size), ("patch_size", patch_size),
                             ("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
                             ("num_heads", num_heads), ("num_classes", num_classes)):
@@ -103,6 +107,22 @@ class ViT:
         self.num_patches = (img_size // patch_size) ** 2
         self._init_params(seed)
         self._cache = None
+        self._shard_grads = []          # per-shard gradient buffers (see backward)
+        self.threads = threads
+
+    @property
+    def threads(self):
+        """How many shards each batch is cut into and run at once (NumPy only; 1 on CuPy,
+        whose kernels already use the whole GPU)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value):
+        if value is None:
+            value = cpu_threads() if self.xp is np and can_split() else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {value!r}")
+        self._threads = int(value) if self.xp is np else 1
 
     # ------------------------------------------------------------------ parameters
 
@@ -224,8 +244,25 @@ class ViT:
         Keeps what backward needs unless keep_cache is False (evaluation: each block's
         activations are then freed as soon as the next block has run). The input is cast
         to the model's dtype. rng (a NumPy Generator) turns on stochastic depth when the
-        model has drop_path > 0 (training); without it the forward is deterministic."""
+        model has drop_path > 0 (training); without it the forward is deterministic.
+
+        On NumPy the batch is cut into self.threads shards run at once (see
+        backend.parallel_map); every image's logits are the same either way."""
         x = self._check_images(x)
+        masks = [self._drop_path_masks(i, len(x), rng) for i in range(self.depth)]
+        shards = self._shards(len(x))
+
+        def run(s):
+            shard_masks = [None if m is None else (m[0][s], m[1][s]) for m in masks]
+            return self._forward_shard(x[s], shard_masks, keep_cache)
+
+        results = parallel_map(run, shards)
+        logits = results[0][0] if len(results) == 1 else self.xp.concatenate([r[0] for r in results])
+        self._cache = (shards, [r[1] for r in results]) if keep_cache else None
+        return logits
+
+    def _forward_shard(self, x, masks, keep_cache):
+        """The forward of the network on one shard of the batch: (logits, cache)."""
         p = self.params
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
@@ -233,8 +270,7 @@ class ViT:
             h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
         c_blocks = []
         for i in range(self.depth):
-            keep = self._drop_path_masks(i, len(x), rng)
-            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu, keep)
+            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu, masks[i])
             if keep_cache:
                 c_blocks.append(c)                                            # [B, N, D]
         # The final LayerNorm works token by token and only the class token reaches the
@@ -243,8 +279,14 @@ class ViT:
         pooled = h[:, 0] if self.pool == "cls" else h[:, 1:].mean(axis=1)       # [B, D]
         z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])  # [B, D]
         logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
-        self._cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head) if keep_cache else None
-        return logits
+        cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head) if keep_cache else None
+        return logits, cache
+
+    def _shards(self, batch):
+        """Slices cutting a batch into min(threads, batch) nearly equal shards."""
+        n = min(self.threads, batch)
+        bounds = [batch * k // n for k in range(n + 1)]
+        return [slice(bounds[k], bounds[k + 1]) for k in range(n)]
 
     __call__ = forward
 
@@ -291,14 +333,42 @@ class ViT:
         if self._cache is None:
             raise RuntimeError("backward() called without a forward() since the last backward: "
                                "run logits = model.forward(x) first")
-        h_shape, c_patch, c_embed, c_blocks, c_norm, c_head = self._cache
-        expected = (h_shape[0], self.num_classes)
+        shards, caches = self._cache
+        expected = (shards[-1].stop, self.num_classes)
         if tuple(np.shape(dlogits)) != expected:
             raise ValueError(f"dlogits must have the logits' shape {expected}, got "
                              f"{tuple(np.shape(dlogits))}")
         self._cache = None  # free the activations; a second backward needs a new forward
-        g = self._grads
         dlogits = self.xp.asarray(dlogits, dtype=self.dtype)
+        # shard 0 adds into the model's gradients, shard k > 0 into its own buffer, summed
+        # after in a fixed order (so a run is bitwise repeatable)
+        buffers = [self._grads] + [self._shard_grad_buffer(k) for k in range(1, len(shards))]
+
+        def run(k):
+            if k > 0:
+                self._shard_grads[k - 1][0].fill(0)
+            return self._backward_shard(dlogits[shards[k]], caches[k], buffers[k])
+
+        dxs = parallel_map(run, range(len(shards)))
+        for k in range(1, len(shards)):
+            self.flat_grads += self._shard_grads[k - 1][0]
+        return dxs[0] if len(dxs) == 1 else self.xp.concatenate(dxs)
+
+    def _shard_grad_buffer(self, k):
+        """The gradient dict of shard k > 0: views into a flat buffer kept between steps."""
+        while len(self._shard_grads) < k:
+            flat = self.xp.zeros_like(self.flat_grads)
+            views, offset = {}, 0
+            for name, grad in self._grads.items():
+                views[name] = flat[offset:offset + grad.size].reshape(grad.shape)
+                offset += grad.size
+            self._shard_grads.append((flat, views))
+        return self._shard_grads[k - 1][1]
+
+    def _backward_shard(self, dlogits, cache, g):
+        """The backward of one shard: adds its parameter gradients into the dict g of
+        views and returns dL/dx for its images."""
+        h_shape, c_patch, c_embed, c_blocks, c_norm, c_head = cache
         dz, dw, db = layers.linear_backward(dlogits, c_head)
         g["head.weight"] += dw
         g["head.bias"] += db
@@ -312,6 +382,7 @@ class ViT:
             dh[:, 1:] = dcls[:, None, :] / (h_shape[1] - 1)
         for i in reversed(range(self.depth)):
             dh, block_grads = layers.block_backward(dh, c_blocks[i])
+            c_blocks[i] = None    # this block's activations are no longer needed
             for name, grad in block_grads.items():
                 g[f"blocks.{i}.{name}"] += grad
         dh, dcls_token, dpos = layers.token_embed_backward(dh, c_embed)
@@ -327,8 +398,10 @@ class ViT:
         attention probabilities of block l (row i: how token i attends to every token;
         token 0 is the class token). Nothing is kept for backward."""
         logits = self.forward(x)
-        maps = [layers.block_attention(c) for c in self._cache[3]]
+        caches = self._cache[1]
         self._cache = None
+        maps = [self.xp.concatenate([layers.block_attention(c[3][i]) for c in caches])
+                for i in range(self.depth)]
         return logits, maps
 
     def __repr__(self):

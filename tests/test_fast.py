@@ -16,10 +16,25 @@ def big():
     return x, rng.standard_normal(x.shape).astype(np.float32)
 
 
-def test_erf32_is_accurate_to_float32():
-    xs = np.linspace(-9, 9, 400_001)
-    err = np.abs(fast.erf32(xs.astype(np.float32)).astype(np.float64) - erf(xs))
-    assert err.max() < 5e-7
+def test_normal_cdf_is_accurate_to_float32():
+    xs = np.linspace(-12, 12, 400_001).astype(np.float32)
+    gauss = np.exp(-0.5 * xs * xs)
+    cdf = fast.normal_cdf(xs, gauss).astype(np.float64)
+    exact = 0.5 * (1 + erf(xs.astype(np.float64) / np.sqrt(2)))
+    assert np.abs(cdf - exact).max() < 3e-7
+    assert cdf.min() >= 0 and cdf.max() <= 1
+
+
+def test_fast_gelu_is_accurate_at_the_extremes():
+    x = np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 8.0, -8.0, 40.0, -40.0, 1e4, -1e4]
+                 * fast.MIN_SIZE, np.float32)[:fast.MIN_SIZE]
+    y, dgelu = fast.gelu_forward(x)
+    xd = x.astype(np.float64)
+    cdf = 0.5 * (1 + erf(xd / np.sqrt(2)))
+    assert np.isfinite(y).all() and np.isfinite(dgelu).all()
+    np.testing.assert_allclose(y, xd * cdf, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dgelu, cdf + xd * np.exp(-xd * xd / 2) / np.sqrt(2 * np.pi),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_fast_gelu_agrees_with_the_plain_path(big, monkeypatch):
