@@ -103,7 +103,7 @@ def bench_torch(args, x_host, y_host, device):
 
     def step():
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad()                       # PyTorch's default (set_to_none=True)
         loss.backward()
         opt.step()
 

@@ -178,7 +178,7 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
 
 # ------------------------------------------------------------ every layer, small sizes
 
-def _block_case(rng, drop_path=False):
+def _block_case(rng, drop_path=False, cls_only=False):
     D, F, H = 8, 16, 2
     p = {"norm1.weight": 1 + 0.1 * rng.standard_normal(D), "norm1.bias": 0.1 * rng.standard_normal(D),
          "attn.in_proj_weight": 0.3 * rng.standard_normal((3 * D, D)),
@@ -194,7 +194,7 @@ def _block_case(rng, drop_path=False):
 
     def forward(x, **p):
         k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
-        return layers.block_forward(x, p, H, keep=k)
+        return layers.block_forward(x, p, H, keep=k, cls_only=cls_only)
 
     def backward(dy, cache):
         dx, grads = layers.block_backward(dy, cache)
@@ -268,6 +268,7 @@ LAYERS = {
                          "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
     "block": _block_case,
     "block_drop_path": lambda rng: _block_case(rng, drop_path=True),
+    "block_cls_only": lambda rng: _block_case(rng, drop_path=True, cls_only=True),
     "cross_entropy": _cross_entropy_case(0.0),
     "cross_entropy_smoothed": _cross_entropy_case(0.1),
     "cross_entropy_soft": _soft_target_case,

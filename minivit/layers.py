@@ -250,7 +250,8 @@ def gelu_backward(dy, cache):
 
 # ------------------------------------------------------------ multi-head self-attention
 
-def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads):
+def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+                      num_queries=None):
     """Multi-head self-attention, laid out like torch.nn.MultiheadAttention.
 
     x [B, N, D]; in_proj_weight [3D, D] holds W_q, W_k, W_v stacked (rows 0:D, D:2D,
@@ -261,6 +262,10 @@ def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj
         a = softmax(s)                              [B, h, N, N]  (rows sum to one)
         o = a v, heads concatenated                 [B, N, D]
         y = o W_out^T + b_out                       [B, N, D]
+
+    num_queries: when set to Q, only the first Q tokens ask (q keeps its first Q rows,
+    every token still gives its key and value), so y is [B, Q, D]: the rows of the full y
+    that a caller needing only those tokens would keep.
     """
     B, N, D = x.shape
     H = num_heads
@@ -269,37 +274,46 @@ def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj
     qkv, in_cache = linear_forward(x, in_proj_weight, in_proj_bias)   # [B, N, 3D]
     qkv = qkv.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)        # [3, B, h, N, d]
     q, k, v = qkv[0], qkv[1], qkv[2]                                  # [B, h, N, d] each
-    s = q @ k.transpose(0, 1, 3, 2)                                   # [B, h, N, N]
+    if num_queries is not None:
+        q = q[:, :, :num_queries]                                     # [B, h, Q, d]
+    Q = q.shape[2]
+    s = q @ k.transpose(0, 1, 3, 2)                                   # [B, h, Q, N]
     s *= scale
-    a, _ = softmax_forward(s)                                         # [B, h, N, N]
-    o = (a @ v).transpose(0, 2, 1, 3).reshape(B, N, D)                # [B, N, D]
-    y, out_cache = linear_forward(o, out_proj_weight, out_proj_bias)  # [B, N, D]
+    a, _ = softmax_forward(s)                                         # [B, h, Q, N]
+    o = (a @ v).transpose(0, 2, 1, 3).reshape(B, Q, D)                # [B, Q, D]
+    y, out_cache = linear_forward(o, out_proj_weight, out_proj_bias)  # [B, Q, D]
     return y, (in_cache, out_cache, q, k, v, a, scale)
 
 
 def attention_backward(dy, cache):
     """Back through each line of the forward, last line first:
 
-        do, dW_out, db_out = linear_backward(dy)            do split into heads [B, h, N, d]
+        do, dW_out, db_out = linear_backward(dy)            do split into heads [B, h, Q, d]
         o = a v        ->  da = do v^T,   dv = a^T do
         a = softmax(s) ->  ds = a (da - sum(da a))          (softmax_backward)
         s = q k^T / sqrt(d)  ->  dq = ds k / sqrt(d),   dk = ds^T q / sqrt(d)
         dq, dk, dv stacked back to [B, N, 3D]  ->  dx, dW_in, db_in = linear_backward
+
+    With num_queries = Q < N the tokens that did not ask get no dq (their rows of dq are
+    zero): their gradient comes only through their keys and values.
     """
     in_cache, out_cache, q, k, v, a, scale = cache
     xp = array_module(dy)
-    B, H, N, d = q.shape
-    do, dw_out, db_out = linear_backward(dy, out_cache)               # [B, N, D]
-    do = do.reshape(B, N, H, d).transpose(0, 2, 1, 3)                 # [B, h, N, d]
-    da = do @ v.transpose(0, 1, 3, 2)                                 # [B, h, N, N]
+    B, H, Q, d = q.shape
+    N = k.shape[2]
+    do, dw_out, db_out = linear_backward(dy, out_cache)               # [B, Q, D]
+    do = do.reshape(B, Q, H, d).transpose(0, 2, 1, 3)                 # [B, h, Q, d]
+    da = do @ v.transpose(0, 1, 3, 2)                                 # [B, h, Q, N]
     dv = a.transpose(0, 1, 3, 2) @ do                                 # [B, h, N, d]
-    ds = softmax_backward(da, a)                                      # [B, h, N, N]
+    ds = softmax_backward(da, a)                                      # [B, h, Q, N]
     ds *= scale
-    dq = ds @ k                                                       # [B, h, N, d]
+    dq = ds @ k                                                       # [B, h, Q, d]
     dk = ds.transpose(0, 1, 3, 2) @ q                                 # [B, h, N, d]
     dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)                  # [B, N, 3, h, d]
     for i, g in enumerate((dq, dk, dv)):
-        dqkv[:, :, i] = g.transpose(0, 2, 1, 3)
+        dqkv[:, :g.shape[2], i] = g.transpose(0, 2, 1, 3)
+    if Q < N:
+        dqkv[:, Q:, 0] = 0                                            # tokens that did not ask
     dx, dw_in, db_in = linear_backward(dqkv.reshape(B, N, 3 * H * d), in_cache)
     return dx, dw_in, db_in, dw_out, db_out
 
@@ -334,25 +348,30 @@ BLOCK_PARAM_NAMES = (
 )
 
 
-def block_forward(x, p, num_heads, approximate="exact", keep=None):
+def block_forward(x, p, num_heads, approximate="exact", keep=None, cls_only=False):
     """x1 = x + attn(norm1(x));  y = x1 + mlp(norm2(x1)).
 
     x [B, N, D]; p maps the names in BLOCK_PARAM_NAMES to arrays.
     keep: None, or stochastic depth's two masks (k1, k2), each [B, 1, 1] holding 0 (this
     image skips the branch) or 1/(1 - rate): x1 = x + k1 attn(...), y = x1 + k2 mlp(...).
+    cls_only: return only the class token's row, y[:, :1] ([B, 1, D]). Everything after
+    attention works token by token, so only the class token's query, attention output,
+    residual and MLP are computed: what the last block of a model whose head reads the
+    class token needs (every token still gives its key and value).
     """
     h, c_n1 = layernorm_forward(x, p["norm1.weight"], p["norm1.bias"])
     h, c_at = attention_forward(h, p["attn.in_proj_weight"], p["attn.in_proj_bias"],
-                                p["attn.out_proj.weight"], p["attn.out_proj.bias"], num_heads)
+                                p["attn.out_proj.weight"], p["attn.out_proj.bias"], num_heads,
+                                num_queries=1 if cls_only else None)
     if keep is not None:
         h *= keep[0]
-    x1 = x + h                                                        # [B, N, D]
+    x1 = (x[:, :1] if cls_only else x) + h                           # [B, N or 1, D]
     h, c_n2 = layernorm_forward(x1, p["norm2.weight"], p["norm2.bias"])
     h, c_mlp = mlp_forward(h, p["mlp.0.weight"], p["mlp.0.bias"],
                            p["mlp.2.weight"], p["mlp.2.bias"], approximate)
     if keep is not None:
         h *= keep[1]
-    return x1 + h, (c_n1, c_at, c_n2, c_mlp, keep)
+    return x1 + h, (c_n1, c_at, c_n2, c_mlp, keep, cls_only)
 
 
 def block_backward(dy, cache):
@@ -361,21 +380,27 @@ def block_backward(dy, cache):
 
     With stochastic depth a branch output is scaled by its mask k, so the gradient
     entering the branch is k dy (zero for the images that skipped it).
+    With cls_only, dy is [B, 1, D]: the residual paths reach only the class token, while
+    the attention branch sends gradient to every token (through keys and values).
 
     Returns dx and a dict of parameter gradients keyed like BLOCK_PARAM_NAMES.
     """
-    c_n1, c_at, c_n2, c_mlp, keep = cache
+    c_n1, c_at, c_n2, c_mlp, keep, cls_only = cache
     dh, dw1, db1, dw2, db2 = mlp_backward(dy if keep is None else dy * keep[1], c_mlp)
     dh, dn2w, dn2b = layernorm_backward(dh, c_n2)
-    dx1 = dy + dh                                                     # [B, N, D]
+    dx1 = dy + dh                                                     # [B, N or 1, D]
     dh, din_w, din_b, dout_w, dout_b = attention_backward(
         dx1 if keep is None else dx1 * keep[0], c_at)
-    dh, dn1w, dn1b = layernorm_backward(dh, c_n1)
-    dx = dx1 + dh                                                     # [B, N, D]
+    dx, dn1w, dn1b = layernorm_backward(dh, c_n1)                     # [B, N, D]
+    if cls_only:
+        dx[:, :1] += dx1
+    else:
+        dx += dx1
     grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
     return dx, dict(zip(BLOCK_PARAM_NAMES, grads))
 
 
 def block_attention(cache):
-    """The attention probabilities a [B, h, N, N] kept in a block_forward cache."""
+    """The attention probabilities a [B, h, N, N] kept in a block_forward cache
+    ([B, h, 1, N] for a cls_only block: the class token's row)."""
     return cache[1][5]

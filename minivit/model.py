@@ -248,21 +248,28 @@ class ViT:
 
         On NumPy the batch is cut into self.threads shards run at once (see
         backend.parallel_map); every image's logits are the same either way."""
+        return self._forward(x, keep_cache, rng, every_token=False)
+
+    def _forward(self, x, keep_cache, rng, every_token):
         x = self._check_images(x)
         masks = [self._drop_path_masks(i, len(x), rng) for i in range(self.depth)]
         shards = self._shards(len(x))
 
         def run(s):
             shard_masks = [None if m is None else (m[0][s], m[1][s]) for m in masks]
-            return self._forward_shard(x[s], shard_masks, keep_cache)
+            return self._forward_shard(x[s], shard_masks, keep_cache, every_token)
 
         results = parallel_map(run, shards)
         logits = results[0][0] if len(results) == 1 else self.xp.concatenate([r[0] for r in results])
         self._cache = (shards, [r[1] for r in results]) if keep_cache else None
         return logits
 
-    def _forward_shard(self, x, masks, keep_cache):
-        """The forward of the network on one shard of the batch: (logits, cache)."""
+    def _forward_shard(self, x, masks, keep_cache, every_token):
+        """The forward of the network on one shard of the batch: (logits, cache).
+
+        When the head reads the class token, nothing else of the last block's output
+        reaches the logits, so that block computes only the class token's row (see
+        layers.block_forward, cls_only) unless every_token asks for all of it."""
         p = self.params
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
@@ -270,12 +277,15 @@ class ViT:
             h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
         c_blocks = []
         for i in range(self.depth):
-            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu, masks[i])
+            cls_only = i == self.depth - 1 and self.pool == "cls" and not every_token
+            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu,
+                                        masks[i], cls_only)
             if keep_cache:
                 c_blocks.append(c)                                            # [B, N, D]
         # The final LayerNorm works token by token and only the class token reaches the
-        # head, so normalizing just that token gives the same logits and gradients.
-        # pool="mean" instead normalizes the mean of the patch tokens.
+        # head, so normalizing just that token gives the same logits and gradients (h is
+        # [B, 1, D] here unless every_token). pool="mean" instead normalizes the mean of
+        # the patch tokens.
         pooled = h[:, 0] if self.pool == "cls" else h[:, 1:].mean(axis=1)       # [B, D]
         z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])  # [B, D]
         logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
@@ -375,7 +385,7 @@ class ViT:
         dcls, dw, db = layers.layernorm_backward(dz, c_norm)
         g["norm.weight"] += dw
         g["norm.bias"] += db
-        dh = self.xp.zeros(h_shape, dtype=self.dtype)                           # [B, N, D]
+        dh = self.xp.zeros(h_shape, dtype=self.dtype)                           # [B, N, D], or [B, 1, D]
         if self.pool == "cls":
             dh[:, 0] = dcls
         else:                     # a mean over P tokens: each receives 1/P of the gradient
@@ -397,7 +407,7 @@ class ViT:
         """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}]), a_l [B, heads, N, N] the
         attention probabilities of block l (row i: how token i attends to every token;
         token 0 is the class token). Nothing is kept for backward."""
-        logits = self.forward(x)
+        logits = self._forward(x, keep_cache=True, rng=None, every_token=True)
         caches = self._cache[1]
         self._cache = None
         maps = [self.xp.concatenate([layers.block_attention(c[3][i]) for c in caches])

@@ -187,3 +187,23 @@ def test_matches_pytorch_simplevit_forward_and_gradients():
     assert abs(float(loss) - ref_loss.item()) < 1e-12
     for name, p in ref.named_parameters():
         np.testing.assert_allclose(model.grads()[name], p.grad.numpy(), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.5])
+def test_last_block_on_the_class_token_only_changes_nothing(drop_path):
+    """forward() runs the last block on the class token alone (nothing else reaches the
+    head); running it on every token must give the same logits and gradients."""
+    model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3,
+                        num_classes=5, dtype="float64", drop_path=drop_path, threads=1)
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16))
+    G = np.random.default_rng(1).standard_normal((4, 5))
+    results = []
+    for every_token in (False, True):
+        logits = model._forward(x, True, np.random.default_rng(2), every_token=every_token)
+        last = model._cache[1][0][3][-1]                  # the last block's cache
+        assert last[-1] is (not every_token)               # its cls_only flag
+        model.zero_grad()
+        dx = model.backward(G)
+        results.append((logits, dx, model.flat_grads.copy()))
+    for short, full in zip(*results):
+        np.testing.assert_allclose(short, full, rtol=1e-11, atol=1e-13)

@@ -48,7 +48,8 @@ def test_attention_maps_rows_sum_to_one_and_rollout_shape():
     model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3)
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
     logits, maps = model.attention(x)
-    np.testing.assert_array_equal(logits, model.forward(x))
+    # attention() runs every token of the last block; forward() only the class token's row
+    np.testing.assert_allclose(logits, model.forward(x), rtol=1e-5, atol=1e-6)
     assert len(maps) == 3 and all(a.shape == (2, 3, 17, 17) for a in maps)
     for a in maps:
         np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
