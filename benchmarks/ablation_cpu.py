@@ -38,6 +38,13 @@ VARIANTS = {
                                                      random_erase=0.25),
     "+ EMA 0.99": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0, ema=0.99),
     "+ mean pooling": TrainConfig.from_preset("default", **SMALL, lr=2e-3, warmup_epochs=1.0, pool="mean"),
+    "+ RandAugment 2 ops, magnitude 9": TrainConfig.from_preset(
+        "default", **SMALL, lr=2e-3, warmup_epochs=1.0, randaugment=2, randaugment_magnitude=9.0),
+    "+ RandAugment 2 ops, magnitude 5": TrainConfig.from_preset(
+        "default", **SMALL, lr=2e-3, warmup_epochs=1.0, randaugment=2, randaugment_magnitude=5.0),
+    "+ drop path 0.1 + RandAugment 2/5": TrainConfig.from_preset(
+        "default", **SMALL, lr=2e-3, warmup_epochs=1.0, drop_path=0.1, randaugment=2,
+        randaugment_magnitude=5.0),
 }
 
 print(f"{'variant':<28} {'best val acc':>12} {'epoch':>6} {'test acc':>9} {'minutes':>8}")

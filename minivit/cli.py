@@ -47,6 +47,13 @@ _positive_float = _number(float, 0.0, True, "a positive number")
 _nonneg_float = _number(float, 0.0, False, "a number >= 0")
 
 
+def _magnitude(text):
+    v = _nonneg_float(text)
+    if v > 10:
+        raise argparse.ArgumentTypeError(f"must be in [0, 10], got {text}")
+    return v
+
+
 def _fraction(text):
     v = _nonneg_float(text)
     if v >= 1:
@@ -93,6 +100,10 @@ def build_parser():
     g.add_argument("--label-smoothing", type=_fraction)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + horizontal flip")
+    g.add_argument("--randaugment", type=_nonneg_int, metavar="N",
+                   help="RandAugment: N operations per image (0: off)")
+    g.add_argument("--randaugment-magnitude", type=_magnitude, metavar="M",
+                   help="strength of the RandAugment operations, 0..10 (default 9)")
     g.add_argument("--mixup", type=_nonneg_float, help="mixup Beta alpha (0: off)")
     g.add_argument("--cutmix", type=_nonneg_float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--random-erase", type=_fraction, help="probability of erasing a box per image")

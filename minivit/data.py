@@ -277,12 +277,13 @@ def channel_stats(x):
     return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
 
 
-def normalize(images, mean, std, dtype="float32"):
-    """uint8 [B, 3, H, W] on any backend -> (images/255 - mean) / std, as dtype."""
+def normalize(images, mean, std, dtype="float32", scale=1.0 / 255.0):
+    """uint8 [B, 3, H, W] on any backend -> (images/255 - mean) / std, as dtype.
+    For float images already in [0, 1] pass scale=1."""
     xp = array_module(images)
     m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
     s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
-    return (images.astype(dtype) * (1.0 / 255.0) - m) / s
+    return (images.astype(dtype) * scale - m) / s
 
 
 def random_crop_flip(x, rng, padding=4, flip=True):
@@ -325,6 +326,158 @@ def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):
     return xp.where(xp.asarray(mask)[:, None], xp.zeros((), dtype=x.dtype), x)
 
 
+# ------------------------------------------------------- RandAugment, on a whole batch
+#
+# RandAugment (Cubuk et al., 2020): every image gets `num_ops` operations in a row, each
+# chosen uniformly from the list below and applied at a shared strength `magnitude`
+# (0..10). Each operation is whole-batch array code on images in [0, 1]: the images that
+# drew it are gathered, transformed together and put back. Geometric operations are one
+# affine resampling (bilinear, the outside filled with mid-gray, as the reference
+# implementation fills with 128).
+
+def _blend(x, other, factor):
+    """other + factor (x - other), clipped to [0, 1]: PIL's ImageEnhance. factor [B]."""
+    xp = array_module(x)
+    return xp.clip(other + factor[:, None, None, None] * (x - other), 0.0, 1.0)
+
+
+def _gray(x):
+    """ITU-R 601 luma [B, 1, H, W], PIL's convert('L')."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def affine(x, matrix, fill=0.5):
+    """Resample every image of x [B, C, H, W] through its own 2x3 matrix [B, 2, 3]: output
+    pixel (row, col) reads input (r, c) = matrix @ (row, col, 1), relative to the image
+    centre, bilinearly; pixels read from outside the image are `fill`."""
+    xp = array_module(x)
+    B, C, H, W = x.shape
+    rows, cols = xp.meshgrid(xp.arange(H, dtype=x.dtype) - (H - 1) / 2,
+                             xp.arange(W, dtype=x.dtype) - (W - 1) / 2, indexing="ij")
+    grid = xp.stack([rows.ravel(), cols.ravel(), xp.ones(H * W, dtype=x.dtype)])   # [3, HW]
+    src = xp.asarray(matrix, dtype=x.dtype) @ grid                                # [B, 2, HW]
+    r = src[:, 0] + (H - 1) / 2
+    c = src[:, 1] + (W - 1) / 2
+    r0, c0 = xp.floor(r), xp.floor(c)
+    out = xp.zeros((B, C, H * W), dtype=x.dtype)
+    flat = x.reshape(B, C, H * W)
+    for dr in (0, 1):                     # the four neighbours, weighted bilinearly
+        for dc in (0, 1):
+            rr, cc = r0 + dr, c0 + dc
+            weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))                 # [B, HW]
+            inside = (rr >= 0) & (rr <= H - 1) & (cc >= 0) & (cc <= W - 1)
+            index = (xp.clip(rr, 0, H - 1) * W + xp.clip(cc, 0, W - 1)).astype(xp.int64)
+            value = xp.take_along_axis(flat, index[:, None, :].repeat(C, axis=1), axis=2)
+            out += (weight * xp.where(inside, 1.0, 0.0).astype(x.dtype))[:, None] * value
+            out += (weight * xp.where(inside, 0.0, fill).astype(x.dtype))[:, None]
+    return out.reshape(B, C, H, W)
+
+
+def _affine_op(kind):
+    def op(x, m, sign):
+        xp = array_module(x)
+        B, _, H, _ = x.shape
+        A = np.zeros((len(m), 2, 3))
+        A[:, 0, 0] = A[:, 1, 1] = 1.0
+        if kind == "rotate":                          # up to 30 degrees
+            t = np.deg2rad(30.0 * m / 10 * sign)
+            A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
+        elif kind == "shear_x":                       # up to 0.3
+            A[:, 1, 0] = 0.3 * m / 10 * sign
+        elif kind == "shear_y":
+            A[:, 0, 1] = 0.3 * m / 10 * sign
+        elif kind == "translate_x":                   # up to 45% of the image
+            A[:, 1, 2] = 0.45 * H * m / 10 * sign
+        else:                                         # translate_y
+            A[:, 0, 2] = 0.45 * H * m / 10 * sign
+        return affine(x, xp.asarray(A))
+    return op
+
+
+def _enhance_op(kind):
+    def op(x, m, sign):
+        xp = array_module(x)
+        factor = xp.asarray(1.0 + 0.9 * m / 10 * sign, dtype=x.dtype)   # 0.1 .. 1.9
+        if kind == "brightness":
+            other = xp.zeros_like(x)
+        elif kind == "color":
+            other = xp.broadcast_to(_gray(x), x.shape)
+        elif kind == "contrast":
+            other = xp.broadcast_to(_gray(x).mean(axis=(1, 2, 3), keepdims=True), x.shape)
+        else:                                         # sharpness: PIL's 3x3 smoothing filter
+            pad = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+            H, W = x.shape[2:]
+            other = sum(pad[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3))
+            other = (other + 4 * x) / 13.0
+        return _blend(x, other, factor)
+    return op
+
+
+def _posterize(x, m, sign):
+    """Keep 8 - bits of each 8-bit value, bits from 0 to 4."""
+    xp = array_module(x)
+    step = xp.asarray(2.0 ** np.floor(4 * m / 10), dtype=x.dtype)[:, None, None, None]
+    return xp.floor(xp.round(x * 255) / step) * step / 255
+
+
+def _solarize(x, m, sign):
+    """Invert every value at or above a threshold (1 down to 0)."""
+    xp = array_module(x)
+    threshold = xp.asarray(1.0 - m / 10, dtype=x.dtype)[:, None, None, None]
+    return xp.where(x >= threshold, 1.0 - x, x)
+
+
+def _autocontrast(x, m, sign):
+    """Stretch each channel's range to [0, 1] (channels with one value left alone)."""
+    xp = array_module(x)
+    lo = x.min(axis=(2, 3), keepdims=True)
+    hi = x.max(axis=(2, 3), keepdims=True)
+    span = hi - lo
+    return xp.where(span > 0, (x - lo) / xp.where(span > 0, span, 1.0), x)
+
+
+def _identity(x, m, sign):
+    return x
+
+
+RAND_AUGMENT_OPS = {
+    "identity": _identity, "autocontrast": _autocontrast, "posterize": _posterize,
+    "solarize": _solarize, "brightness": _enhance_op("brightness"),
+    "color": _enhance_op("color"), "contrast": _enhance_op("contrast"),
+    "sharpness": _enhance_op("sharpness"), "rotate": _affine_op("rotate"),
+    "shear_x": _affine_op("shear_x"), "shear_y": _affine_op("shear_y"),
+    "translate_x": _affine_op("translate_x"), "translate_y": _affine_op("translate_y"),
+}
+
+
+def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
+    """RandAugment on a batch of images in [0, 1], x [B, C, H, W] on any backend: each
+    image gets num_ops operations from `ops` (default: every RAND_AUGMENT_OPS entry),
+    drawn independently per image from the host generator rng, at strength
+    magnitude (0..10); symmetric operations (rotate, shear, translate, the enhancements)
+    take a random direction."""
+    if not 0 <= magnitude <= 10:
+        raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
+    names = list(RAND_AUGMENT_OPS) if ops is None else list(ops)
+    unknown = [n for n in names if n not in RAND_AUGMENT_OPS]
+    if unknown:
+        raise ValueError(f"unknown RandAugment operations {unknown}: choose from "
+                         f"{', '.join(RAND_AUGMENT_OPS)}")
+    xp = array_module(x)
+    B = len(x)
+    x = x.copy()
+    for _ in range(num_ops):
+        choice = rng.integers(0, len(names), B)
+        sign = np.where(rng.random(B) < 0.5, -1.0, 1.0)
+        for k, name in enumerate(names):
+            picked = np.nonzero(choice == k)[0]
+            if len(picked) and name != "identity":
+                idx = xp.asarray(picked)
+                m = np.full(len(picked), float(magnitude))
+                x[idx] = RAND_AUGMENT_OPS[name](x[idx], m, sign[picked]).astype(x.dtype, copy=False)
+    return x
+
+
 def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5):
     """Mixup or CutMix on a whole batch -> (images, soft targets [B, num_classes]).
 
@@ -364,6 +517,9 @@ class Loader:
         for images, labels in loader:      # one epoch; the next loop is the next epoch
             ...   # images: normalized float [B, 3, 32, 32] on xp, labels: int [B] on xp
 
+    Augmentation: randaugment=(N, M) applies rand_augment (N operations per image at
+    magnitude M) to the pixels, then augment=True a random crop (padding 4) and flip.
+
     Randomness is counter-based: epoch e is shuffled by a generator seeded with
     (seed, e) and batch i of it augmented by one seeded with (seed, e, i). So any batch
     of any epoch can be rebuilt on its own, which is what lets a run interrupted in
@@ -372,7 +528,7 @@ class Loader:
     """
 
     def __init__(self, x, y, batch_size, xp, mean, std, *, shuffle=False, augment=False,
-                 seed=0, dtype="float32", drop_last=False):
+                 seed=0, dtype="float32", drop_last=False, randaugment=(0, 9.0)):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.x = to_device(x, xp)               # uint8 [N, 3, 32, 32] on the device
@@ -380,6 +536,7 @@ class Loader:
         self.batch_size, self.xp, self.mean, self.std = batch_size, xp, mean, std
         self.shuffle, self.augment, self.seed, self.dtype = shuffle, augment, seed, dtype
         self.drop_last = drop_last
+        self.randaugment = tuple(randaugment)   # (operations per image, magnitude); 0: off
         self.epoch = 0                          # epochs started by plain iteration
 
     def __len__(self):
@@ -398,7 +555,14 @@ class Loader:
         order = self.xp.asarray(order)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = normalize(self.x[idx], self.mean, self.std, self.dtype)
+            num_ops, magnitude = self.randaugment
+            if num_ops:             # on [0, 1] pixels, before normalizing; its own generator
+                pixels = self.x[idx].astype(self.dtype) * (1.0 / 255.0)
+                pixels = rand_augment(pixels, np.random.default_rng([self.seed, epoch, i, 1]),
+                                      num_ops, magnitude)
+                images = normalize(pixels, self.mean, self.std, self.dtype, scale=1.0)
+            else:
+                images = normalize(self.x[idx], self.mean, self.std, self.dtype)
             if self.augment:
                 images = random_crop_flip(images, np.random.default_rng([self.seed, epoch, i]))
             yield images, self.y[idx]

@@ -64,6 +64,8 @@ class TrainConfig:
     pool: str = "cls"                   # what the head reads: "cls" token or "mean" of patches
     # data
     augment: bool = True                # random crop (padding 4) + horizontal flip
+    randaugment: int = 0                # RandAugment operations per image; 0 turns it off
+    randaugment_magnitude: float = 9.0  # their strength, 0..10
     mixup: float = 0.0                  # mixup Beta(alpha, alpha); 0 turns it off
     cutmix: float = 0.0                 # cutmix Beta(alpha, alpha); 0 turns it off
     random_erase: float = 0.0           # probability of erasing a box of each image
@@ -110,6 +112,10 @@ class TrainConfig:
                 raise ValueError(f"{name} (a Beta alpha) must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
+        if self.randaugment < 0:
+            raise ValueError(f"randaugment (operations per image) must be >= 0, got {self.randaugment}")
+        if not 0 <= self.randaugment_magnitude <= 10:
+            raise ValueError(f"randaugment_magnitude must be in [0, 10], got {self.randaugment_magnitude}")
         if not 0 <= self.random_erase <= 1:
             raise ValueError(f"random_erase must be in [0, 1], got {self.random_erase}")
         if not 0 <= self.val_fraction < 1:
@@ -325,7 +331,8 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
 
     train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std, shuffle=True,
                           augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
-                          drop_last=len(d["y_train"]) > cfg.batch_size)
+                          drop_last=len(d["y_train"]) > cfg.batch_size,
+                          randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
     val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
     steps_per_epoch = len(train_loader)
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}; preset {cfg.preset}; "

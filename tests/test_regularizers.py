@@ -102,7 +102,7 @@ def test_random_erase_boxes():
 def test_training_with_every_regularizer_resumes_exactly(tmp_path):
     cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=2, num_heads=2,
                                   mlp_ratio=2.0, batch_size=32, limit_train=256, drop_path=0.2,
-                                  mixup=0.8, cutmix=1.0, random_erase=0.25)
+                                  mixup=0.8, cutmix=1.0, random_erase=0.25, randaugment=2)
     train(cfg, out=tmp_path / "a", progress=False, plots=False, log=lambda *a: None)
     train(cfg, out=tmp_path / "b", progress=False, plots=False, log=lambda *a: None,
           stop_after_epochs=1)
@@ -116,6 +116,8 @@ def test_training_with_every_regularizer_resumes_exactly(tmp_path):
     (["--drop-path", "1"], "argument --drop-path: must be in [0, 1), got 1"),
     (["--mixup", "-0.5"], "argument --mixup: must be a number >= 0, got -0.5"),
     (["--random-erase", "2"], "argument --random-erase: must be in [0, 1), got 2"),
+    (["--randaugment", "-1"], "argument --randaugment: must be an integer >= 0, got -1"),
+    (["--randaugment-magnitude", "11"], "argument --randaugment-magnitude: must be in [0, 10], got 11"),
 ])
 def test_cli_validates_regularizer_options(argv, message, capsys):
     with pytest.raises(SystemExit):
