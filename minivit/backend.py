@@ -206,6 +206,8 @@ def parallel_map(fn, items):
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < len(items) - 1:
+            if _pool is not None:
+                _pool.shutdown(wait=False)      # a bigger pool replaces it
             _pool = ThreadPoolExecutor(max_workers=len(items) - 1,
                                        thread_name_prefix="minivit-shard")
     blas = _blas_controller()

@@ -365,11 +365,11 @@ def affine(x, matrix, fill=0.5):
         for dc in (0, 1):
             rr, cc = r0 + dr, c0 + dc
             weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))                 # [B, HW]
-            inside = (rr >= 0) & (rr <= H - 1) & (cc >= 0) & (cc <= W - 1)
+            inside = ((rr >= 0) & (rr <= H - 1) & (cc >= 0) & (cc <= W - 1)).astype(x.dtype)
             index = (xp.clip(rr, 0, H - 1) * W + xp.clip(cc, 0, W - 1)).astype(xp.int64)
             value = xp.take_along_axis(flat, index[:, None, :].repeat(C, axis=1), axis=2)
-            out += (weight * xp.where(inside, 1.0, 0.0).astype(x.dtype))[:, None] * value
-            out += (weight * xp.where(inside, 0.0, fill).astype(x.dtype))[:, None]
+            out += (weight * inside)[:, None] * value                       # [B, C, HW]
+            out += (weight * (1 - inside) * fill)[:, None]                  # outside: fill
     return out.reshape(B, C, H, W)
 
 
