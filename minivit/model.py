@@ -167,16 +167,20 @@ class ViT:
         total = sum(int(np.prod(s)) for s in shapes.values())
         self.flat_params = self.xp.empty(total, dtype=self.dtype)
         self.flat_grads = self.xp.zeros(total, dtype=self.dtype)
-        self.params, self._grads, self._param_list = {}, {}, []
-        offset = 0
-        for name, shape in shapes.items():
-            n = int(np.prod(shape))
-            data = self.flat_params[offset:offset + n].reshape(shape)
-            grad = self.flat_grads[offset:offset + n].reshape(shape)
+        self.params = self._views(self.flat_params)
+        self._grads = self._views(self.flat_grads)
+        for name, data in self.params.items():
             data[...] = to_device(host[name], self.xp, self.dtype)
-            self.params[name], self._grads[name] = data, grad
-            self._param_list.append(Param(name, data, grad))
+        self._param_list = [Param(name, self.params[name], self._grads[name]) for name in shapes]
+
+    def _views(self, flat):
+        """{name: view} of a flat buffer laid out like the parameters (state_dict order)."""
+        views, offset = {}, 0
+        for name, shape in self.param_shapes().items():
+            n = int(np.prod(shape))
+            views[name] = flat[offset:offset + n].reshape(shape)
             offset += n
+        return views
 
     def parameters(self):
         """The list of Param (name, data, grad), in state_dict order, for an optimizer."""
@@ -368,11 +372,7 @@ class ViT:
         """The gradient dict of shard k > 0: views into a flat buffer kept between steps."""
         while len(self._shard_grads) < k:
             flat = self.xp.zeros_like(self.flat_grads)
-            views, offset = {}, 0
-            for name, grad in self._grads.items():
-                views[name] = flat[offset:offset + grad.size].reshape(grad.shape)
-                offset += grad.size
-            self._shard_grads.append((flat, views))
+            self._shard_grads.append((flat, self._views(flat)))
         return self._shard_grads[k - 1][1]
 
     def _backward_shard(self, dlogits, cache, g):
