@@ -94,8 +94,13 @@ def test_parallel_map_propagates_errors_and_restores_blas_threads():
     threadpoolctl = pytest.importorskip("threadpoolctl")      # a dependency; the GPU image may lack it
     threadpool_info = threadpoolctl.threadpool_info
 
+    # the BLAS libraries minivit holds (NumPy's among them); one loaded later, e.g. by
+    # importing torch in another test, is not NumPy's and is left alone
+    held = {i["filepath"] for i in backend._blas_controller().info() if i["user_api"] == "blas"}
+    assert held                                            # NumPy's BLAS is among them
+
     def blas_threads():
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        return [i["num_threads"] for i in threadpool_info() if i["filepath"] in held]
 
     before = blas_threads()
     seen = []
