@@ -7,7 +7,7 @@ same chain on blocks of BLOCK elements (256 KiB, inside the L2 cache) pays the m
 once. And SciPy's erf computes in double precision, elementwise in C (about 20 ns an
 element here); float32 needs far less. GELU needs exp(-x^2/2) anyway (for its derivative),
 and that is the exponential inside Abramowitz & Stegun's formula 7.1.26 for erfc, so
-`normal_cdf` gets Phi(x) from it with a short polynomial (absolute error below 1e-7).
+`normal_cdf` gets Phi(x) from it with a short polynomial (erf to within 1.5e-7).
 
 These paths serve float32 arrays on NumPy only; float64 (used by the gradient checks)
 and CuPy always take the plain code in layers.py, and the tests check that both agree.
