@@ -15,7 +15,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from minivit.train import TrainConfig, read_metrics, train  # noqa: E402
+from minivit.config import TrainConfig  # noqa: E402
+from minivit.files import read_jsonl  # noqa: E402
+from minivit.train import train  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--data", default=None)
@@ -55,7 +57,7 @@ for name, cfg in VARIANTS.items():
         t0 = time.time()
         summary = train(cfg, data=args.data, out=os.path.join(out, "run"), progress=False,
                         plots=False, log=lambda *a: None)
-        best = max(read_metrics(os.path.join(out, "run")), key=lambda m: m["val_acc"])
+        best = max(read_jsonl(os.path.join(out, "run", "metrics.jsonl")), key=lambda m: m["val_acc"])
     row = dict(variant=name, best_val_acc=best["val_acc"], best_epoch=best["epoch"],
                test_acc=summary["test_acc"], test_images=summary["test_images"],
                minutes=(time.time() - t0) / 60, epochs=cfg.epochs, limit_train=cfg.limit_train)

@@ -65,7 +65,7 @@ show("layernorm", gradcheck.check(layers.layernorm_forward, layers.layernorm_bac
 attn = {"in_proj_weight": 0.4 * rng.standard_normal((3 * D, D)), "in_proj_bias": 0.1 * rng.standard_normal(3 * D),
         "out_proj_weight": 0.4 * rng.standard_normal((D, D)), "out_proj_bias": 0.1 * rng.standard_normal(D)}
 y, cache = layers.attention_forward(normed, *attn.values(), H)
-q, a = cache[2], cache[5]
+q, a = cache.sdpa.q, cache.sdpa.a
 show("multi-head self-attention",
      gradcheck.check(lambda **kw: layers.attention_forward(**kw, num_heads=H), layers.attention_backward,
                      {"x": normed, **attn}),

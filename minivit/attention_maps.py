@@ -13,6 +13,7 @@ Row 0 of R, over the patch tokens, says how much each patch fed the class token.
 import numpy as np
 
 from .backend import array_module, to_host
+from .files import atomic_write
 
 
 def cls_attention(a):
@@ -51,7 +52,6 @@ def draw(image, head_maps, roll_map, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import atomic_write
     image = to_host(image).transpose(1, 2, 0)
     head_maps, roll_map = to_host(head_maps), to_host(roll_map)
     H, W = image.shape[:2]

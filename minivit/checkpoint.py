@@ -15,13 +15,16 @@ The weights keep PyTorch's names, so the PyTorch SimpleViT loads them directly:
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
 """
 
+import dataclasses
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
 from .backend import to_host
-from .data import atomic_write
+from .config import ViTConfig
+from .files import atomic_write
 from .model import ViT
 
 FORMAT = "minivit-checkpoint-1"
@@ -41,7 +44,7 @@ def save(path, model, meta, optimizer=None, dtype=None, ema=None):
     for name, value in model.state_dict().items():
         value = to_host(value)
         arrays[name] = value.astype(dtype) if dtype else value
-    meta = dict(meta, format=FORMAT, model=model.config)
+    meta = dict(meta, format=FORMAT, model=dataclasses.asdict(model.config))
     if optimizer is not None:
         state = optimizer.state_dict()
         meta["optimizer"] = {k: state[k] for k in ("t", "lr", "betas", "eps")}
@@ -61,6 +64,12 @@ def load(path):
     """Read a checkpoint -> (weights dict, optimizer arrays dict, meta dict). Never
     unpickles anything; a damaged or foreign file raises CheckpointError."""
     fix = "point --checkpoint at a checkpoint.npz or best.npz written by `minivit train`"
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: {fix} (e.g. "
+                              f"{Path(path) / 'best.npz'})")
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is truncated or damaged, or not a .npz checkpoint at all "
+                              f"(it is not a whole zip archive): {fix}")
     try:
         with np.load(path, allow_pickle=False) as f:
             if META_KEY not in f.files:
@@ -94,7 +103,7 @@ def load_weights(path):
 def load_model(path, backend=None):
     """Rebuild the ViT a checkpoint was saved from, with its weights -> (model, meta)."""
     weights, _, meta = load(path)
-    model = ViT(**meta["model"], backend=backend)
+    model = ViT(ViTConfig.from_dict(meta["model"]), backend=backend)
     try:
         model.load_state_dict(weights)
     except ValueError as e:

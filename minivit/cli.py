@@ -11,6 +11,7 @@
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,44 +22,53 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import gradcheck
 from .backend import to_host
-from .data import (CLASSES, SAMPLE_ROOT, DataError, DEFAULT_ROOT, dataset_folder, download_cifar10,
-                   find_cifar10, load_cifar10, normalize, write_json)
-from .train import PRESETS, TrainConfig, evaluate, per_class_accuracy, train
+from .config import PRESETS, RANGES, TrainConfig, range_problem
+from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
+                   load_test, normalize)
+from .evaluate import score_checkpoint
+from .fast import FastViT
+from .files import write_json
+from .train import train
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _number(kind, low, strict, what):
-    """An argparse type: text -> kind, at least low (above it when strict), finite."""
+def _number(kind, range_name):
+    """An argparse type for a number in one of config.RANGES."""
+    field = dataclasses.field(metadata={"range": range_name})
+
     def parse(text):
         try:
-            v = kind(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (v <= low if strict else v < low) or v != v or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return v
+            raise argparse.ArgumentTypeError(f"expected {RANGES[range_name][1]}, got {text!r}") from None
+        problem = range_problem(value, field)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
     return parse
 
 
-_positive_int = _number(int, 0, True, "a positive integer")
-_nonneg_int = _number(int, 0, False, "an integer >= 0")
-_positive_float = _number(float, 0.0, True, "a positive number")
-_nonneg_float = _number(float, 0.0, False, "a number >= 0")
+# TrainConfig fields that are not options: the preset has its own, the rest is fixed by CIFAR-10
+_NOT_OPTIONS = ("preset", "betas", "img_size", "in_chans", "num_classes")
 
 
-def _magnitude(text):
-    v = _nonneg_float(text)
-    if v > 10:
-        raise argparse.ArgumentTypeError(f"must be in [0, 10], got {text}")
-    return v
-
-
-def _fraction(text):
-    v = _nonneg_float(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
+def add_config_options(group):
+    """One option per TrainConfig field (--embed-dim for embed_dim), its type, range,
+    choices and help taken from the field; left out, the preset's value holds."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_OPTIONS:
+            continue
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        help_ = meta.get("help", "")
+        if f.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif "choices" in meta:
+            group.add_argument(flag, choices=list(meta["choices"]), default=None, help=help_)
+        else:
+            kind = int if f.type is int else float
+            group.add_argument(flag, type=_number(kind, meta["range"]), default=None, help=help_,
+                               metavar=f.name.upper())
 
 
 def _common(p, data=True, out_help="output folder"):
@@ -87,53 +97,21 @@ def build_parser():
                         "AdamW, warmup + cosine, label smoothing, crop + flip; sample: a small "
                         "ViT for a quick CPU run")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g = t.add_argument_group("overrides of the preset")
-    g.add_argument("--epochs", type=_positive_int)
-    g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    g.add_argument("--min-lr", type=_nonneg_float)
-    g.add_argument("--weight-decay", type=_nonneg_float)
-    g.add_argument("--optimizer", choices=["adam", "adamw"])
-    g.add_argument("--schedule", choices=["cosine", "constant"])
-    g.add_argument("--warmup-epochs", type=_nonneg_float)
-    g.add_argument("--clip-grad", type=_nonneg_float, help="global gradient-norm cap (0: off)")
-    g.add_argument("--label-smoothing", type=_fraction)
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop + horizontal flip")
-    g.add_argument("--randaugment", type=_nonneg_int, metavar="N",
-                   help="RandAugment: N operations per image (0: off)")
-    g.add_argument("--randaugment-magnitude", type=_magnitude, metavar="M",
-                   help="strength of the RandAugment operations, 0..10 (default 9)")
-    g.add_argument("--mixup", type=_nonneg_float, help="mixup Beta alpha (0: off)")
-    g.add_argument("--cutmix", type=_nonneg_float, help="cutmix Beta alpha (0: off)")
-    g.add_argument("--random-erase", type=_fraction, help="probability of erasing a box per image")
-    g.add_argument("--drop-path", type=_fraction, help="stochastic depth rate of the last block")
-    g.add_argument("--ema", type=_fraction, help="decay of a weight average used for evaluation (0: off)")
-    g.add_argument("--val-fraction", type=_fraction, help="share of training images held out")
-    g.add_argument("--limit-train", type=_nonneg_int, help="use only the first N training images")
-    g.add_argument("--seed", type=_nonneg_int)
-    g.add_argument("--patch-size", type=_positive_int)
-    g.add_argument("--embed-dim", type=_positive_int)
-    g.add_argument("--depth", type=_positive_int)
-    g.add_argument("--num-heads", type=_positive_int)
-    g.add_argument("--mlp-ratio", type=_positive_float)
-    g.add_argument("--gelu", choices=["exact", "tanh"])
-    g.add_argument("--pool", choices=["cls", "mean"], help="head on the class token or the patch mean")
-    g.add_argument("--dtype", choices=["float32", "float64"])
+    add_config_options(t.add_argument_group("overrides of the preset"))
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plots", action="store_true", help="draw no plots at the end")
 
     e = sub.add_parser("eval", help="score a checkpoint on the test set",
                        description="Overall and per-class accuracy of a checkpoint on the test set.")
     e.add_argument("--checkpoint", required=True, metavar="PATH")
-    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--batch-size", type=_number(int, "positive_int"), default=500)
     _common(e, out_help="also write the results as JSON to this file")
 
     p = sub.add_parser("predict", help="classify image files",
                        description="Top classes for PNG/JPEG images (resized to the model's input).")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top", type=_positive_int, default=3, help="classes to show (default 3)")
+    p.add_argument("--top", type=_number(int, "positive_int"), default=3, help="classes to show (default 3)")
     _common(p, data=False, out_help="also write the predictions as JSON to this file")
 
     pl = sub.add_parser("plot", help="draw the plots of a run folder",
@@ -152,7 +130,7 @@ def build_parser():
     what.add_argument("--model", action="store_true", help="check a whole (small) ViT")
     gc.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                     help="float64 (default, strict) or float32 (to see why it needs looser marks)")
-    gc.add_argument("--max-checks", type=_positive_int, default=None,
+    gc.add_argument("--max-checks", type=_number(int, "positive_int"), default=None,
                     help="check at most this many elements per tensor (default: all)")
     gc.add_argument("--backend", choices=["numpy", "cupy", "auto"], default=None)
 
@@ -161,7 +139,7 @@ def build_parser():
                                     "attention rollout across layers, over the image, as a PNG.")
     at.add_argument("--checkpoint", required=True, metavar="PATH")
     at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
-    at.add_argument("--index", type=_nonneg_int, default=0, help="test image index when no IMAGE")
+    at.add_argument("--index", type=_number(int, "nonneg_int"), default=0, help="test image index when no IMAGE")
     at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
     _common(at, out_help="PNG file to write (default: attention-IMAGE.png)")
 
@@ -202,9 +180,8 @@ def cmd_train(args, parser):
         preset = "default" if find_cifar10(args.data) is not None else "sample"
     fields = TrainConfig.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
-    cfg = TrainConfig.from_preset(preset, **overrides)
     try:
-        cfg.validate()
+        cfg = TrainConfig.from_preset(preset, **overrides).validate()
     except ValueError as e:
         parser.error(str(e))
     out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -214,31 +191,17 @@ def cmd_train(args, parser):
     return 0
 
 
-def _test_split(args, meta):
-    data = args.data if args.data is not None else meta.get("data_arg")
-    folder = find_cifar10(data)
-    if folder is None:
-        folder = dataset_folder(SAMPLE_ROOT)
-        print(f"Full CIFAR-10 not found: scoring on the shipped sample's test images ({folder}).")
-    return load_cifar10(folder)
-
-
 def cmd_eval(args, parser):
-    from .data import Loader
-    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
-    d = _test_split(args, meta)
-    loader = Loader(d["x_test"], d["y_test"], args.batch_size, model.xp, meta["mean"], meta["std"],
-                    dtype=model.config["dtype"])
-    loss, acc, preds = evaluate(model, loader)
-    per_class = per_class_accuracy(d["y_test"], preds)
-    print(f"checkpoint {args.checkpoint} (epoch {meta.get('epoch')}), {len(preds)} test images "
-          f"from {d['folder']}")
-    print(f"accuracy {acc:.4f}  loss {loss:.4f}")
-    for name, a, n in zip(CLASSES, per_class, np.bincount(d["y_test"], minlength=10)):
+    r = score_checkpoint(args.checkpoint, data=args.data, backend=args.backend,
+                         batch_size=args.batch_size, log=print, wrap=FastViT)
+    print(f"checkpoint {args.checkpoint} (epoch {r['meta'].get('epoch')}), {len(r['preds'])} test "
+          f"images from {r['folder']}")
+    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+    for name, a, n in zip(CLASSES, r["per_class"], np.bincount(r["y_test"], minlength=10)):
         print(f"  {name:<11s} {a:.4f}  ({n} images)")
     if args.out:
-        result = dict(checkpoint=str(args.checkpoint), data=d["folder"], test_images=int(len(preds)),
-                      accuracy=acc, loss=loss, per_class_acc=dict(zip(CLASSES, per_class)))
+        result = dict(checkpoint=str(args.checkpoint), data=r["folder"], test_images=int(len(r["preds"])),
+                      accuracy=r["accuracy"], loss=r["loss"], per_class_acc=dict(zip(CLASSES, r["per_class"])))
         _write_json_file(args.out, result)
     return 0
 
@@ -259,9 +222,9 @@ def load_image(path, size):
 def cmd_predict(args, parser):
     from .layers import softmax_forward
     model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
-    size = model.config["img_size"]
+    size = model.config.img_size
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
-    x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config["dtype"])
+    x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config.dtype)
     probs, _ = softmax_forward(model.forward(x, keep_cache=False))
     probs = to_host(probs).astype(np.float64)
     k = min(args.top, probs.shape[1])
@@ -331,25 +294,27 @@ def cmd_gradcheck(args, parser):
 def cmd_attention(args, parser):
     from . import attention_maps as am
     model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
-    size = model.config["img_size"]
+    size = model.config.img_size
     if args.image:
         image = load_image(args.image, size)
         name, label = Path(args.image).stem, None
     else:
-        d = _test_split(args, meta)
-        if args.index >= len(d["y_test"]):
-            parser.error(f"--index {args.index} is out of range: the test set has {len(d['y_test'])} images")
-        image, label = d["x_test"][args.index], CLASSES[int(d["y_test"][args.index])]
+        folder, _ = data_or_sample(args.data if args.data is not None else meta.get("data_arg"),
+                                   need="test", log=print)
+        x_test, y_test = load_test(folder)
+        if args.index >= len(y_test):
+            parser.error(f"--index {args.index} is out of range: the test set has {len(y_test)} images")
+        image, label = x_test[args.index], CLASSES[int(y_test[args.index])]
         name = f"test{args.index}"
-    if not -model.depth <= args.layer < model.depth:
-        parser.error(f"--layer {args.layer} is out of range: the model has {model.depth} blocks "
-                     f"(0..{model.depth - 1}, or -1 for the last)")
-    x = normalize(model.xp.asarray(image[None]), meta["mean"], meta["std"], model.config["dtype"])
+    if not -model.config.depth <= args.layer < model.config.depth:
+        parser.error(f"--layer {args.layer} is out of range: the model has {model.config.depth} blocks "
+                     f"(0..{model.config.depth - 1}, or -1 for the last)")
+    x = normalize(model.xp.asarray(image[None]), meta["mean"], meta["std"], model.config.dtype)
     logits, maps = model.attention(x)
     pred = CLASSES[int(to_host(logits).argmax())]
     heads = am.to_grid(am.cls_attention(maps[args.layer])[0])            # [heads, g, g]
     roll = am.to_grid(am.rollout(maps)[0])                               # [g, g]
-    layer = args.layer % model.depth
+    layer = args.layer % model.config.depth
     title = f"predicted {pred}" + (f" (true {label})" if label else "") + f"; heads of block {layer}"
     out = args.out or f"attention-{name}.png"
     try:

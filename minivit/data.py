@@ -9,12 +9,11 @@ Batching happens on the backend: the whole split sits on the device as uint8
 [N, 3, 32, 32]; each batch is gathered, normalized and augmented (random crop with
 padding, horizontal flip) with whole-batch array operations, no per-image Python loop.
 The random numbers come from a host NumPy generator, so NumPy and CuPy runs with the
-same seed see the same batches, and the generator's state goes into checkpoints.
+same seed see the same batches; every draw is seeded from (seed, epoch, batch).
 """
 
 import hashlib
 import importlib
-import json
 import os
 import pickle
 import shutil
@@ -26,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import augment, seeds
 from .backend import array_module, to_device
+from .files import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = "cifar-10-batches-py"
@@ -38,6 +39,7 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 DEFAULT_ROOT = Path.home() / ".cache" / "minivit"
 # the small real sample shipped with the project (see data/README.md)
 SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "data" / "cifar10-sample"
+SAMPLE_FOLDER = SAMPLE_ROOT / FOLDER
 
 
 class DataError(Exception):
@@ -114,64 +116,58 @@ def write_batch(path, images, labels, batch_label="minivit"):
     atomic_write(path, lambda f: pickle.dump(d, f, protocol=4))
 
 
-def atomic_write(path, write):
-    """Write a file so that it is either complete or absent: write(f) fills a temporary
-    file in the same folder, which is flushed, synced and renamed over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    """Write obj as indented JSON, atomically."""
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def write_jsonl(path, records):
-    """Write one JSON line per record, atomically: the file never holds half a line."""
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
-
-
 # ------------------------------------------------------------------ finding the data
 
-def dataset_folder(root):
-    """The cifar-10-batches-py folder for root (root itself or root/cifar-10-batches-py),
-    or None if neither holds the training batches."""
+def dataset_folder(root, need="train"):
+    """The cifar-10-batches-py folder under root (root itself or root/cifar-10-batches-py)
+    that holds what `need` asks for: "train" (any training batch) or "test" (test_batch);
+    None if neither does."""
     root = Path(root).expanduser()
+    files = TRAIN_FILES if need == "train" else (TEST_FILE,)
     for folder in (root, root / FOLDER):
-        if any((folder / f).exists() for f in TRAIN_FILES):
+        if any((folder / f).exists() for f in files):
             return folder
     return None
 
 
-def find_cifar10(data=None):
-    """The folder to train on: ``data`` if given (an error if it holds no CIFAR-10),
-    else $MINIVIT_DATA, else the download location; None if none is found."""
+def _missing(data, need):
+    what = (f"{FOLDER}/ with {', '.join(TRAIN_FILES)}" if need == "train"
+            else f"{FOLDER}/ with {TEST_FILE}")
+    if not Path(data).expanduser().exists():
+        return DataError(f"data folder {data} does not exist: pass --data with a folder "
+                         f"holding {what}, or leave --data out to use the sample shipped "
+                         f"with minivit")
+    return DataError(f"no CIFAR-10 in {data}: it should hold {what} (the official python "
+                     f"archive, {URL}, unpacked)")
+
+
+def find_cifar10(data=None, need="train"):
+    """The full CIFAR-10 folder: ``data`` if given, else $MINIVIT_DATA when set, else the
+    download location; None when none is given and the download location is empty.
+    A folder that was named (--data or MINIVIT_DATA) but holds no CIFAR-10 is an error,
+    never silently skipped."""
+    if data is None and os.environ.get("MINIVIT_DATA"):
+        data = os.environ["MINIVIT_DATA"]
+        if dataset_folder(data, need) is None:
+            raise DataError(f"MINIVIT_DATA={data}: " + str(_missing(data, need)).split(": ", 1)[1])
     if data is not None:
-        folder = dataset_folder(data)
+        folder = dataset_folder(data, need)
         if folder is None:
-            if not Path(data).expanduser().exists():
-                raise DataError(f"data folder {data} does not exist: pass --data with a folder "
-                                f"holding {FOLDER}/ (or its files), or leave --data out to use "
-                                f"the sample shipped with minivit")
-            raise DataError(f"no CIFAR-10 in {data}: it should hold {FOLDER}/ with "
-                            f"{', '.join(TRAIN_FILES)} and {TEST_FILE} (the official python "
-                            f"archive, {URL}, unpacked)")
+            raise _missing(data, need)
         return folder
-    for root in (os.environ.get("MINIVIT_DATA"), DEFAULT_ROOT):
-        if root and dataset_folder(root) is not None:
-            return dataset_folder(root)
-    return None
+    return dataset_folder(DEFAULT_ROOT, need)
+
+
+def data_or_sample(data=None, need="train", log=None):
+    """-> (folder, source): the full CIFAR-10 as find_cifar10 finds it ("cifar10"), else the
+    sample shipped with minivit ("sample"), saying so through log."""
+    folder = find_cifar10(data, need)
+    if folder is not None:
+        return folder, "cifar10"
+    if log is not None:
+        log(f"Full CIFAR-10 not found: using the sample shipped with minivit ({SAMPLE_FOLDER}). "
+            f"Pass --data DIR or set MINIVIT_DATA for the full data set.")
+    return SAMPLE_FOLDER, "sample"
 
 
 def load_cifar10(folder):
@@ -187,6 +183,11 @@ def load_cifar10(folder):
     return {"x_train": np.concatenate([p[0] for p in parts]),
             "y_train": np.concatenate([p[1] for p in parts]),
             "x_test": x_test, "y_test": y_test, "folder": str(folder)}
+
+
+def load_test(folder):
+    """Only the test split of a folder -> (x_test, y_test): all that scoring needs."""
+    return read_batch(Path(folder) / TEST_FILE)
 
 
 def download_cifar10(root=DEFAULT_ROOT, url=URL, md5=MD5, progress=True):
@@ -286,230 +287,6 @@ def normalize(images, mean, std, dtype="float32", scale=1.0 / 255.0):
     return (images.astype(dtype) * scale - m) / s
 
 
-def random_crop_flip(x, rng, padding=4, flip=True):
-    """Augment a batch x [B, C, H, W] at once: pad every image by `padding` zeros, cut a
-    random H x W window from each, and mirror about half of them left-right.
-    Offsets and flips come from the host generator rng."""
-    xp = array_module(x)
-    B, C, H, W = x.shape
-    if padding:
-        padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        dy = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        dx = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        rows = (dy[:, None] + xp.arange(H))[:, None, :, None]        # [B, 1, H, 1]
-        cols = (dx[:, None] + xp.arange(W))[:, None, None, :]        # [B, 1, 1, W]
-        x = padded[xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None], rows, cols]
-    if flip:
-        mirror = xp.asarray(rng.random(B) < 0.5)[:, None, None, None]
-        x = xp.where(mirror, x[..., ::-1], x)
-    return x
-
-
-def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):
-    """Random erasing on a whole batch: with probability prob an image gets one random
-    rectangle (area fraction and aspect ratio drawn from the ranges) set to 0, the data
-    set's mean after normalization. Boxes come from the host generator rng."""
-    xp = array_module(x)
-    B, C, H, W = x.shape
-    frac = rng.uniform(*area, B)
-    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), B))
-    h = np.clip(np.round(np.sqrt(frac * H * W * ratio)), 1, H).astype(np.int64)
-    w = np.clip(np.round(np.sqrt(frac * H * W / ratio)), 1, W).astype(np.int64)
-    y0 = (rng.random(B) * (H - h + 1)).astype(np.int64)
-    x0 = (rng.random(B) * (W - w + 1)).astype(np.int64)
-    erase = rng.random(B) < prob
-    rows = np.arange(H)[None, :]
-    cols = np.arange(W)[None, :]
-    in_rows = (rows >= y0[:, None]) & (rows < (y0 + h)[:, None])            # [B, H]
-    in_cols = (cols >= x0[:, None]) & (cols < (x0 + w)[:, None])            # [B, W]
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]  # [B, H, W]
-    return xp.where(xp.asarray(mask)[:, None], xp.zeros((), dtype=x.dtype), x)
-
-
-# ------------------------------------------------------- RandAugment, on a whole batch
-#
-# RandAugment (Cubuk et al., 2020): every image gets `num_ops` operations in a row, each
-# chosen uniformly from the list below and applied at a shared strength `magnitude`
-# (0..10). Each operation is whole-batch array code on images in [0, 1]: the images that
-# drew it are gathered, transformed together and put back. Geometric operations are one
-# affine resampling (bilinear, the outside filled with mid-gray, as the reference
-# implementation fills with 128).
-
-def _blend(x, other, factor):
-    """other + factor (x - other), clipped to [0, 1]: PIL's ImageEnhance. factor [B]."""
-    xp = array_module(x)
-    return xp.clip(other + factor[:, None, None, None] * (x - other), 0.0, 1.0)
-
-
-def _gray(x):
-    """ITU-R 601 luma [B, 1, H, W], PIL's convert('L')."""
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def affine(x, matrix, fill=0.5):
-    """Resample every image of x [B, C, H, W] through its own 2x3 matrix [B, 2, 3]: output
-    pixel (row, col) reads input (r, c) = matrix @ (row, col, 1), relative to the image
-    centre, bilinearly; pixels read from outside the image are `fill`."""
-    xp = array_module(x)
-    B, C, H, W = x.shape
-    rows, cols = xp.meshgrid(xp.arange(H, dtype=x.dtype) - (H - 1) / 2,
-                             xp.arange(W, dtype=x.dtype) - (W - 1) / 2, indexing="ij")
-    grid = xp.stack([rows.ravel(), cols.ravel(), xp.ones(H * W, dtype=x.dtype)])   # [3, HW]
-    src = xp.asarray(matrix, dtype=x.dtype) @ grid                                # [B, 2, HW]
-    r = src[:, 0] + (H - 1) / 2
-    c = src[:, 1] + (W - 1) / 2
-    r0, c0 = xp.floor(r), xp.floor(c)
-    out = xp.zeros((B, C, H * W), dtype=x.dtype)
-    flat = x.reshape(B, C, H * W)
-    for dr in (0, 1):                     # the four neighbours, weighted bilinearly
-        for dc in (0, 1):
-            rr, cc = r0 + dr, c0 + dc
-            weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))                 # [B, HW]
-            inside = ((rr >= 0) & (rr <= H - 1) & (cc >= 0) & (cc <= W - 1)).astype(x.dtype)
-            index = (xp.clip(rr, 0, H - 1) * W + xp.clip(cc, 0, W - 1)).astype(xp.int64)
-            value = xp.take_along_axis(flat, index[:, None, :].repeat(C, axis=1), axis=2)
-            out += (weight * inside)[:, None] * value                       # [B, C, HW]
-            out += (weight * (1 - inside) * fill)[:, None]                  # outside: fill
-    return out.reshape(B, C, H, W)
-
-
-def _affine_op(kind):
-    def op(x, m, sign):
-        xp = array_module(x)
-        B, _, H, _ = x.shape
-        A = np.zeros((len(m), 2, 3))
-        A[:, 0, 0] = A[:, 1, 1] = 1.0
-        if kind == "rotate":                          # up to 30 degrees
-            t = np.deg2rad(30.0 * m / 10 * sign)
-            A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
-        elif kind == "shear_x":                       # up to 0.3
-            A[:, 1, 0] = 0.3 * m / 10 * sign
-        elif kind == "shear_y":
-            A[:, 0, 1] = 0.3 * m / 10 * sign
-        elif kind == "translate_x":                   # up to 45% of the image
-            A[:, 1, 2] = 0.45 * H * m / 10 * sign
-        else:                                         # translate_y
-            A[:, 0, 2] = 0.45 * H * m / 10 * sign
-        return affine(x, xp.asarray(A))
-    return op
-
-
-def _enhance_op(kind):
-    def op(x, m, sign):
-        xp = array_module(x)
-        factor = xp.asarray(1.0 + 0.9 * m / 10 * sign, dtype=x.dtype)   # 0.1 .. 1.9
-        if kind == "brightness":
-            other = xp.zeros_like(x)
-        elif kind == "color":
-            other = xp.broadcast_to(_gray(x), x.shape)
-        elif kind == "contrast":
-            other = xp.broadcast_to(_gray(x).mean(axis=(1, 2, 3), keepdims=True), x.shape)
-        else:                                         # sharpness: PIL's 3x3 smoothing filter
-            pad = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-            H, W = x.shape[2:]
-            other = sum(pad[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3))
-            other = (other + 4 * x) / 13.0
-        return _blend(x, other, factor)
-    return op
-
-
-def _posterize(x, m, sign):
-    """Keep 8 - bits of each 8-bit value, bits from 0 to 4."""
-    xp = array_module(x)
-    step = xp.asarray(2.0 ** np.floor(4 * m / 10), dtype=x.dtype)[:, None, None, None]
-    return xp.floor(xp.round(x * 255) / step) * step / 255
-
-
-def _solarize(x, m, sign):
-    """Invert every value at or above a threshold (1 down to 0)."""
-    xp = array_module(x)
-    threshold = xp.asarray(1.0 - m / 10, dtype=x.dtype)[:, None, None, None]
-    return xp.where(x >= threshold, 1.0 - x, x)
-
-
-def _autocontrast(x, m, sign):
-    """Stretch each channel's range to [0, 1] (channels with one value left alone)."""
-    xp = array_module(x)
-    lo = x.min(axis=(2, 3), keepdims=True)
-    hi = x.max(axis=(2, 3), keepdims=True)
-    span = hi - lo
-    return xp.where(span > 0, (x - lo) / xp.where(span > 0, span, 1.0), x)
-
-
-def _identity(x, m, sign):
-    return x
-
-
-RAND_AUGMENT_OPS = {
-    "identity": _identity, "autocontrast": _autocontrast, "posterize": _posterize,
-    "solarize": _solarize, "brightness": _enhance_op("brightness"),
-    "color": _enhance_op("color"), "contrast": _enhance_op("contrast"),
-    "sharpness": _enhance_op("sharpness"), "rotate": _affine_op("rotate"),
-    "shear_x": _affine_op("shear_x"), "shear_y": _affine_op("shear_y"),
-    "translate_x": _affine_op("translate_x"), "translate_y": _affine_op("translate_y"),
-}
-
-
-def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
-    """RandAugment on a batch of images in [0, 1], x [B, C, H, W] on any backend: each
-    image gets num_ops operations from `ops` (default: every RAND_AUGMENT_OPS entry),
-    drawn independently per image from the host generator rng, at strength
-    magnitude (0..10); symmetric operations (rotate, shear, translate, the enhancements)
-    take a random direction."""
-    if not 0 <= magnitude <= 10:
-        raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
-    names = list(RAND_AUGMENT_OPS) if ops is None else list(ops)
-    unknown = [n for n in names if n not in RAND_AUGMENT_OPS]
-    if unknown:
-        raise ValueError(f"unknown RandAugment operations {unknown}: choose from "
-                         f"{', '.join(RAND_AUGMENT_OPS)}")
-    xp = array_module(x)
-    B = len(x)
-    x = x.copy()
-    for _ in range(num_ops):
-        choice = rng.integers(0, len(names), B)
-        sign = np.where(rng.random(B) < 0.5, -1.0, 1.0)
-        for k, name in enumerate(names):
-            picked = np.nonzero(choice == k)[0]
-            if len(picked) and name != "identity":
-                idx = xp.asarray(picked)
-                m = np.full(len(picked), float(magnitude))
-                x[idx] = RAND_AUGMENT_OPS[name](x[idx], m, sign[picked]).astype(x.dtype, copy=False)
-    return x
-
-
-def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5):
-    """Mixup or CutMix on a whole batch -> (images, soft targets [B, num_classes]).
-
-    Each image is paired with the image at a random permutation of the batch and
-    lam ~ Beta(alpha, alpha). Mixup blends them: x = lam x + (1 - lam) x[perm]. CutMix
-    pastes a box of the partner, covering about 1 - lam of the image (one box for the
-    batch), and lam becomes the share left uncovered. The targets mix the same way:
-    lam onehot(y) + (1 - lam) onehot(y[perm]). With both alphas set, CutMix is chosen
-    with probability switch_prob."""
-    xp = array_module(x)
-    B, C, H, W = x.shape
-    onehot = xp.eye(num_classes, dtype=x.dtype)[labels]                     # [B, K]
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    if alpha <= 0:
-        return x, onehot
-    lam = float(rng.beta(alpha, alpha))
-    perm = xp.asarray(rng.permutation(B))
-    if use_cutmix:
-        cut = np.sqrt(1.0 - lam)
-        h, w = int(H * cut), int(W * cut)
-        cy, cx = int(rng.integers(H)), int(rng.integers(W))
-        y0, y1 = max(cy - h // 2, 0), min(cy + h - h // 2, H)
-        x0, x1 = max(cx - w // 2, 0), min(cx + w - w // 2, W)
-        x = x.copy()
-        x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
-    else:
-        x = lam * x + (1.0 - lam) * x[perm]
-    return x, lam * onehot + (1.0 - lam) * onehot[perm]
-
-
 class Loader:
     """Batches of one split, kept on the backend xp.
 
@@ -520,8 +297,8 @@ class Loader:
     Augmentation: randaugment=(N, M) applies rand_augment (N operations per image at
     magnitude M) to the pixels, then augment=True a random crop (padding 4) and flip.
 
-    Randomness is counter-based: epoch e is shuffled by a generator seeded with
-    (seed, e) and batch i of it augmented by one seeded with (seed, e, i). So any batch
+    Randomness is counter-based (seeds.py): epoch e is shuffled by the "shuffle" stream of
+    (seed, e) and batch i of it augmented by the streams of (seed, e, i). So any batch
     of any epoch can be rebuilt on its own, which is what lets a run interrupted in
     the middle of an epoch resume exactly (``batches(epoch, start)``).
     The last partial batch is kept unless drop_last is set.
@@ -548,21 +325,21 @@ class Loader:
         return self.batches(self.epoch)
 
     def batches(self, epoch, start=0):
-        """The batches of epoch (1-based) from batch index start on."""
+        """The batches (images, labels) of epoch (1-based) from batch index start on."""
         n = len(self.y)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle \
+        order = seeds.generator(self.seed, epoch, 0, "shuffle").permutation(n) if self.shuffle \
             else np.arange(n)
         order = self.xp.asarray(order)
+        num_ops, magnitude = self.randaugment
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            num_ops, magnitude = self.randaugment
-            if num_ops:             # on [0, 1] pixels, before normalizing; its own generator
+            if num_ops:             # on [0, 1] pixels, before normalizing
                 pixels = self.x[idx].astype(self.dtype) * (1.0 / 255.0)
-                pixels = rand_augment(pixels, np.random.default_rng([self.seed, epoch, i, 1]),
-                                      num_ops, magnitude)
+                pixels = augment.rand_augment(pixels, seeds.generator(self.seed, epoch, i, "randaugment"),
+                                              num_ops, magnitude)
                 images = normalize(pixels, self.mean, self.std, self.dtype, scale=1.0)
             else:
                 images = normalize(self.x[idx], self.mean, self.std, self.dtype)
             if self.augment:
-                images = random_crop_flip(images, np.random.default_rng([self.seed, epoch, i]))
+                images = augment.random_crop_flip(images, seeds.generator(self.seed, epoch, i, "crop_flip"))
             yield images, self.y[idx]

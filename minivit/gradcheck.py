@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers
+from . import fast, layers
 from .backend import array_module, get_xp, to_device, to_host
 from .loss import cross_entropy
 
@@ -144,24 +144,27 @@ def check(forward, backward, inputs, *, seed=0, eps=None, tol=None, max_checks=N
 
 
 def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_checks=None,
-                drop_path_seed=None):
+                drop_path_seed=None, net=None):
     """Check the whole ViT: the gradient of sum(logits * G) w.r.t. the input images and
     every parameter (perturbed in place in the model, then restored). drop_path_seed:
-    train-mode forward with stochastic depth, the same masks at every evaluation."""
+    train-mode forward with stochastic depth, the same masks at every evaluation.
+    net: check another runner of the model's forward and backward (fast.FastViT)."""
+    net = model if net is None else net
+
     def run():
         rng = None if drop_path_seed is None else np.random.default_rng(drop_path_seed)
-        return model.forward(x, rng=rng)
+        return net.forward(x, rng=rng)
 
     rng = np.random.default_rng(seed)
     if x is None:
         c = model.config
-        x = rng.standard_normal((batch_size, c["in_chans"], c["img_size"], c["img_size"]))
+        x = rng.standard_normal((batch_size, c.in_chans, c.img_size, c.img_size))
     x = model.xp.ascontiguousarray(to_device(x, model.xp, model.dtype))
     eps, tol = _defaults(model.dtype, eps, tol)
     logits = run()
     G = to_device(rng.standard_normal(logits.shape), model.xp, model.dtype)
     model.zero_grad()
-    dx = model.backward(G)
+    dx = net.backward(G)
     grads = {"input": dx, **{k: v.copy() for k, v in model.grads().items()}}
     model.zero_grad()
 
@@ -171,14 +174,15 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
     tensors = {"input": x, **model.state_dict()}
     results = [_compare(name, grads[name], arr, objective, eps, tol, max_checks, rng)
                for name, arr in tensors.items()]
-    model._cache = None
-    return Report(f"ViT (depth {model.depth}, dim {model.embed_dim})", results,
+    net.forward(x[:1], keep_cache=False)      # drop the last check's activations
+    return Report(f"ViT (depth {model.config.depth}, dim {model.config.embed_dim})", results,
                   str(model.dtype), eps, tol)
 
 
 # ------------------------------------------------------------ every layer, small sizes
 
 def _block_case(rng, drop_path=False, cls_only=False):
+    """A pre-norm block (cls_only: the fast path's class-token-only last block)."""
     D, F, H = 8, 16, 2
     p = {"norm1.weight": 1 + 0.1 * rng.standard_normal(D), "norm1.bias": 0.1 * rng.standard_normal(D),
          "attn.in_proj_weight": 0.3 * rng.standard_normal((3 * D, D)),
@@ -194,10 +198,11 @@ def _block_case(rng, drop_path=False, cls_only=False):
 
     def forward(x, **p):
         k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
-        return layers.block_forward(x, p, H, keep=k, cls_only=cls_only)
+        block = fast.cls_block_forward if cls_only else layers.block_forward
+        return block(x, p, H, keep=k)
 
     def backward(dy, cache):
-        dx, grads = layers.block_backward(dy, cache)
+        dx, grads = (fast.cls_block_backward if cls_only else layers.block_backward)(dy, cache)
         return {"x": dx, **grads}
     return forward, backward, inputs
 
@@ -230,8 +235,8 @@ def _soft_target_case(rng):
 
 def _gelu_case(kind):
     def case(rng):
-        return (lambda x: layers.gelu_forward(x, kind), layers.gelu_backward,
-                {"x": 2 * rng.standard_normal((3, 7))})
+        forward, backward = layers.GELUS[kind]
+        return forward, backward, {"x": 2 * rng.standard_normal((3, 7))}
     return case
 
 
@@ -255,6 +260,9 @@ LAYERS = {
                             {"s": 2 * rng.standard_normal((2, 3, 5))}),
     "gelu": _gelu_case("exact"),
     "gelu_tanh": _gelu_case("tanh"),
+    "sdpa": lambda rng: (layers.sdpa_forward, layers.sdpa_backward,
+                         {"q": rng.standard_normal((2, 2, 3, 4)), "k": rng.standard_normal((2, 2, 5, 4)),
+                          "v": rng.standard_normal((2, 2, 5, 4))}),
     "attention": lambda rng: (lambda **kw: layers.attention_forward(**kw, num_heads=2),
                               layers.attention_backward,
                               {"x": rng.standard_normal((2, 5, 8)),

@@ -1,14 +1,18 @@
-"""Every layer of the ViT as a forward/backward pair.
+"""Every layer of the ViT as a forward/backward pair: the reference path.
 
 The pattern (as in CS231n's layers.py):
 
-    out, cache = thing_forward(x, params...)     # cache: what backward needs
+    out, cache = thing_forward(x, params...)     # cache: what backward needs, by name
     dx, dparams... = thing_backward(dout, cache)  # gradient of every input, in order
 
 ``dout`` is dL/d(out) for some scalar loss L; each backward returns dL/d(input) for
 every array input of its forward, in the order the forward takes them. Each backward
-sits right under its forward with the derivation in its docstring. The code is written
-once against ``xp`` (NumPy or CuPy, whichever owns the input), so it runs on both.
+sits right under its forward with the derivation in its docstring (docs/gradients.md
+derives them at length). The code is written once against ``xp`` (NumPy or CuPy,
+whichever owns the input), so it runs on both.
+
+This file is the math as a student would write it. Faster ways to compute the same
+numbers live in fast.py, which tests check against these functions.
 
 Shapes: B batch, C channels, H/W image height/width, p patch size, P = (H/p)(W/p)
 patches, N = P + 1 tokens (the class token first), D embedding width, h heads,
@@ -16,8 +20,8 @@ d = D/h head width, F hidden width of the MLP.
 """
 
 import math
+from types import SimpleNamespace as Cache
 
-from . import fast
 from .backend import array_module, erf
 
 
@@ -26,10 +30,8 @@ from .backend import array_module, erf
 def linear_forward(x, w, b):
     """y = x W^T + b, over the last axis of x.  x [..., Din], w [Dout, Din], b [Dout]."""
     x2 = x.reshape(-1, x.shape[-1])                 # [M, Din]  (M = all leading dims)
-    y = x2 @ w.T                                    # [M, Dout]
-    if b is not None:
-        y += b
-    return y.reshape(*x.shape[:-1], w.shape[0]), (x2, w, x.shape)
+    y = x2 @ w.T + b                                # [M, Dout]
+    return y.reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
 
 
 def linear_backward(dy, cache):
@@ -39,10 +41,9 @@ def linear_backward(dy, cache):
         dW = dy^T x        [Dout, Din]   (summed over every row m)
         db = sum_m dy      [Dout]
     """
-    x2, w, x_shape = cache
-    dy2 = dy.reshape(-1, w.shape[0])                # [M, Dout]
-    dx = (dy2 @ w).reshape(x_shape)                 # [..., Din]
-    dw = dy2.T @ x2                                 # [Dout, Din]
+    dy2 = dy.reshape(-1, cache.w.shape[0])          # [M, Dout]
+    dx = (dy2 @ cache.w).reshape(cache.x_shape)     # [..., Din]
+    dw = dy2.T @ cache.x2                           # [Dout, Din]
     db = dy2.sum(axis=0)                            # [Dout]
     return dx, dw, db
 
@@ -75,8 +76,8 @@ def patch_embed_forward(x, w, b):
     """
     D, C, p, _ = w.shape
     patches = patchify(x, p)                        # [B, P, C*p*p]
-    y, lin_cache = linear_forward(patches, w.reshape(D, C * p * p), b)  # [B, P, D]
-    return y, (lin_cache, x.shape, w.shape)
+    y, c_lin = linear_forward(patches, w.reshape(D, C * p * p), b)  # [B, P, D]
+    return y, Cache(linear=c_lin, x_shape=x.shape, w_shape=w.shape)
 
 
 def patch_embed_backward(dy, cache):
@@ -86,9 +87,9 @@ def patch_embed_backward(dy, cache):
         dpatches, dW_flat, db = linear_backward(dy)
         dx = unpatchify(dpatches),   dw = dW_flat.reshape(D, C, p, p)
     """
-    lin_cache, x_shape, w_shape = cache
-    dpatches, dw, db = linear_backward(dy, lin_cache)  # [B, P, C*p*p], [D, C*p*p], [D]
-    return unpatchify(dpatches, x_shape, w_shape[2]), dw.reshape(w_shape), db
+    dpatches, dw, db = linear_backward(dy, cache.linear)  # [B, P, C*p*p], [D, C*p*p], [D]
+    p = cache.w_shape[2]
+    return unpatchify(dpatches, cache.x_shape, p), dw.reshape(cache.w_shape), db
 
 
 # ------------------------------------------- class token + learned position embedding
@@ -100,12 +101,10 @@ def token_embed_forward(x, cls_token, pos_embed):
         y[:, 0] = cls + pos[0],   y[:, 1:] = x + pos[1:]
     """
     xp = array_module(x)
-    B, P, D = x.shape
-    y = xp.empty((B, P + 1, D), dtype=x.dtype)     # [B, N, D]
-    y[:, :1] = cls_token
-    y[:, 1:] = x
-    y += pos_embed
-    return y, None
+    B = x.shape[0]
+    cls = xp.broadcast_to(cls_token, (B, 1, x.shape[2]))      # [B, 1, D]
+    y = xp.concatenate([cls, x], axis=1) + pos_embed          # [B, N, D]
+    return y, Cache()
 
 
 def token_embed_backward(dy, cache):
@@ -130,11 +129,10 @@ def layernorm_forward(x, w, b, eps=1e-5):
     """
     xp = array_module(x)
     mu = x.mean(axis=-1, keepdims=True)             # [..., 1]
-    xc = x - mu                                     # [..., D]
-    var = (xc * xc).mean(axis=-1, keepdims=True)    # [..., 1]
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)  # [..., 1]
     rstd = 1.0 / xp.sqrt(var + eps)                 # [..., 1]
-    xhat = xc * rstd                                # [..., D]
-    return xhat * w + b, (xhat, rstd, w)
+    xhat = (x - mu) * rstd                          # [..., D]
+    return xhat * w + b, Cache(xhat=xhat, rstd=rstd, w=w)
 
 
 def layernorm_backward(dy, cache):
@@ -146,16 +144,14 @@ def layernorm_backward(dy, cache):
     The two subtracted terms are the paths through mu and through r: d mu/dx_i = 1/D
     and d r/dx_i = -r^3 (x_i - mu)/D.
     """
-    xhat, rstd, w = cache
+    xhat, rstd, w = cache.xhat, cache.rstd, cache.w
     D = w.shape[0]
     dw = (dy * xhat).reshape(-1, D).sum(axis=0)                 # [D]
     db = dy.reshape(-1, D).sum(axis=0)                          # [D]
     g = dy * w                                                  # [..., D]
-    g_xhat_mean = (g * xhat).mean(axis=-1, keepdims=True)       # [..., 1]
-    g -= g.mean(axis=-1, keepdims=True)                         # in place from here on
-    g -= xhat * g_xhat_mean
-    g *= rstd
-    return g, dw, db
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------- softmax
@@ -163,10 +159,9 @@ def layernorm_backward(dy, cache):
 def softmax_forward(s):
     """a = exp(s - max s) / sum exp(s - max s), over the last axis (max: for stability)."""
     xp = array_module(s)
-    a = s - s.max(axis=-1, keepdims=True)
-    xp.exp(a, out=a)                                   # in place: no new temporaries
-    a /= a.sum(axis=-1, keepdims=True)
-    return a, a
+    e = xp.exp(s - s.max(axis=-1, keepdims=True))
+    a = e / e.sum(axis=-1, keepdims=True)
+    return a, Cache(a=a)
 
 
 def softmax_backward(da, cache):
@@ -174,167 +169,152 @@ def softmax_backward(da, cache):
 
         ds = a (da - sum(da a))     (sum over the last axis)
     """
-    a = cache
-    ds = da - (da * a).sum(axis=-1, keepdims=True)
-    ds *= a
-    return ds
+    a = cache.a
+    return a * (da - (da * a).sum(axis=-1, keepdims=True))
 
 
 # ------------------------------------------------------------------------------ GELU
 
-GELU_KINDS = ("exact", "tanh")
-_SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def gelu_forward(x, approximate="exact"):
-    """GELU(x) = x Phi(x), Phi the standard normal CDF.
+def gelu_forward(x):
+    """GELU(x) = x Phi(x), Phi the standard normal CDF (exact, as torch.nn.GELU()):
 
-    "exact" (torch.nn.GELU()):        Phi(x) = (1 + erf(x / sqrt 2)) / 2
-    "tanh"  (GELU(approximate="tanh")): Phi(x) ~ (1 + tanh(u)) / 2,
-                                        u = sqrt(2/pi) (x + 0.044715 x^3)
+        Phi(x) = (1 + erf(x / sqrt 2)) / 2
     """
-    xp = array_module(x)
-    if approximate == "exact" and fast.applies(x):
-        # the same math, blocked, with a float32 erf (fast.py); GELU'(x) is computed here
-        # while x is in the cache, so the backward is one product
-        y, dgelu = fast.gelu_forward(x)
-        return y, (None, None, approximate, dgelu)     # x is not kept: backward needs dgelu only
-    if approximate == "exact":
-        cdf = erf(x * (1.0 / _SQRT_2))
-    elif approximate == "tanh":
-        cdf = x * x
-        cdf *= 0.044715
-        cdf += 1.0
-        cdf *= x
-        cdf *= _SQRT_2_OVER_PI
-        xp.tanh(cdf, out=cdf)
-    else:
-        raise ValueError(f"unknown GELU approximation {approximate!r}: use one of {GELU_KINDS}")
-    cdf += 1.0                          # in place: big temporaries cost time on the CPU
-    cdf *= 0.5
-    return x * cdf, (x, cdf, approximate, None)
+    cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+    return x * cdf, Cache(x=x, cdf=cdf)
 
 
 def gelu_backward(dy, cache):
-    """dx = dy * GELU'(x).
-
-    exact:  GELU'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
-    tanh:   with t = tanh(u) = 2 Phi - 1:
-            GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    """
+    """dx = dy * GELU'(x),  GELU'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)."""
     xp = array_module(dy)
-    x, cdf, approximate, dgelu = cache
-    if dgelu is not None:                # the fast path computed GELU'(x) in the forward
-        return dy * dgelu
-    if approximate == "exact":
-        grad = x * x                    # x phi(x) = x exp(-x^2/2) / sqrt(2 pi), in place
-        grad *= -0.5
-        xp.exp(grad, out=grad)
-        grad *= _INV_SQRT_2PI
-    else:
-        t = 2.0 * cdf - 1.0             # 0.5 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        t *= t
-        xp.subtract(1.0, t, out=t)
-        grad = x * x
-        grad *= 3 * 0.044715
-        grad += 1.0
-        grad *= t
-        grad *= 0.5 * _SQRT_2_OVER_PI
-    grad *= x
-    grad += cdf
-    grad *= dy
-    return grad
+    x = cache.x
+    pdf = xp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dy * (cache.cdf + x * pdf)
+
+
+def gelu_tanh_forward(x):
+    """GELU with the tanh approximation (torch.nn.GELU(approximate="tanh")):
+
+        Phi(x) ~ (1 + t) / 2,   t = tanh(u),   u = sqrt(2/pi) (x + 0.044715 x^3)
+    """
+    xp = array_module(x)
+    t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+    return x * 0.5 * (1.0 + t), Cache(x=x, t=t)
+
+
+def gelu_tanh_backward(dy, cache):
+    """With tanh' = 1 - t^2 and du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2):
+
+        GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    """
+    x, t = cache.x, cache.t
+    du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+# a model's `gelu` setting -> its (forward, backward) pair
+GELUS = {"exact": (gelu_forward, gelu_backward), "tanh": (gelu_tanh_forward, gelu_tanh_backward)}
 
 
 # ------------------------------------------------------------ multi-head self-attention
 
-def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-                      num_queries=None):
+def split_heads(t, num_heads):
+    """[B, N, D] -> [B, h, N, d]: head j takes channels j*d:(j+1)*d."""
+    B, N, D = t.shape
+    return t.reshape(B, N, num_heads, D // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(t):
+    """The inverse of split_heads: [B, h, N, d] -> [B, N, h*d]."""
+    B, H, N, d = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(B, N, H * d)
+
+
+def sdpa_forward(q, k, v):
+    """Scaled dot-product attention of every head at once.
+
+    q [B, h, Nq, d], k and v [B, h, N, d]:
+        s = q k^T / sqrt(d)      [B, h, Nq, N]
+        a = softmax(s)           [B, h, Nq, N]   (each row sums to one)
+        o = a v                  [B, h, Nq, d]
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = (q @ k.transpose(0, 1, 3, 2)) * scale                        # [B, h, Nq, N]
+    a, c_soft = softmax_forward(s)                                    # [B, h, Nq, N]
+    o = a @ v                                                         # [B, h, Nq, d]
+    return o, Cache(q=q, k=k, v=v, a=a, softmax=c_soft, scale=scale)
+
+
+def sdpa_backward(do, cache):
+    """The matrix-product rule (Z = XY -> dX = dZ Y^T, dY = X^T dZ) on each line:
+
+        o = a v              ->  da = do v^T,        dv = a^T do
+        a = softmax(s)       ->  ds = a (da - sum(da a))
+        s = q k^T / sqrt(d)  ->  dq = ds k / sqrt(d), dk = ds^T q / sqrt(d)
+    """
+    q, k, v, a = cache.q, cache.k, cache.v, cache.a
+    da = do @ v.transpose(0, 1, 3, 2)                                 # [B, h, Nq, N]
+    dv = a.transpose(0, 1, 3, 2) @ do                                 # [B, h, N, d]
+    ds = softmax_backward(da, cache.softmax) * cache.scale            # [B, h, Nq, N]
+    dq = ds @ k                                                       # [B, h, Nq, d]
+    dk = ds.transpose(0, 1, 3, 2) @ q                                 # [B, h, N, d]
+    return dq, dk, dv
+
+
+def attention_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads):
     """Multi-head self-attention, laid out like torch.nn.MultiheadAttention.
 
     x [B, N, D]; in_proj_weight [3D, D] holds W_q, W_k, W_v stacked (rows 0:D, D:2D,
     2D:3D; head j uses rows j*d:(j+1)*d of each); out_proj_weight [D, D].
 
         q, k, v = split(x W_in^T + b_in)            each [B, h, N, d]
-        s = q k^T / sqrt(d)                         [B, h, N, N]
-        a = softmax(s)                              [B, h, N, N]  (rows sum to one)
-        o = a v, heads concatenated                 [B, N, D]
+        o = sdpa(q, k, v), heads concatenated       [B, N, D]
         y = o W_out^T + b_out                       [B, N, D]
-
-    num_queries: when set to Q, only the first Q tokens ask (q keeps its first Q rows,
-    every token still gives its key and value), so y is [B, Q, D]: the rows of the full y
-    that a caller needing only those tokens would keep.
     """
-    B, N, D = x.shape
-    H = num_heads
-    d = D // H
-    scale = 1.0 / math.sqrt(d)
-    qkv, in_cache = linear_forward(x, in_proj_weight, in_proj_bias)   # [B, N, 3D]
-    qkv = qkv.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)        # [3, B, h, N, d]
-    q, k, v = qkv[0], qkv[1], qkv[2]                                  # [B, h, N, d] each
-    if num_queries is not None:
-        q = q[:, :, :num_queries]                                     # [B, h, Q, d]
-    Q = q.shape[2]
-    s = q @ k.transpose(0, 1, 3, 2)                                   # [B, h, Q, N]
-    s *= scale
-    a, _ = softmax_forward(s)                                         # [B, h, Q, N]
-    o = (a @ v).transpose(0, 2, 1, 3).reshape(B, Q, D)                # [B, Q, D]
-    y, out_cache = linear_forward(o, out_proj_weight, out_proj_bias)  # [B, Q, D]
-    return y, (in_cache, out_cache, q, k, v, a, scale)
+    D = x.shape[-1]
+    qkv, c_in = linear_forward(x, in_proj_weight, in_proj_bias)      # [B, N, 3D]
+    q, k, v = (split_heads(qkv[..., i * D:(i + 1) * D], num_heads) for i in range(3))
+    o, c_sdpa = sdpa_forward(q, k, v)                                # [B, h, N, d]
+    y, c_out = linear_forward(merge_heads(o), out_proj_weight, out_proj_bias)  # [B, N, D]
+    return y, Cache(linear_in=c_in, sdpa=c_sdpa, linear_out=c_out, num_heads=num_heads)
 
 
 def attention_backward(dy, cache):
     """Back through each line of the forward, last line first:
 
-        do, dW_out, db_out = linear_backward(dy)            do split into heads [B, h, Q, d]
-        o = a v        ->  da = do v^T,   dv = a^T do
-        a = softmax(s) ->  ds = a (da - sum(da a))          (softmax_backward)
-        s = q k^T / sqrt(d)  ->  dq = ds k / sqrt(d),   dk = ds^T q / sqrt(d)
-        dq, dk, dv stacked back to [B, N, 3D]  ->  dx, dW_in, db_in = linear_backward
-
-    With num_queries = Q < N the tokens that did not ask get no dq (their rows of dq are
-    zero): their gradient comes only through their keys and values.
+        do, dW_out, db_out = linear_backward(dy)        do split into heads [B, h, N, d]
+        dq, dk, dv = sdpa_backward(do)
+        dq, dk, dv merged and stacked to [B, N, 3D]  ->  dx, dW_in, db_in = linear_backward
     """
-    in_cache, out_cache, q, k, v, a, scale = cache
     xp = array_module(dy)
-    B, H, Q, d = q.shape
-    N = k.shape[2]
-    do, dw_out, db_out = linear_backward(dy, out_cache)               # [B, Q, D]
-    do = do.reshape(B, Q, H, d).transpose(0, 2, 1, 3)                 # [B, h, Q, d]
-    da = do @ v.transpose(0, 1, 3, 2)                                 # [B, h, Q, N]
-    dv = a.transpose(0, 1, 3, 2) @ do                                 # [B, h, N, d]
-    ds = softmax_backward(da, a)                                      # [B, h, Q, N]
-    ds *= scale
-    dq = ds @ k                                                       # [B, h, Q, d]
-    dk = ds.transpose(0, 1, 3, 2) @ q                                 # [B, h, N, d]
-    dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)                  # [B, N, 3, h, d]
-    for i, g in enumerate((dq, dk, dv)):
-        dqkv[:, :g.shape[2], i] = g.transpose(0, 2, 1, 3)
-    if Q < N:
-        dqkv[:, Q:, 0] = 0                                            # tokens that did not ask
-    dx, dw_in, db_in = linear_backward(dqkv.reshape(B, N, 3 * H * d), in_cache)
+    do, dw_out, db_out = linear_backward(dy, cache.linear_out)        # [B, N, D]
+    dq, dk, dv = sdpa_backward(split_heads(do, cache.num_heads), cache.sdpa)
+    dqkv = xp.concatenate([merge_heads(g) for g in (dq, dk, dv)], axis=-1)  # [B, N, 3D]
+    dx, dw_in, db_in = linear_backward(dqkv, cache.linear_in)
     return dx, dw_in, db_in, dw_out, db_out
 
 
 # ------------------------------------------------------------------------------- MLP
 
-def mlp_forward(x, w1, b1, w2, b2, approximate="exact"):
+def mlp_forward(x, w1, b1, w2, b2, gelu="exact"):
     """Linear -> GELU -> Linear (torch: nn.Sequential(Linear, GELU, Linear), so the
-    weights are named mlp.0.* and mlp.2.*).  x [..., D], w1 [F, D], w2 [D, F]."""
+    weights are named mlp.0.* and mlp.2.*).  x [..., D], w1 [F, D], w2 [D, F].
+    gelu: a name in GELUS, or any (forward, backward) pair computing the same function."""
+    gelu_fwd, gelu_bwd = GELUS[gelu] if isinstance(gelu, str) else gelu
     h, c1 = linear_forward(x, w1, b1)               # [..., F]
-    g, cg = gelu_forward(h, approximate)            # [..., F]
+    g, cg = gelu_fwd(h)                             # [..., F]
     y, c2 = linear_forward(g, w2, b2)               # [..., D]
-    return y, (c1, cg, c2)
+    return y, Cache(linear1=c1, gelu=cg, gelu_backward=gelu_bwd, linear2=c2)
 
 
 def mlp_backward(dy, cache):
     """The chain rule through the three layers, last first."""
-    c1, cg, c2 = cache
-    dg, dw2, db2 = linear_backward(dy, c2)
-    dh = gelu_backward(dg, cg)
-    dx, dw1, db1 = linear_backward(dh, c1)
+    dg, dw2, db2 = linear_backward(dy, cache.linear2)
+    dh = cache.gelu_backward(dg, cache.gelu)
+    dx, dw1, db1 = linear_backward(dh, cache.linear1)
     return dx, dw1, db1, dw2, db2
 
 
@@ -348,30 +328,23 @@ BLOCK_PARAM_NAMES = (
 )
 
 
-def block_forward(x, p, num_heads, approximate="exact", keep=None, cls_only=False):
+def block_forward(x, p, num_heads, gelu="exact", keep=None):
     """x1 = x + attn(norm1(x));  y = x1 + mlp(norm2(x1)).
 
     x [B, N, D]; p maps the names in BLOCK_PARAM_NAMES to arrays.
     keep: None, or stochastic depth's two masks (k1, k2), each [B, 1, 1] holding 0 (this
     image skips the branch) or 1/(1 - rate): x1 = x + k1 attn(...), y = x1 + k2 mlp(...).
-    cls_only: return only the class token's row, y[:, :1] ([B, 1, D]). Everything after
-    attention works token by token, so only the class token's query, attention output,
-    residual and MLP are computed: what the last block of a model whose head reads the
-    class token needs (every token still gives its key and value).
     """
+    k1, k2 = keep if keep is not None else (1.0, 1.0)
     h, c_n1 = layernorm_forward(x, p["norm1.weight"], p["norm1.bias"])
-    h, c_at = attention_forward(h, p["attn.in_proj_weight"], p["attn.in_proj_bias"],
-                                p["attn.out_proj.weight"], p["attn.out_proj.bias"], num_heads,
-                                num_queries=1 if cls_only else None)
-    if keep is not None:
-        h *= keep[0]
-    x1 = (x[:, :1] if cls_only else x) + h                           # [B, N or 1, D]
+    h, c_attn = attention_forward(h, p["attn.in_proj_weight"], p["attn.in_proj_bias"],
+                                  p["attn.out_proj.weight"], p["attn.out_proj.bias"], num_heads)
+    x1 = x + k1 * h                                                   # [B, N, D]
     h, c_n2 = layernorm_forward(x1, p["norm2.weight"], p["norm2.bias"])
     h, c_mlp = mlp_forward(h, p["mlp.0.weight"], p["mlp.0.bias"],
-                           p["mlp.2.weight"], p["mlp.2.bias"], approximate)
-    if keep is not None:
-        h *= keep[1]
-    return x1 + h, (c_n1, c_at, c_n2, c_mlp, keep, cls_only)
+                           p["mlp.2.weight"], p["mlp.2.bias"], gelu)
+    y = x1 + k2 * h                                                   # [B, N, D]
+    return y, Cache(norm1=c_n1, attn=c_attn, norm2=c_n2, mlp=c_mlp, k1=k1, k2=k2)
 
 
 def block_backward(dy, cache):
@@ -380,27 +353,15 @@ def block_backward(dy, cache):
 
     With stochastic depth a branch output is scaled by its mask k, so the gradient
     entering the branch is k dy (zero for the images that skipped it).
-    With cls_only, dy is [B, 1, D]: the residual paths reach only the class token, while
-    the attention branch sends gradient to every token (through keys and values).
 
     Returns dx and a dict of parameter gradients keyed like BLOCK_PARAM_NAMES.
     """
-    c_n1, c_at, c_n2, c_mlp, keep, cls_only = cache
-    dh, dw1, db1, dw2, db2 = mlp_backward(dy if keep is None else dy * keep[1], c_mlp)
-    dh, dn2w, dn2b = layernorm_backward(dh, c_n2)
-    dx1 = dy + dh                                                     # [B, N or 1, D]
-    dh, din_w, din_b, dout_w, dout_b = attention_backward(
-        dx1 if keep is None else dx1 * keep[0], c_at)
-    dx, dn1w, dn1b = layernorm_backward(dh, c_n1)                     # [B, N, D]
-    if cls_only:
-        dx[:, :1] += dx1
-    else:
-        dx += dx1
+    c = cache
+    dh, dw1, db1, dw2, db2 = mlp_backward(c.k2 * dy, c.mlp)
+    dh, dn2w, dn2b = layernorm_backward(dh, c.norm2)
+    dx1 = dy + dh                                                     # [B, N, D]
+    dh, din_w, din_b, dout_w, dout_b = attention_backward(c.k1 * dx1, c.attn)
+    dh, dn1w, dn1b = layernorm_backward(dh, c.norm1)
+    dx = dx1 + dh                                                     # [B, N, D]
     grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
     return dx, dict(zip(BLOCK_PARAM_NAMES, grads))
-
-
-def block_attention(cache):
-    """The attention probabilities a [B, h, N, N] kept in a block_forward cache
-    ([B, h, 1, N] for a cls_only block: the class token's row)."""
-    return cache[1][5]

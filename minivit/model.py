@@ -4,21 +4,25 @@
       -> patch_embed   (conv p x p, stride p)          [B, P, D]
       -> vit_embed     (class token, position embed)   [B, N, D]
       -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
-      -> norm          (on the class token)            [B, D]
-      -> head          (linear)                        [B, num_classes]
+      -> pool          (the class token, or the mean)  [B, D]
+      -> norm, head    (LayerNorm, linear)             [B, num_classes]
 
 Parameter names and shapes are those of the PyTorch SimpleViT this engine reproduces,
 so a state_dict moves between the two without renaming.
+
+    model = ViT(ViTConfig(embed_dim=192, depth=6, num_heads=3))   # or ViT(embed_dim=...)
+    logits = model.forward(images)                                # keeps what backward needs
+    dx = model.backward(dlogits)                                  # adds into model.grads()
 """
+
+import dataclasses
+from types import SimpleNamespace as Cache
 
 import numpy as np
 
 from . import layers
-from .backend import (array_module, backend_name, can_split, cpu_threads, get_xp,
-                      parallel_map, to_device, to_host)
-
-DTYPES = ("float32", "float64")
-POOLS = ("cls", "mean")
+from .backend import array_module, backend_name, get_xp, to_device, to_host
+from .config import ViTConfig
 
 
 class Param:
@@ -50,92 +54,30 @@ def trunc_normal(rng, shape, std=0.02):
 class ViT:
     """A Vision Transformer with hand-written backward passes.
 
-    Arguments mirror the reference SimpleViT: img_size, patch_size, in_chans, embed_dim,
-    depth, num_heads, mlp_ratio (MLP hidden width = int(embed_dim * mlp_ratio)) and
-    num_classes; plus dtype ("float32" or "float64"), backend ("numpy", "cupy", "auto",
-    or None for the MINIVIT_BACKEND environment variable, else "numpy"), seed (the
-    initial weights depend only on it, whatever the backend), gelu ("exact" or "tanh")
-    drop_path (stochastic depth: the largest rate, reached by the last block; block l
-    drops each branch with rate drop_path * l / (depth - 1), when forward gets an rng) and
-    pool: "cls" (the head reads the class token, as the reference) or "mean" (the head
-    reads the mean of the patch tokens; the class token still takes part in attention).
-    threads (NumPy only, not part of the saved configuration): how many shards of each
-    batch run at once on the CPU; None: the MINIVIT_THREADS environment variable, else
-    every CPU this process may use; 1 turns it off.
+    ViT(config) or ViT(**fields of ViTConfig); plus backend ("numpy", "cupy", "auto", or
+    None for the MINIVIT_BACKEND environment variable, else "numpy") and seed (the
+    initial weights depend only on it, whatever the backend).
 
     Initialization: every linear and conv weight, the class token and the position
     embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
     LayerNorm weights 1 and biases 0.
     """
 
-    def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=6,
-                 num_heads=3, mlp_ratio=4.0, num_classes=10, dtype="float32",
-                 backend=None, seed=0, gelu="exact", drop_path=0.0, pool="cls", threads=None):
-        for name, value in (("img_size", img_size), ("patch_size", patch_size),
-                            ("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
-                            ("num_heads", num_heads), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}: "
-                             f"choose a patch size that divides the image size (e.g. 4 for 32)")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: "
-                             f"each head gets embed_dim / num_heads channels")
-        if not mlp_ratio > 0 or int(embed_dim * mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {drop_path!r}")
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
-        if gelu not in layers.GELU_KINDS:
-            raise ValueError(f"unknown gelu {gelu!r}: use one of {', '.join(layers.GELU_KINDS)}")
-
+    def __init__(self, config=None, *, backend=None, seed=0, **fields):
+        config = ViTConfig(**fields) if config is None else config.model_config()
+        self.config = dataclasses.replace(config, **fields).validate()
         self.xp = get_xp(backend)
         self.backend = backend_name(self.xp)
-        self.dtype = self.xp.dtype(str(dtype))
-        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                           embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                           mlp_ratio=mlp_ratio, num_classes=num_classes, dtype=str(dtype),
-                           gelu=gelu, drop_path=float(drop_path), pool=pool)
-        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
-        self.num_classes, self.gelu, self.drop_path = num_classes, gelu, float(drop_path)
-        self.pool = pool
-        self.num_patches = (img_size // patch_size) ** 2
+        self.dtype = self.xp.dtype(config.dtype)
         self._init_params(seed)
         self._cache = None
-        self._shard_grads = []          # per-shard gradient buffers (see backward)
-        self.threads = threads
-
-    @property
-    def threads(self):
-        """How many shards each batch is cut into and run at once (NumPy only; 1 on CuPy,
-        whose kernels already use the whole GPU)."""
-        return self._threads
-
-    @threads.setter
-    def threads(self, value):
-        if value is None:
-            value = cpu_threads() if self.xp is np and can_split() else 1
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {value!r}")
-        self._threads = int(value) if self.xp is np else 1
 
     # ------------------------------------------------------------------ parameters
 
     def param_shapes(self):
         """{name: shape} in the PyTorch SimpleViT's state_dict order."""
-        D, C, p = self.embed_dim, self.in_chans, self.patch_size
-        F = int(D * self.config["mlp_ratio"])
-        shapes = {
-            "patch_embed.proj.weight": (D, C, p, p),
-            "patch_embed.proj.bias": (D,),
-            "vit_embed.cls_token": (1, 1, D),
-            "vit_embed.pos_embed": (1, self.num_patches + 1, D),
-        }
+        c = self.config
+        D, F, K = c.embed_dim, c.hidden, c.num_classes
         block = {
             "norm1.weight": (D,), "norm1.bias": (D,),
             "attn.in_proj_weight": (3 * D, D), "attn.in_proj_bias": (3 * D,),
@@ -144,11 +86,16 @@ class ViT:
             "mlp.0.weight": (F, D), "mlp.0.bias": (F,),
             "mlp.2.weight": (D, F), "mlp.2.bias": (D,),
         }
-        for i in range(self.depth):
-            for name in layers.BLOCK_PARAM_NAMES:
-                shapes[f"blocks.{i}.{name}"] = block[name]
+        shapes = {
+            "patch_embed.proj.weight": (D, c.in_chans, c.patch_size, c.patch_size),
+            "patch_embed.proj.bias": (D,),
+            "vit_embed.cls_token": (1, 1, D),
+            "vit_embed.pos_embed": (1, c.num_patches + 1, D),
+        }
+        for i in range(c.depth):
+            shapes.update({f"blocks.{i}.{name}": block[name] for name in layers.BLOCK_PARAM_NAMES})
         shapes.update({"norm.weight": (D,), "norm.bias": (D,),
-                       "head.weight": (self.num_classes, D), "head.bias": (self.num_classes,)})
+                       "head.weight": (K, D), "head.bias": (K,)})
         return shapes
 
     def _init_params(self, seed):
@@ -156,24 +103,22 @@ class ViT:
         backend), then lay every parameter and gradient out in two flat buffers."""
         rng = np.random.default_rng(seed)
         shapes = self.param_shapes()
-        host = {}
+        host = []
         for name, shape in shapes.items():
             if name.endswith(("norm1.weight", "norm2.weight")) or name == "norm.weight":
-                host[name] = np.ones(shape)
+                host.append(np.ones(shape))
             elif name.endswith("bias"):
-                host[name] = np.zeros(shape)
+                host.append(np.zeros(shape))
             else:  # linear / conv weights, class token, position embedding
-                host[name] = trunc_normal(rng, shape)
-        total = sum(int(np.prod(s)) for s in shapes.values())
-        self.flat_params = self.xp.empty(total, dtype=self.dtype)
-        self.flat_grads = self.xp.zeros(total, dtype=self.dtype)
-        self.params = self._views(self.flat_params)
-        self._grads = self._views(self.flat_grads)
-        for name, data in self.params.items():
-            data[...] = to_device(host[name], self.xp, self.dtype)
+                host.append(trunc_normal(rng, shape))
+        flat = np.concatenate([h.reshape(-1) for h in host])
+        self.flat_params = to_device(flat, self.xp, self.dtype)     # one host -> device copy
+        self.flat_grads = self.xp.zeros_like(self.flat_params)
+        self.params = self.views(self.flat_params)
+        self._grads = self.views(self.flat_grads)
         self._param_list = [Param(name, self.params[name], self._grads[name]) for name in shapes]
 
-    def _views(self, flat):
+    def views(self, flat):
         """{name: view} of a flat buffer laid out like the parameters (state_dict order)."""
         views, offset = {}, 0
         for name, shape in self.param_shapes().items():
@@ -225,95 +170,136 @@ class ViT:
                 value = to_device(to_host(value), self.xp)
             self.params[name][...] = value.astype(self.dtype, copy=False)
 
-    def _drop_path_masks(self, i, batch, rng):
-        """Stochastic depth masks (k1, k2) [B, 1, 1] for block i, or None: each image keeps
-        a branch with probability 1 - rate, scaled by 1/(1 - rate) so the expected output
-        is unchanged."""
-        rate = self.drop_path * i / max(1, self.depth - 1)
-        if rng is None or rate == 0.0:
-            return None
-        kept = rng.random((2, batch)) >= rate
-        masks = to_device(kept / (1.0 - rate), self.xp, self.dtype)
-        return masks[0][:, None, None], masks[1][:, None, None]
+    def block_params(self, i):
+        """{name in layers.BLOCK_PARAM_NAMES: array} of block i."""
+        return {name: self.params[f"blocks.{i}.{name}"] for name in layers.BLOCK_PARAM_NAMES}
 
-    def _block_params(self, i):
-        prefix = f"blocks.{i}."
-        return {name: self.params[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
+    def drop_path_masks(self, batch, rng):
+        """Stochastic depth: per block, None or its masks (k1, k2), each [B, 1, 1]. Each
+        image keeps a branch with probability 1 - rate, scaled by 1/(1 - rate) so the
+        expected output is unchanged; block i's rate is drop_path * i / (depth - 1).
+        No rng (evaluation) or drop_path 0: no masks."""
+        depth = self.config.depth
+        rates = [self.config.drop_path * i / max(1, depth - 1) for i in range(depth)]
+        if rng is None or not any(rates):
+            return [None] * depth
+        kept = rng.random((depth, 2, batch)) >= np.array(rates)[:, None, None]
+        scale = 1.0 / (1.0 - np.array(rates))[:, None, None]
+        masks = to_device(kept * scale, self.xp, self.dtype)[..., None, None]  # [depth, 2, B, 1, 1]
+        return [None if rate == 0.0 else (masks[i, 0], masks[i, 1]) for i, rate in enumerate(rates)]
 
     # ------------------------------------------------------------ forward / backward
 
     def forward(self, x, keep_cache=True, rng=None):
         """x [B, C, H, W] (normalized floats) -> logits [B, num_classes].
 
-        Keeps what backward needs unless keep_cache is False (evaluation: each block's
-        activations are then freed as soon as the next block has run). The input is cast
-        to the model's dtype. rng (a NumPy Generator) turns on stochastic depth when the
-        model has drop_path > 0 (training); without it the forward is deterministic.
-
-        On NumPy the batch is cut into self.threads shards run at once (see
-        backend.parallel_map); every image's logits are the same either way."""
-        return self._forward(x, keep_cache, rng, every_token=False)
-
-    def _forward(self, x, keep_cache, rng, every_token):
-        x = self._check_images(x)
-        masks = [self._drop_path_masks(i, len(x), rng) for i in range(self.depth)]
-        shards = self._shards(len(x))
-
-        def run(s):
-            shard_masks = [None if m is None else (m[0][s], m[1][s]) for m in masks]
-            return self._forward_shard(x[s], shard_masks, keep_cache, every_token)
-
-        results = parallel_map(run, shards)
-        logits = results[0][0] if len(results) == 1 else self.xp.concatenate([r[0] for r in results])
-        self._cache = (shards, [r[1] for r in results]) if keep_cache else None
+        Keeps what backward needs unless keep_cache is False (evaluation). The input is
+        cast to the model's dtype. rng (a NumPy Generator) turns on stochastic depth when
+        the model has drop_path > 0 (training); without it the forward is deterministic."""
+        x = self.check_images(x)
+        logits, cache = self.forward_pass(x, self.drop_path_masks(len(x), rng), keep_cache)
+        self._cache = cache
         return logits
-
-    def _forward_shard(self, x, masks, keep_cache, every_token):
-        """The forward of the network on one shard of the batch: (logits, cache).
-
-        When the head reads the class token, nothing else of the last block's output
-        reaches the logits, so that block computes only the class token's row (see
-        layers.block_forward, cls_only) unless every_token asks for all of it."""
-        p = self.params
-        h, c_patch = layers.patch_embed_forward(
-            x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
-        h, c_embed = layers.token_embed_forward(
-            h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
-        c_blocks = []
-        for i in range(self.depth):
-            cls_only = i == self.depth - 1 and self.pool == "cls" and not every_token
-            h, c = layers.block_forward(h, self._block_params(i), self.num_heads, self.gelu,
-                                        masks[i], cls_only)
-            if keep_cache:
-                c_blocks.append(c)                                            # [B, N, D]
-        # The final LayerNorm works token by token and only the class token reaches the
-        # head, so normalizing just that token gives the same logits and gradients (h is
-        # [B, 1, D] here unless every_token). pool="mean" instead normalizes the mean of
-        # the patch tokens.
-        pooled = h[:, 0] if self.pool == "cls" else h[:, 1:].mean(axis=1)       # [B, D]
-        z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])  # [B, D]
-        logits, c_head = layers.linear_forward(z, p["head.weight"], p["head.bias"])       # [B, K]
-        cache = (h.shape, c_patch, c_embed, c_blocks, c_norm, c_head) if keep_cache else None
-        return logits, cache
-
-    def _shards(self, batch):
-        """Slices cutting a batch into min(threads, batch) nearly equal shards."""
-        n = min(self.threads, batch)
-        bounds = [batch * k // n for k in range(n + 1)]
-        return [slice(bounds[k], bounds[k + 1]) for k in range(n)]
 
     __call__ = forward
 
-    def _check_images(self, x):
+    def backward(self, dlogits):
+        """Back-propagate dL/dlogits [B, num_classes] from the last forward; adds every
+        parameter's gradient into grads() (call zero_grad() between steps) and returns
+        dL/dx [B, C, H, W]."""
+        if self._cache is None:
+            raise RuntimeError("backward() called without a forward() since the last backward: "
+                               "run logits = model.forward(x) first")
+        cache, self._cache = self._cache, None     # a second backward needs a new forward
+        dlogits = self.check_dlogits(dlogits, cache.batch)
+        return self.backward_pass(dlogits, cache, self._grads)
+
+    def forward_pass(self, x, masks, keep_cache=True):
+        """The network on a checked batch: (logits, cache). masks: drop_path_masks()."""
+        h, c_embed = self.embed_forward(x)                                    # [B, N, D]
+        c_blocks = []
+        for i in range(self.config.depth):
+            h, c = layers.block_forward(h, self.block_params(i), self.config.num_heads,
+                                        self.config.gelu, masks[i])           # [B, N, D]
+            c_blocks.append(c if keep_cache else None)
+        logits, c_head = self.head_forward(h)                                 # [B, K]
+        if not keep_cache:
+            return logits, None
+        return logits, Cache(batch=len(x), embed=c_embed, blocks=c_blocks, head=c_head)
+
+    def backward_pass(self, dlogits, cache, grads):
+        """The backward of forward_pass: adds every parameter gradient into the dict of
+        arrays grads (shaped like state_dict) and returns dL/dx."""
+        dh = self.head_backward(dlogits, cache.head, grads)                   # [B, N, D]
+        for i in reversed(range(self.config.depth)):
+            dh, block_grads = layers.block_backward(dh, cache.blocks[i])
+            for name, g in block_grads.items():
+                grads[f"blocks.{i}.{name}"] += g
+        return self.embed_backward(dh, cache.embed, grads)                    # [B, C, H, W]
+
+    def embed_forward(self, x):
+        """Patch embedding, then the class token and position embedding: [B, N, D]."""
+        p = self.params
+        h, c_patch = layers.patch_embed_forward(
+            x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
+        h, c_tok = layers.token_embed_forward(
+            h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
+        return h, Cache(patch=c_patch, token=c_tok)
+
+    def embed_backward(self, dh, cache, grads):
+        dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
+        grads["vit_embed.cls_token"] += dcls
+        grads["vit_embed.pos_embed"] += dpos
+        dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
+        grads["patch_embed.proj.weight"] += dw
+        grads["patch_embed.proj.bias"] += db
+        return dx
+
+    def head_forward(self, h):
+        """Pool the tokens h [B, N, D] (the class token, or the mean of the patch tokens),
+        normalize, classify -> logits [B, K]."""
+        p = self.params
+        pooled = h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(axis=1)   # [B, D]
+        z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])
+        logits, c_lin = layers.linear_forward(z, p["head.weight"], p["head.bias"])  # [B, K]
+        return logits, Cache(norm=c_norm, linear=c_lin, h_shape=h.shape)
+
+    def head_backward(self, dlogits, cache, grads):
+        """-> dL/dh [B, N, D]: the class token's row gets the pooled gradient (pool "cls"),
+        or each of the P patch tokens 1/P of it (pool "mean")."""
+        dz, dw, db = layers.linear_backward(dlogits, cache.linear)
+        grads["head.weight"] += dw
+        grads["head.bias"] += db
+        dpooled, dw, db = layers.layernorm_backward(dz, cache.norm)            # [B, D]
+        grads["norm.weight"] += dw
+        grads["norm.bias"] += db
+        dh = self.xp.zeros(cache.h_shape, dtype=dpooled.dtype)                # [B, N, D]
+        if self.config.pool == "cls":
+            dh[:, 0] = dpooled
+        else:
+            dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
+        return dh
+
+    def attention(self, x):
+        """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}]), a_l [B, heads, N, N] the
+        attention probabilities of block l (row i: how token i attends to every token;
+        token 0 is the class token). Nothing is kept for backward."""
+        logits, cache = self.forward_pass(self.check_images(x), [None] * self.config.depth)
+        return logits, [c.attn.sdpa.a for c in cache.blocks]
+
+    # ------------------------------------------------------------------ input checks
+
+    def check_images(self, x):
         """Validate a batch of images and cast it to the model's dtype and backend, or
         raise an error that names the problem and the fix."""
-        xp, C, S = self.xp, self.in_chans, self.img_size
+        xp, C, S = self.xp, self.config.in_chans, self.config.img_size
         if xp is np and hasattr(x, "__cuda_array_interface__"):
             raise TypeError("a CuPy (GPU) array was given to a NumPy model: move it with "
                             "minivit.to_host(x), or build the model with backend='cupy'")
-        if array_module(x) is np and not isinstance(x, np.ndarray):
+        on_host = array_module(x) is np
+        if on_host and not isinstance(x, np.ndarray):
             x = np.asarray(x)                 # lists and other array-likes
-        shape = tuple(getattr(x, "shape", np.shape(x)))
+        shape = tuple(x.shape)
         expected = f"[B, {C}, {S}, {S}]"
         if len(shape) != 4:
             raise ValueError(f"images must have shape {expected} (batch, channels, height, width), "
@@ -327,93 +313,27 @@ class ViT:
         if shape[2:] != (S, S):
             raise ValueError(f"images are {shape[2]}x{shape[3]}, the model expects {S}x{S}: resize "
                              f"them, or build the ViT with img_size={shape[2]} (square images)")
-        dtype = np.dtype(getattr(x, "dtype", np.float64))
+        dtype = np.dtype(x.dtype)
         if dtype == np.uint8:
             raise TypeError("images are uint8 (raw 0..255 pixels): normalize them to floats first, "
                             "e.g. minivit.data.normalize(x, mean, std)")
         if dtype.kind not in "f":
             raise TypeError(f"images must be floating point, got {dtype}: convert and normalize "
                             f"them first, e.g. minivit.data.normalize(x, mean, std)")
-        x = xp.asarray(x, dtype=self.dtype)   # a NumPy batch is copied to the GPU for CuPy
-        if not bool(xp.isfinite(x).all()):
+        # host batches are scanned for NaN/Inf here; a batch already on the GPU is not (that
+        # would make every step wait for the GPU): training checks its loss instead
+        if on_host and not np.isfinite(x).all():
             raise ValueError("images contain NaN or Inf values: check the data and its "
                              "normalization (a zero std divides by zero)")
-        return x
+        return to_device(x, xp, self.dtype)   # a NumPy batch is copied to the GPU for CuPy
 
-    def backward(self, dlogits):
-        """Back-propagate dL/dlogits [B, num_classes] from the last forward; adds every
-        parameter's gradient into grads() (call zero_grad() between steps) and returns
-        dL/dx [B, C, H, W]."""
-        if self._cache is None:
-            raise RuntimeError("backward() called without a forward() since the last backward: "
-                               "run logits = model.forward(x) first")
-        shards, caches = self._cache
-        expected = (shards[-1].stop, self.num_classes)
+    def check_dlogits(self, dlogits, batch):
+        expected = (batch, self.config.num_classes)
         if tuple(np.shape(dlogits)) != expected:
             raise ValueError(f"dlogits must have the logits' shape {expected}, got "
                              f"{tuple(np.shape(dlogits))}")
-        self._cache = None  # free the activations; a second backward needs a new forward
-        dlogits = self.xp.asarray(dlogits, dtype=self.dtype)
-        # shard 0 adds into the model's gradients, shard k > 0 into its own buffer, summed
-        # after in a fixed order (so a run is bitwise repeatable)
-        buffers = [self._grads] + [self._shard_grad_buffer(k) for k in range(1, len(shards))]
-
-        def run(k):
-            if k > 0:
-                self._shard_grads[k - 1][0].fill(0)
-            return self._backward_shard(dlogits[shards[k]], caches[k], buffers[k])
-
-        dxs = parallel_map(run, range(len(shards)))
-        for k in range(1, len(shards)):
-            self.flat_grads += self._shard_grads[k - 1][0]
-        return dxs[0] if len(dxs) == 1 else self.xp.concatenate(dxs)
-
-    def _shard_grad_buffer(self, k):
-        """The gradient dict of shard k > 0: views into a flat buffer kept between steps."""
-        while len(self._shard_grads) < k:
-            flat = self.xp.zeros_like(self.flat_grads)
-            self._shard_grads.append((flat, self._views(flat)))
-        return self._shard_grads[k - 1][1]
-
-    def _backward_shard(self, dlogits, cache, g):
-        """The backward of one shard: adds its parameter gradients into the dict g of
-        views and returns dL/dx for its images."""
-        h_shape, c_patch, c_embed, c_blocks, c_norm, c_head = cache
-        dz, dw, db = layers.linear_backward(dlogits, c_head)
-        g["head.weight"] += dw
-        g["head.bias"] += db
-        dcls, dw, db = layers.layernorm_backward(dz, c_norm)
-        g["norm.weight"] += dw
-        g["norm.bias"] += db
-        dh = self.xp.zeros(h_shape, dtype=self.dtype)                           # [B, N, D], or [B, 1, D]
-        if self.pool == "cls":
-            dh[:, 0] = dcls
-        else:                     # a mean over P tokens: each receives 1/P of the gradient
-            dh[:, 1:] = dcls[:, None, :] / (h_shape[1] - 1)
-        for i in reversed(range(self.depth)):
-            dh, block_grads = layers.block_backward(dh, c_blocks[i])
-            c_blocks[i] = None    # this block's activations are no longer needed
-            for name, grad in block_grads.items():
-                g[f"blocks.{i}.{name}"] += grad
-        dh, dcls_token, dpos = layers.token_embed_backward(dh, c_embed)
-        g["vit_embed.cls_token"] += dcls_token
-        g["vit_embed.pos_embed"] += dpos
-        dx, dw, db = layers.patch_embed_backward(dh, c_patch)
-        g["patch_embed.proj.weight"] += dw
-        g["patch_embed.proj.bias"] += db
-        return dx
-
-    def attention(self, x):
-        """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}]), a_l [B, heads, N, N] the
-        attention probabilities of block l (row i: how token i attends to every token;
-        token 0 is the class token). Nothing is kept for backward."""
-        logits = self._forward(x, keep_cache=True, rng=None, every_token=True)
-        caches = self._cache[1]
-        self._cache = None
-        maps = [self.xp.concatenate([layers.block_attention(c[3][i]) for c in caches])
-                for i in range(self.depth)]
-        return logits, maps
+        return to_device(dlogits, self.xp, self.dtype)
 
     def __repr__(self):
-        return (f"ViT({', '.join(f'{k}={v!r}' for k, v in self.config.items())}, "
-                f"backend={self.backend!r}, params={self.num_parameters():,})")
+        fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items())
+        return f"ViT({fields}, backend={self.backend!r}, params={self.num_parameters():,})"

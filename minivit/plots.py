@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASSES, atomic_write
+from .data import CLASSES
+from .evaluate import confusion_matrix, per_class_accuracy
+from .files import atomic_write, read_jsonl
 
 
 def _pyplot():
@@ -30,7 +32,6 @@ def _save(fig, path):
 def plot_run(run_dir, log=print, out_dir=None):
     """Write curves.png, per_class.png, predictions.png and confusion.png into out_dir
     (default run_dir) from run_dir's metrics.jsonl and predictions.npz; returns the paths."""
-    from .train import confusion_matrix, per_class_accuracy, read_metrics
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     plt = _pyplot()
@@ -38,7 +39,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         log("matplotlib is not installed, so no plots were drawn: `pip install -e .[plot]`, "
             f"then `minivit plot {run_dir}`")
         return []
-    metrics = read_metrics(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     if not metrics:
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")

@@ -1,7 +1,8 @@
-"""Training on CIFAR-10: presets, the training loop, evaluation and run folders.
+"""Training on CIFAR-10: the training loop and its run folder.
 
-    from minivit.train import TrainConfig, train
-    summary = train(TrainConfig.from_preset("sample", epochs=3), data=None, out="runs/try")
+    from minivit.config import TrainConfig
+    from minivit.train import train
+    summary = train(TrainConfig.from_preset("sample", epochs=3), out="runs/try")
 
 A run folder holds:
     config.json      the full training configuration
@@ -18,136 +19,25 @@ checkpoint, and `--resume` continues exactly where it stopped.
 
 import contextlib
 import dataclasses
-import json
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from . import augment, seeds
 from . import checkpoint as ckpt
-from .backend import to_host
-from .data import (CLASSES, SAMPLE_ROOT, Loader, channel_stats, dataset_folder, find_cifar10,
-                   load_cifar10, mix_batch, random_erase, split_validation, atomic_write, write_json,
-                   write_jsonl)
+from .config import TrainConfig
+from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
+from .evaluate import evaluate, score_checkpoint
+from .fast import FastViT
+from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .loss import cross_entropy
-from .layers import GELU_KINDS
-from .model import DTYPES, POOLS, ViT
+from .model import ViT
 from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "default"
-    # model
-    patch_size: int = 4
-    embed_dim: int = 192
-    depth: int = 6
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    gelu: str = "exact"
-    dtype: str = "float32"
-    # optimization
-    optimizer: str = "adamw"            # "adam" or "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05          # AdamW: on weight matrices only
-    betas: tuple = (0.9, 0.999)
-    batch_size: int = 128
-    epochs: int = 50
-    warmup_epochs: float = 5.0
-    schedule: str = "cosine"            # "cosine" (after warmup) or "constant"
-    min_lr: float = 1e-5
-    clip_grad: float = 1.0              # global gradient norm cap; 0 turns it off
-    label_smoothing: float = 0.1
-    drop_path: float = 0.0              # stochastic depth rate of the last block
-    pool: str = "cls"                   # what the head reads: "cls" token or "mean" of patches
-    # data
-    augment: bool = True                # random crop (padding 4) + horizontal flip
-    randaugment: int = 0                # RandAugment operations per image; 0 turns it off
-    randaugment_magnitude: float = 9.0  # their strength, 0..10
-    mixup: float = 0.0                  # mixup Beta(alpha, alpha); 0 turns it off
-    cutmix: float = 0.0                 # cutmix Beta(alpha, alpha); 0 turns it off
-    random_erase: float = 0.0           # probability of erasing a box of each image
-    ema: float = 0.0                    # decay of a weight average used for evaluation; 0: off
-    val_fraction: float = 0.1
-    limit_train: int = 0                # use only this many training images (0: all)
-    eval_batch_size: int = 500
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d):
-        """The configuration saved in a checkpoint (JSON turned the betas into a list)."""
-        return cls(**{**d, "betas": tuple(d["betas"])})
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-        cfg = cls(preset=name, **PRESETS[name])
-        return dataclasses.replace(cfg, **overrides)
-
-    def validate(self):
-        """Raise ValueError naming the first bad field."""
-        positive = ("patch_size", "embed_dim", "depth", "num_heads", "batch_size", "epochs",
-                    "eval_batch_size", "lr", "mlp_ratio")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs", "min_lr", "clip_grad", "limit_train"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adam or adamw")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}: use cosine or constant")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
-        if not 0 <= self.drop_path < 1:
-            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} (a Beta alpha) must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
-        if self.randaugment < 0:
-            raise ValueError(f"randaugment (operations per image) must be >= 0, got {self.randaugment}")
-        if not 0 <= self.randaugment_magnitude <= 10:
-            raise ValueError(f"randaugment_magnitude must be in [0, 10], got {self.randaugment_magnitude}")
-        if not 0 <= self.random_erase <= 1:
-            raise ValueError(f"random_erase must be in [0, 1], got {self.random_erase}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.gelu not in GELU_KINDS:
-            raise ValueError(f"unknown gelu {self.gelu!r}: use one of {', '.join(GELU_KINDS)}")
-        if 32 % self.patch_size:
-            raise ValueError(f"patch_size {self.patch_size} does not divide the image size 32")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-
-    def model_config(self):
-        return dict(img_size=32, patch_size=self.patch_size, in_chans=3, embed_dim=self.embed_dim,
-                    depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                    num_classes=len(CLASSES), dtype=self.dtype, gelu=self.gelu,
-                    drop_path=self.drop_path, pool=self.pool)
-
-
-PRESETS = {
-    # The reference post's recipe: Adam 3e-4, batch 80, 30 epochs, nothing else.
-    "seed": dict(optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=80, epochs=30,
-                 warmup_epochs=0.0, schedule="constant", clip_grad=0.0, label_smoothing=0.0,
-                 augment=False),
-    # The same ViT with a modern recipe: AdamW with decay on weight matrices, warmup +
-    # cosine, label smoothing, gradient clipping, crop + flip augmentation.
-    "default": dict(),
-    # A small ViT for a short run on a CPU (the shipped sample trains in a few minutes).
-    "sample": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, batch_size=64, epochs=15,
-                   warmup_epochs=1.0, lr=2e-3),
-}
+from .plots import plot_run
+from .threads import tune_host_allocator
 
 
 def decay_groups(model, weight_decay):
@@ -167,58 +57,28 @@ def make_optimizer(cfg, model):
 
 
 def lr_at(cfg, step, steps_per_epoch):
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "constant":
-        warm = int(cfg.warmup_epochs * steps_per_epoch)
-        return cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
-    return warmup_cosine(step, cfg.epochs * steps_per_epoch, cfg.lr,
-                         int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
+        return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
+    return warmup_cosine(step, cfg.epochs * steps_per_epoch, cfg.lr, warmup, cfg.min_lr)
 
 
-def regularize(cfg, images, labels, rng):
+def regularize(cfg, images, labels, epoch, i):
     """The batch-level regularizers of cfg: random erasing, then mixup or cutmix
     -> (images, targets); targets are the labels, or soft targets when mixing."""
     if cfg.random_erase:
-        images = random_erase(images, rng, cfg.random_erase)
+        images = augment.random_erase(images, seeds.generator(cfg.seed, epoch, i, "erase"),
+                                      cfg.random_erase)
     if cfg.mixup or cfg.cutmix:
-        return mix_batch(images, labels, len(CLASSES), rng, cfg.mixup, cfg.cutmix)
+        return augment.mix_batch(images, labels, len(CLASSES), seeds.generator(cfg.seed, epoch, i, "mix"),
+                                 cfg.mixup, cfg.cutmix)
     return images, labels
 
 
-def evaluate(model, loader):
-    """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept."""
-    total_loss, preds = 0.0, []
-    xp = model.xp
-    for images, labels in loader:
-        logits = model.forward(images, keep_cache=False)
-        loss, _ = cross_entropy(logits, labels)
-        total_loss += float(loss) * len(labels)
-        preds.append(to_host(xp.argmax(logits, axis=1)))
-    preds = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-    y = to_host(loader.y)
-    n = max(1, len(y))
-    return total_loss / n, float((preds == y).mean()) if len(y) else 0.0, preds
-
-
-def per_class_accuracy(y_true, y_pred, num_classes=len(CLASSES)):
-    return [float((y_pred[y_true == c] == c).mean()) if (y_true == c).any() else float("nan")
-            for c in range(num_classes)]
-
-
-def confusion_matrix(y_true, y_pred, num_classes=len(CLASSES)):
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (y_true, y_pred), 1)
-    return m
-
-
-def prepare_data(cfg, data):
-    """Find and load the data -> (dict of splits, description). data=None uses the full
-    CIFAR-10 when found, else the shipped sample."""
-    folder = find_cifar10(data)
-    if folder is None:
-        folder = dataset_folder(SAMPLE_ROOT)
-        source = "sample"
-    else:
-        source = "cifar10"
+def prepare_data(cfg, data, log=None):
+    """Load the splits -> dict of x/y train, val, test, plus folder and source. data=None
+    takes the full CIFAR-10 when found, else the shipped sample (saying so through log)."""
+    folder, source = data_or_sample(data, log=log)
     d = load_cifar10(folder)
     x, y = d["x_train"], d["y_train"]
     if cfg.limit_train:
@@ -228,14 +88,7 @@ def prepare_data(cfg, data):
                 y_test=d["y_test"], folder=str(folder), source=source)
 
 
-def read_metrics(run_dir):
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class _StopRequest:
+class StopRequest:
     """Turns Ctrl-C (SIGINT) and SIGTERM into a flag that the loop reads between steps,
     so a step (and the optimizer's in-place update) is never cut in half. A second
     Ctrl-C stops at once; the checkpoint on disk is still whole (atomic writes)."""
@@ -261,7 +114,7 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
-def _check_finite(model, loss, step, epoch, batch, last_path):
+def check_finite(model, loss, where, last_path):
     """Stop at the first step whose loss or gradients hold NaN or Inf, naming the tensor."""
     xp = model.xp
     bad = None
@@ -272,10 +125,16 @@ def _check_finite(model, loss, step, epoch, batch, last_path):
         more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
         bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
     if bad:
+        kept = (f"the last good checkpoint {last_path} is intact" if last_path.exists()
+                else "no checkpoint had been written yet")
         raise FloatingPointError(
-            f"step {step} (epoch {epoch}, batch {batch}): {bad}. Training stopped before the "
-            f"weights were updated; the last good checkpoint {last_path} is intact. Lower --lr "
-            f"or set --clip-grad, then start again (or --resume from it)")
+            f"{where}: {bad}. Training stopped before the weights were updated; {kept}. "
+            f"Lower --lr or set --clip-grad, then start again (or --resume)")
+
+
+def new_epoch_totals():
+    """The running totals of an epoch in progress (saved in mid-epoch checkpoints)."""
+    return dict(batch=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
 
 
 def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progress=True,
@@ -290,154 +149,177 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
     Ctrl-C or SIGTERM saves a checkpoint after the current step and raises KeyboardInterrupt.
     """
     out = Path(out)
-    last_path, best_path = out / "checkpoint.npz", out / "best.npz"
-    start_epoch, step, best_acc, in_epoch = 0, 0, -1.0, None
+    last_path = out / "checkpoint.npz"
+    saved = None
     if resume:
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
                                     f"without --resume, or point --out at an earlier run folder")
-        weights, optim_state, meta = ckpt.load(last_path)
-        cfg = TrainConfig.from_dict(meta["train"])
-        data = data if data is not None else meta.get("data_arg")
-        start_epoch, step, best_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
-        in_epoch = meta.get("in_epoch")
+        saved = ckpt.load(last_path)
+        cfg = TrainConfig.from_dict(saved[2]["train"])
+        data = data if data is not None else saved[2].get("data_arg")
     elif last_path.exists():
         raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                               f"continue it, or choose another --out")
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
+    tune_host_allocator()
 
-    d = prepare_data(cfg, data)
-    if d["source"] == "sample":
-        log(f"Full CIFAR-10 not found: training on the shipped sample ({len(d['y_train'])} train, "
-            f"{len(d['y_val'])} validation, {len(d['y_test'])} test images) in {d['folder']}. "
-            f"Pass --data DIR or set MINIVIT_DATA for the full data set.")
+    d = prepare_data(cfg, data, log)
     mean, std = channel_stats(d["x_train"])
-    model = ViT(**cfg.model_config(), backend=backend, seed=cfg.seed)
-    xp = model.xp
-    opt = make_optimizer(cfg, model)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    if resume:
-        model.load_state_dict(weights)
-        opt.load_state_dict({**meta["optimizer"], **optim_state})
-        if ema is not None:
-            ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
-        # forget metrics of epochs after the checkpoint (from a run killed after writing them)
-        kept = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
-        write_jsonl(out / "metrics.jsonl", kept)
-        where = f"epoch {start_epoch + 1} batch {in_epoch['batch']}" if in_epoch else f"epoch {start_epoch}"
-        log(f"Resuming {out} after {where} (step {step}).")
+    model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
+    run = SimpleNamespace(
+        cfg=cfg, out=out, log=log, progress=progress, model=model, net=FastViT(model),
+        opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
+        epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step,
+        meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
+                  mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)))
+    if saved is not None:
+        restore(run, *saved)
     write_json(out / "config.json", dataclasses.asdict(cfg))
 
-    train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std, shuffle=True,
-                          augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
-                          drop_last=len(d["y_train"]) > cfg.batch_size,
-                          randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
+    xp = model.xp
+    run.train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std,
+                              shuffle=True, augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
+                              drop_last=len(d["y_train"]) > cfg.batch_size,
+                              randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
     val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
-    steps_per_epoch = len(train_loader)
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}; preset {cfg.preset}; "
-        f"{cfg.epochs} epochs x {steps_per_epoch} steps of batch {cfg.batch_size}.")
-    meta_base = dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
-                     mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES))
+        f"{cfg.epochs} epochs x {len(run.train_loader)} steps of batch {cfg.batch_size}.")
 
-    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
-    with _StopRequest() as stop:
-        for epoch in range(start_epoch + 1, end_epoch + 1):
-            part = in_epoch or dict(batch=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-            in_epoch = None
-            run_loss = xp.asarray(part["loss_sum"], dtype=np.float64)   # on the device: no sync
-            run_correct = xp.asarray(part["correct"], dtype=np.int64)
-            seen, t0 = part["seen"], time.perf_counter() - part["seconds"]
-            bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress, part["batch"])
-            for i, (images, labels) in enumerate(train_loader.batches(epoch, part["batch"]), part["batch"]):
-                opt.lr = lr_at(cfg, step, steps_per_epoch)
-                brng = np.random.default_rng([cfg.seed, epoch, i, 1])   # per batch: resumable
-                images, targets = regularize(cfg, images, labels, brng)
-                logits = model.forward(images, rng=brng if cfg.drop_path else None)
-                loss, dlogits = cross_entropy(logits, targets, cfg.label_smoothing)
-                model.zero_grad()
-                model.backward(dlogits)
-                _check_finite(model, loss, step + 1, epoch, i + 1, last_path)
-                if cfg.clip_grad:
-                    clip_grad_norm(model.parameters(), cfg.clip_grad)
-                opt.step()
-                if ema is not None:
-                    ema.update()
-                step += 1
-                run_loss += loss * len(labels)
-                run_correct += (xp.argmax(logits, axis=1) == labels).sum()
-                seen += len(labels)
-                if bar is not None and (i % 10 == 9 or i == steps_per_epoch - 1):
-                    bar.update(i + 1 - bar.n)
-                    bar.set_postfix(loss=f"{float(run_loss) / seen:.3f}", acc=f"{float(run_correct) / seen:.3f}",
-                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-                if on_step is not None:
-                    on_step(step)
-                if stop.signal and i + 1 < steps_per_epoch:
-                    if bar is not None:
-                        bar.close()
-                    part = dict(batch=i + 1, loss_sum=float(run_loss), correct=int(run_correct),
-                                seen=seen, seconds=time.perf_counter() - t0)
-                    ckpt.save(last_path, model, dict(meta_base, epoch=epoch - 1, step=step,
-                                                     best_val_acc=best_acc, in_epoch=part),
-                              optimizer=opt, ema=ema)
-                    log(f"{stop.signal}: saved {last_path} at epoch {epoch}, batch {i + 1} of "
-                        f"{steps_per_epoch}; continue with: minivit train --resume --out {out}")
-                    raise KeyboardInterrupt
-            if bar is not None:
-                bar.close()
-            train_loss = float(run_loss) / max(1, seen)
-            train_time = time.perf_counter() - t0
-            with ema.applied() if ema is not None else contextlib.nullcontext():
-                val_loss, val_acc, _ = evaluate(model, val_loader)   # the averaged weights, if any
-                is_best = val_acc > best_acc
-                best_acc = max(best_acc, val_acc)
-                meta = dict(meta_base, epoch=epoch, step=step, best_val_acc=best_acc, in_epoch=None)
-                if is_best:            # best.npz holds the weights that were evaluated
-                    ckpt.save(best_path, model, meta)
-            record = dict(epoch=epoch, step=step, lr=opt.lr, train_loss=train_loss,
-                          train_acc=float(run_correct) / max(1, seen), val_loss=val_loss, val_acc=val_acc,
-                          epoch_seconds=round(train_time, 3), images_per_second=round(seen / train_time, 1))
-            # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint
-            # redoes this epoch on resume (dropping this line and rewriting best.npz alike)
-            write_jsonl(out / "metrics.jsonl", read_metrics(out) + [record])
-            ckpt.save(last_path, model, meta, optimizer=opt, ema=ema)
-            log(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {record['train_acc']:.4f}  "
-                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {train_time:.1f}s"
-                f"  {'(best)' if is_best else ''}".rstrip())
+    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, run.epoch + stop_after_epochs)
+    with StopRequest() as stop:
+        while run.epoch < end_epoch:
+            train_epoch(run, stop)                       # may save mid-epoch and raise
+            record = end_of_epoch(run, val_loader)
             if on_epoch is not None:
                 on_epoch(record)
-            if stop.signal and epoch < cfg.epochs:
-                log(f"{stop.signal}: stopped after epoch {epoch}, saved in {last_path}; continue "
-                    f"with: minivit train --resume --out {out}")
+            if stop.signal and run.epoch < cfg.epochs:
+                log(f"{stop.signal}: stopped after epoch {run.epoch}, saved in {last_path}; "
+                    f"continue with: minivit train --resume --out {out}")
                 raise KeyboardInterrupt
 
     if end_epoch < cfg.epochs:
         log(f"Stopped after epoch {end_epoch}; continue with --resume --out {out}")
         return None
-    return finish(out, backend=backend, log=log, plots=plots, data=d)
+    return finish(out, backend=backend, log=log, plots=plots, data=data)
+
+
+def restore(run, weights, optim_state, meta):
+    """Put a checkpoint's weights, optimizer, average and position back into run."""
+    run.model.load_state_dict(weights)
+    run.opt.load_state_dict({**meta["optimizer"], **optim_state})
+    if run.ema is not None:
+        run.ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
+    run.epoch, run.step, run.best_val_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
+    run.totals = meta.get("in_epoch") or new_epoch_totals()
+    # forget metrics of epochs after the checkpoint (from a run killed after writing them)
+    write_jsonl(run.out / "metrics.jsonl",
+                [m for m in read_jsonl(run.out / "metrics.jsonl") if m["epoch"] <= run.epoch])
+    where = f"epoch {run.epoch + 1} batch {run.totals['batch']}" if run.totals["batch"] else f"epoch {run.epoch}"
+    run.log(f"Resuming {run.out} after {where} (step {run.step}).")
+
+
+def save_checkpoint(run, path=None, weights_only=False):
+    """The one place a checkpoint is written: run's model and position (and, unless
+    weights_only, the optimizer and the weight average, for resuming)."""
+    mid_epoch = run.totals["batch"] > 0
+    meta = dict(run.meta, epoch=run.epoch, step=run.step, best_val_acc=run.best_val_acc,
+                in_epoch=dict(run.totals) if mid_epoch else None)
+    ckpt.save(path or run.out / "checkpoint.npz", run.model, meta,
+              optimizer=None if weights_only else run.opt, ema=None if weights_only else run.ema)
+
+
+def train_epoch(run, stop):
+    """Train epoch run.epoch + 1 from the batch run.totals says, one step per batch. A stop
+    request saves a mid-epoch checkpoint after the current step and raises KeyboardInterrupt."""
+    cfg, model, net, xp = run.cfg, run.model, run.net, run.model.xp
+    epoch, t = run.epoch + 1, run.totals
+    steps = len(run.train_loader)
+    run_loss = xp.asarray(t["loss_sum"], dtype=np.float64)     # device totals: no sync per step
+    run_correct = xp.asarray(t["correct"], dtype=np.int64)
+    t0 = time.perf_counter() - t["seconds"]
+    bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}", run.progress, t["batch"])
+    for i, (images, labels) in enumerate(run.train_loader.batches(epoch, t["batch"]), t["batch"]):
+        run.opt.lr = lr_at(cfg, run.step, steps)
+        images, targets = regularize(cfg, images, labels, epoch, i)
+        drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
+        logits = net.forward(images, rng=drop_rng)
+        loss, dlogits = cross_entropy(logits, targets, cfg.label_smoothing)
+        model.zero_grad()
+        net.backward(dlogits)
+        check_finite(model, loss, f"step {run.step + 1} (epoch {epoch}, batch {i + 1})",
+                     run.out / "checkpoint.npz")
+        if cfg.clip_grad:
+            clip_grad_norm(model.parameters(), cfg.clip_grad)
+        run.opt.step()
+        if run.ema is not None:
+            run.ema.update()
+        run.step += 1
+        run_loss += loss * len(labels)
+        run_correct += (logits.argmax(axis=1) == labels).sum()
+        t.update(batch=i + 1, seen=t["seen"] + len(labels))
+        if bar is not None and (i % 10 == 9 or i == steps - 1):
+            bar.update(i + 1 - bar.n)
+            bar.set_postfix(loss=f"{float(run_loss) / t['seen']:.3f}",
+                            acc=f"{float(run_correct) / t['seen']:.3f}",
+                            img_s=f"{t['seen'] / (time.perf_counter() - t0):.0f}")
+        if run.on_step is not None:
+            run.on_step(run.step)
+        if stop.signal and i + 1 < steps:
+            if bar is not None:
+                bar.close()
+            t.update(loss_sum=float(run_loss), correct=int(run_correct), seconds=time.perf_counter() - t0)
+            save_checkpoint(run)
+            run.log(f"{stop.signal}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
+                    f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
+            raise KeyboardInterrupt
+    if bar is not None:
+        bar.close()
+    t.update(loss_sum=float(run_loss), correct=int(run_correct), seconds=time.perf_counter() - t0)
+
+
+def end_of_epoch(run, val_loader):
+    """Validate (on the averaged weights, if any), keep best.npz, log the epoch's line,
+    then save the checkpoint. Returns the metrics record."""
+    t = run.totals
+    run.epoch += 1
+    run.totals = new_epoch_totals()
+    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+        val_loss, val_acc, _ = evaluate(run.net, val_loader)
+        is_best = val_acc > run.best_val_acc
+        run.best_val_acc = max(run.best_val_acc, val_acc)
+        if is_best:            # best.npz holds the weights that were evaluated
+            save_checkpoint(run, run.out / "best.npz", weights_only=True)
+    seen = max(1, t["seen"])
+    record = dict(epoch=run.epoch, step=run.step, lr=run.opt.lr, train_loss=t["loss_sum"] / seen,
+                  train_acc=t["correct"] / seen, val_loss=val_loss, val_acc=val_acc,
+                  epoch_seconds=round(t["seconds"], 3),
+                  images_per_second=round(t["seen"] / max(t["seconds"], 1e-9), 1))
+    # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint redoes
+    # this epoch on resume (dropping this line and rewriting best.npz alike)
+    write_jsonl(run.out / "metrics.jsonl", read_jsonl(run.out / "metrics.jsonl") + [record])
+    save_checkpoint(run)
+    run.log(f"epoch {run.epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}  {t['seconds']:.1f}s"
+            f"  {'(best)' if is_best else ''}".rstrip())
+    return record
 
 
 def finish(out, backend=None, log=print, plots=True, data=None):
     """Score best.npz on the test set; write summary.json, predictions.npz and plots."""
     out = Path(out)
-    model, meta = ckpt.load_model(out / "best.npz", backend=backend)
-    cfg = TrainConfig.from_dict(meta["train"])
-    d = data if data is not None else prepare_data(cfg, meta.get("data_arg"))
-    loader = Loader(d["x_test"], d["y_test"], cfg.eval_batch_size, model.xp, meta["mean"],
-                    meta["std"], dtype=cfg.dtype)
-    test_loss, test_acc, preds = evaluate(model, loader)
-    per_class = per_class_accuracy(d["y_test"], preds)
-    summary = dict(test_acc=test_acc, test_loss=test_loss, test_images=int(len(preds)),
-                   best_epoch=meta["epoch"], best_val_acc=meta["best_val_acc"], data=d["source"],
-                   per_class_acc=dict(zip(CLASSES, per_class)), preset=cfg.preset,
-                   parameters=model.num_parameters(), backend=model.backend)
+    r = score_checkpoint(out / "best.npz", data=data, backend=backend, wrap=FastViT)
+    meta = r["meta"]
+    summary = dict(test_acc=r["accuracy"], test_loss=r["loss"], test_images=int(len(r["preds"])),
+                   best_epoch=meta["epoch"], best_val_acc=meta["best_val_acc"], data=r["source"],
+                   per_class_acc=dict(zip(CLASSES, r["per_class"])), preset=meta["train"]["preset"],
+                   parameters=r["model"].num_parameters(), backend=r["model"].backend)
     write_json(out / "summary.json", summary)
     atomic_write(out / "predictions.npz", lambda f: np.savez(
-        f, y_true=d["y_test"], y_pred=preds, images=d["x_test"][:32]))
-    log(f"Test accuracy (best epoch {meta['epoch']}): {test_acc:.4f} on {len(preds)} images")
+        f, y_true=r["y_test"], y_pred=r["preds"], images=r["x_test"][:32]))
+    log(f"Test accuracy (best epoch {meta['epoch']}): {r['accuracy']:.4f} on {len(r['preds'])} images")
     if plots:
-        from .plots import plot_run
         written = plot_run(out, log=log)
         if written:
             log("Plots: " + ", ".join(str(p) for p in written))

@@ -51,13 +51,3 @@ def test_round_trip_host_device(backend):
 
 def backend_module_name(a):
     return backend.backend_name(backend.array_module(a))
-
-
-def test_host_allocator_tuning_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("MINIVIT_KEEP_MALLOC", "1")
-    assert backend.tune_host_allocator() is False
-    monkeypatch.delenv("MINIVIT_KEEP_MALLOC")
-    import platform
-    if platform.libc_ver()[0] == "glibc":
-        assert backend.tune_host_allocator() is True
-        assert backend.HOST_ALLOCATOR_TUNED is True

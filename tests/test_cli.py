@@ -31,7 +31,7 @@ def test_train_prints_progress_and_where_outputs_went(tmp_path, capsys):
     out = tmp_path / "r"
     cli.main(["train", "--epochs", "1", "--out", str(out), "--no-plots", *TINY])
     text = capsys.readouterr().out
-    assert "Full CIFAR-10 not found: training on the shipped sample" in text
+    assert "Full CIFAR-10 not found: using the sample shipped with minivit" in text
     assert "epoch   1  train loss" in text and f"Outputs in {out}" in text
 
 
@@ -82,7 +82,8 @@ def test_plot_command_and_missing_matplotlib(run_dir, capsys, monkeypatch, tmp_p
 
 
 def test_resume_from_the_command_line(tmp_path, capsys):
-    from minivit.train import TrainConfig, train
+    from minivit.config import TrainConfig
+    from minivit.train import train
     out = tmp_path / "run"
     cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=1, num_heads=2,
                                   mlp_ratio=2.0, batch_size=32, limit_train=200)

@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from minivit import data
+from minivit import augment, data
 from minivit.data import DataError
 
 
@@ -146,7 +146,7 @@ def test_validation_split_is_balanced_and_disjoint():
 def test_random_crop_is_a_shifted_window_and_flip_mirrors():
     rng_x = np.random.default_rng(0)
     x = rng_x.standard_normal((16, 3, 8, 8))
-    out = data.random_crop_flip(x, np.random.default_rng(5), padding=2)
+    out = augment.random_crop_flip(x, np.random.default_rng(5), padding=2)
     rng = np.random.default_rng(5)   # the same draws, in the same order
     dy, dx = rng.integers(0, 5, 16), rng.integers(0, 5, 16)
     flips = rng.random(16) < 0.5
@@ -155,7 +155,7 @@ def test_random_crop_is_a_shifted_window_and_flip_mirrors():
         ref = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
         np.testing.assert_array_equal(out[i], ref[..., ::-1] if flips[i] else ref)
     assert 0 < flips.sum() < 16
-    only_flip = data.random_crop_flip(x, np.random.default_rng(1), padding=0)
+    only_flip = augment.random_crop_flip(x, np.random.default_rng(1), padding=0)
     for i in range(16):
         assert np.array_equal(only_flip[i], x[i]) or np.array_equal(only_flip[i], x[i, :, :, ::-1])
 

@@ -1,11 +1,15 @@
-"""The CPU fast paths agree with the plain code of layers.py, and their gradients check."""
+"""The fast paths (fast.py, threads.py) agree with the reference (layers.py, model.py),
+and their gradients check: the way llm.c checks its kernels against its reference."""
 
 import numpy as np
 import pytest
 from scipy.special import erf
 
 import minivit
-from minivit import fast, gradcheck, layers
+from minivit import fast, gradcheck, layers, threads
+from minivit.fast import FastViT
+
+from conftest import tiny_config
 
 
 @pytest.fixture
@@ -25,10 +29,10 @@ def test_normal_cdf_is_accurate_to_float32():
     assert cdf.min() >= 0 and cdf.max() <= 1
 
 
-def test_fast_gelu_is_accurate_at_the_extremes():
+def test_blocked_gelu_is_accurate_at_the_extremes():
     x = np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 8.0, -8.0, 40.0, -40.0, 1e4, -1e4]
                  * fast.MIN_SIZE, np.float32)[:fast.MIN_SIZE]
-    y, dgelu = fast.gelu_forward(x)
+    y, dgelu = fast.blocked_gelu(x)
     xd = x.astype(np.float64)
     cdf = 0.5 * (1 + erf(xd / np.sqrt(2)))
     assert np.isfinite(y).all() and np.isfinite(dgelu).all()
@@ -37,44 +41,193 @@ def test_fast_gelu_is_accurate_at_the_extremes():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_fast_gelu_agrees_with_the_plain_path(big, monkeypatch):
+def test_fast_gelu_agrees_with_the_reference(big):
     x, dy = big
-    y_fast, cache_fast = layers.gelu_forward(x)
-    assert cache_fast[3] is not None                       # the fast path ran
-    dx_fast = layers.gelu_backward(dy, cache_fast)
-    monkeypatch.setattr(fast, "ENABLED", False)
-    y_plain, cache_plain = layers.gelu_forward(x)
-    assert cache_plain[3] is None                          # the plain path ran
-    dx_plain = layers.gelu_backward(dy, cache_plain)
+    y_fast, cache_fast = fast.gelu_forward(x)
+    assert hasattr(cache_fast, "dgelu")                    # the blocked path ran
+    dx_fast = fast.gelu_backward(dy, cache_fast)
+    y_ref, cache_ref = layers.gelu_forward(x)
+    dx_ref = layers.gelu_backward(dy, cache_ref)
     assert y_fast.dtype == dx_fast.dtype == np.float32
-    np.testing.assert_allclose(y_fast, y_plain, rtol=2e-6, atol=2e-6)
-    np.testing.assert_allclose(dx_fast, dx_plain, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(dx_fast, dx_ref, rtol=2e-6, atol=2e-6)
 
 
 def test_fast_gelu_gradient_checks_in_float32(big):
     x, _ = big
-    report = gradcheck.check(lambda x: layers.gelu_forward(x), layers.gelu_backward,
-                             {"x": x}, max_checks=60, seed=1)
+    report = gradcheck.check(fast.gelu_forward, fast.gelu_backward, {"x": x}, max_checks=60, seed=1)
     assert report.passed, str(report)
 
 
-def test_small_and_float64_arrays_take_the_plain_path():
+def test_small_and_float64_arrays_take_the_reference_path(monkeypatch):
     assert not fast.applies(np.zeros(10, np.float32))
     assert not fast.applies(np.zeros(4 * fast.BLOCK, np.float64))
-    assert layers.gelu_forward(np.zeros(4 * fast.BLOCK))[1][3] is None
+    assert not hasattr(fast.gelu_forward(np.zeros(4 * fast.BLOCK))[1], "dgelu")
+    monkeypatch.setattr(fast, "ENABLED", False)             # the switch (MINIVIT_NO_FAST=1)
+    assert not fast.applies(np.zeros(4 * fast.BLOCK, np.float32))
 
 
-def test_model_with_and_without_fast_paths(monkeypatch):
-    model = minivit.ViT(embed_dim=96, depth=1, num_heads=3, mlp_ratio=4.0)
-    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32))   # [16, 65, 384] hidden: fast
-    labels = np.arange(16) % 10
-    logits = model.forward(x)
-    model.backward(minivit.cross_entropy(logits, labels)[1])
-    grads = {k: v.copy() for k, v in model.grads().items()}
+@pytest.mark.parametrize("drop_path", [False, True])
+def test_class_token_block_equals_the_full_blocks_first_row(drop_path):
+    forward, backward, inputs = gradcheck.LAYERS["block_drop_path" if drop_path else "block"](
+        np.random.default_rng(0))
+    p = {k: v for k, v in inputs.items() if k != "x"}
+    x = inputs["x"]
+    keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
+            if drop_path else None)
+    y_full, c_full = layers.block_forward(x, p, 2, keep=keep)
+    y_cls, c_cls = fast.cls_block_forward(x, p, 2, keep=keep)
+    np.testing.assert_allclose(y_cls, y_full[:, :1], rtol=1e-12, atol=1e-14)
+    dy = np.zeros_like(y_full)
+    dy[:, :1] = np.random.default_rng(1).standard_normal(y_cls.shape)
+    dx_full, g_full = layers.block_backward(dy, c_full)
+    dx_cls, g_cls = fast.cls_block_backward(dy[:, :1], c_cls)
+    np.testing.assert_allclose(dx_cls, dx_full, rtol=1e-10, atol=1e-12)
+    for k in g_full:
+        np.testing.assert_allclose(g_cls[k], g_full[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def _step(net, model, x, labels, rng_seed=None):
+    rng = None if rng_seed is None else np.random.default_rng(rng_seed)
+    logits = net.forward(x, rng=rng)
     model.zero_grad()
-    monkeypatch.setattr(fast, "ENABLED", False)
-    plain = model.forward(x)
-    model.backward(minivit.cross_entropy(plain, labels)[1])
-    np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-6)
-    for k, g in model.grads().items():
-        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-4 * float(np.abs(g).max()))
+    dx = net.backward(minivit.cross_entropy(logits, labels)[1])
+    return logits, dx, {k: v.copy() for k, v in model.grads().items()}
+
+
+def _assert_same(a, b, rtol=1e-11):
+    for u, v in zip(a, b):
+        if isinstance(u, dict):
+            for k in u:
+                np.testing.assert_allclose(v[k], u[k], rtol=rtol, atol=1e-13, err_msg=k)
+        else:
+            np.testing.assert_allclose(v, u, rtol=rtol, atol=1e-13)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 7])
+def test_fast_model_equals_the_reference_model(n_threads):
+    x = np.random.default_rng(0).standard_normal((7, 3, 8, 8))
+    labels = np.arange(7) % 3
+    model = minivit.ViT(**tiny_config(), dtype="float64")
+    net = FastViT(model, threads=n_threads)
+    assert net.threads == n_threads and len(threads.shards(7, n_threads)) == n_threads
+    _assert_same(_step(model, model, x, labels), _step(net, model, x, labels))
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_fast_model_with_stochastic_depth(pool):
+    x = np.random.default_rng(1).standard_normal((6, 3, 8, 8))
+    labels = np.arange(6) % 3
+    model = minivit.ViT(**tiny_config(depth=3, drop_path=0.5, pool=pool), dtype="float64")
+    ref = _step(model, model, x, labels, rng_seed=5)
+    _assert_same(ref, _step(FastViT(model, threads=4), model, x, labels, rng_seed=5))
+
+
+def test_fast_model_in_float32_with_the_blocked_gelu():
+    model = minivit.ViT(embed_dim=96, depth=1, num_heads=3, mlp_ratio=4.0)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32))   # [16, 65, 384] hidden: blocked
+    labels = np.arange(16) % 10
+    ref = _step(model, model, x, labels)
+    got = _step(FastViT(model, threads=2), model, x, labels)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    for k, g in ref[2].items():
+        np.testing.assert_allclose(got[2][k], g, rtol=1e-4, atol=1e-4 * float(np.abs(g).max()), err_msg=k)
+
+
+def test_fast_model_gradient_check():
+    model = minivit.ViT(**tiny_config(depth=3), dtype="float64", drop_path=0.5)
+    report = gradcheck.check_model(model, batch_size=4, max_checks=8, drop_path_seed=3,
+                                   net=FastViT(model, threads=3))
+    assert report.passed, str(report)
+
+
+def test_fast_gradients_accumulate_over_two_backwards():
+    x = np.random.default_rng(2).standard_normal((5, 3, 8, 8))
+    model = minivit.ViT(**tiny_config(), dtype="float64")
+    net = FastViT(model, threads=2)
+    G = np.ones((5, 3))
+    model.zero_grad()
+    net.forward(x)
+    net.backward(G)
+    once = model.flat_grads.copy()
+    net.forward(x)
+    net.backward(G)                        # no zero_grad: the second adds onto the first
+    np.testing.assert_allclose(model.flat_grads, 2 * once, rtol=1e-12)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        net.backward(G)
+
+
+def test_shards_are_nearly_equal_and_never_empty():
+    assert [s.stop - s.start for s in threads.shards(7, 3)] == [2, 2, 3]
+    assert [s.stop - s.start for s in threads.shards(2, 3)] == [1, 1]     # fewer images than threads
+    assert threads.shards(1, 4) == [slice(0, 1)]
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.setenv("MINIVIT_THREADS", "3")
+    assert threads.cpu_threads() == 3
+    assert FastViT(minivit.ViT(**tiny_config())).threads == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MINIVIT_THREADS", bad)
+        with pytest.raises(ValueError, match="MINIVIT_THREADS"):
+            threads.cpu_threads()
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        FastViT(minivit.ViT(**tiny_config()), threads=0)
+
+
+def test_parallel_map_propagates_errors_and_restores_blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")      # a dependency; a GPU image may lack it
+    threadpool_info = threadpoolctl.threadpool_info
+    # the BLAS libraries minivit holds (NumPy's among them); one loaded later, e.g. by
+    # importing torch in another test, is not NumPy's and is left alone
+    held = {i["filepath"] for i in threads._blas_controller().info() if i["user_api"] == "blas"}
+    assert held
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["filepath"] in held]
+
+    before = blas_threads()
+    seen = []
+
+    def work(i):
+        seen.append(blas_threads())
+        if i == 2:
+            raise RuntimeError("shard 2 failed")
+        return i * i
+
+    assert threads.parallel_map(work, range(2)) == [0, 1]
+    assert all(t == [1] * len(before) for t in seen)      # one BLAS thread per shard
+    with pytest.raises(RuntimeError, match="shard 2 failed"):
+        threads.parallel_map(work, range(4))
+    assert blas_threads() == before
+
+
+def test_host_allocator_tuning_is_explicit_and_can_be_turned_off(monkeypatch):
+    import subprocess
+    import sys
+    # importing minivit leaves the allocator alone: the mmap threshold stays dynamic
+    code = "import minivit, minivit.train, minivit.cli; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "ok\n"
+    src = open(minivit.threads.__file__).read() + open(minivit.backend.__file__).read()
+    assert "HOST_ALLOCATOR_TUNED" not in src
+    monkeypatch.setenv("MINIVIT_KEEP_MALLOC", "1")
+    assert threads.tune_host_allocator() is False
+    monkeypatch.delenv("MINIVIT_KEEP_MALLOC")
+    import platform
+    if platform.libc_ver()[0] == "glibc":
+        assert threads.tune_host_allocator() is True
+
+
+def test_reference_files_hold_no_speed_code():
+    """layers.py and model.py are the student's path: no name in their code speaks of
+    threads, shards, malloc or fast paths, and they import neither fast.py nor threads.py."""
+    import ast
+    for name in ("layers.py", "model.py"):
+        tree = ast.parse(open(f"{minivit.__path__[0]}/{name}").read())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        names |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args + n.kwonlyargs}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        for word in ("thread", "shard", "malloc", "fast", "parallel", "cls_only", "num_queries"):
+            assert not [n for n in names if word in n.lower()], (name, word)

@@ -15,7 +15,13 @@ import pytest
 import minivit
 from minivit import checkpoint as ckpt
 from minivit import train as train_module
-from minivit.train import TrainConfig, read_metrics, train
+from minivit.config import TrainConfig
+from minivit.train import train
+from minivit.files import read_jsonl
+
+
+def read_metrics(run_dir):
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 from conftest import tiny_config
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import minivit
 from minivit import gradcheck, layers
 from minivit.backend import get_xp, to_device, to_host
 
@@ -49,7 +50,7 @@ def test_gradcheck_catches_a_wrong_backward():
 
 def test_gradcheck_catches_a_missing_mean_term_in_layernorm():
     def bad_backward(dy, cache):
-        xhat, rstd, w = cache
+        xhat, rstd, w = cache.xhat, cache.rstd, cache.w
         return rstd * dy * w, (dy * xhat).reshape(-1, w.shape[0]).sum(0), dy.reshape(-1, w.shape[0]).sum(0)
     _, _, inputs = gradcheck.LAYERS["layernorm"](np.random.default_rng(0))
     assert not gradcheck.check(layers.layernorm_forward, bad_backward, inputs)["x"].passed
@@ -96,7 +97,7 @@ def test_attention_matches_a_head_by_head_reference():
         heads.append(a @ v[..., sl])
     ref = np.concatenate(heads, axis=-1) @ w_out.T + b_out
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(cache[5].sum(-1), 1.0)   # attention rows sum to one
+    np.testing.assert_allclose(cache.sdpa.a.sum(-1), 1.0)   # attention rows sum to one
 
 
 def test_layernorm_normalizes_each_token():
@@ -110,12 +111,12 @@ def test_layernorm_normalizes_each_token():
 def test_gelu_exact_and_tanh_values():
     xs = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
     exact = [x * 0.5 * (1 + math.erf(x / math.sqrt(2))) for x in xs]
-    np.testing.assert_allclose(layers.gelu_forward(xs, "exact")[0], exact, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(layers.gelu_forward(xs)[0], exact, rtol=1e-14, atol=1e-15)
     tanh = [0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))) for x in xs]
-    np.testing.assert_allclose(layers.gelu_forward(xs, "tanh")[0], tanh, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(layers.gelu_tanh_forward(xs)[0], tanh, rtol=1e-14, atol=1e-15)
     assert np.abs(np.array(exact) - np.array(tanh)).max() < 1e-3
-    with pytest.raises(ValueError, match="unknown GELU approximation 'relu'"):
-        layers.gelu_forward(xs, "relu")
+    with pytest.raises(ValueError, match="unknown gelu 'relu': use one of exact, tanh"):
+        minivit.ViT(gelu="relu")
 
 
 def test_softmax_is_stable_for_huge_scores():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minivit import data
+from minivit import augment, data
 from minivit.backend import get_xp, to_host
 
 
@@ -13,7 +13,7 @@ def images():
 
 
 def _op(name, x, magnitude, sign=1.0):
-    return data.RAND_AUGMENT_OPS[name](x, np.full(len(x), float(magnitude)),
+    return augment.RAND_AUGMENT_OPS[name](x, np.full(len(x), float(magnitude)),
                                        np.full(len(x), sign))
 
 
@@ -21,27 +21,27 @@ def test_affine_identity_and_integer_shift(images, backend):
     xp = get_xp(backend)
     x = xp.asarray(images)
     eye = np.tile(np.array([[1.0, 0, 0], [0, 1, 0]]), (6, 1, 1))
-    np.testing.assert_allclose(to_host(data.affine(x, eye)), images, atol=1e-6)
+    np.testing.assert_allclose(to_host(augment.affine(x, eye)), images, atol=1e-6)
     shift = eye.copy()
     shift[:, 1, 2] = 2.0                     # output column c reads input column c + 2
-    out = to_host(data.affine(x, shift, fill=0.5))
+    out = to_host(augment.affine(x, shift, fill=0.5))
     np.testing.assert_allclose(out[..., :-2], images[..., 2:], atol=1e-6)
     np.testing.assert_allclose(out[..., -2:], 0.5)
 
 
 def test_affine_quarter_turn_is_rot90(images):
     turn = np.tile(np.array([[0.0, 1, 0], [-1, 0, 0]]), (6, 1, 1))   # (r, c) <- (c, -r)
-    out = data.affine(images, turn)
+    out = augment.affine(images, turn)
     np.testing.assert_allclose(out, np.rot90(images, k=1, axes=(2, 3)), atol=1e-5)
 
 
 def test_half_pixel_shift_interpolates(images):
     shift = np.tile(np.array([[1.0, 0, 0], [0, 1, 0.5]]), (6, 1, 1))
-    out = data.affine(images, shift)
+    out = augment.affine(images, shift)
     np.testing.assert_allclose(out[..., :-1], 0.5 * (images[..., :-1] + images[..., 1:]), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(data.RAND_AUGMENT_OPS))
+@pytest.mark.parametrize("name", sorted(augment.RAND_AUGMENT_OPS))
 def test_every_operation_keeps_shape_dtype_and_range(images, name, backend):
     xp = get_xp(backend)
     out = _op(name, xp.asarray(images), 9, -1.0)
@@ -58,7 +58,7 @@ def test_magnitude_zero_changes_nothing(images, name):
 
 def test_pixel_operations(images):
     np.testing.assert_allclose(_op("brightness", images, 10, -1.0), 0.1 * images, atol=1e-6)
-    gray = data._gray(images)
+    gray = augment._gray(images)
     np.testing.assert_allclose(_op("color", images, 10, -1.0),
                                gray + 0.1 * (images - gray), atol=1e-6)
     solar = _op("solarize", images, 5)                   # invert values at or above 0.5
@@ -73,8 +73,8 @@ def test_pixel_operations(images):
 
 
 def test_rand_augment_is_repeatable_and_per_image(images):
-    a = data.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
-    b = data.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
+    a = augment.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
+    b = augment.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, images)
     changed = [not np.allclose(a[i], images[i]) for i in range(len(images))]
@@ -84,9 +84,9 @@ def test_rand_augment_is_repeatable_and_per_image(images):
 
 def test_rand_augment_rejects_bad_settings(images):
     with pytest.raises(ValueError, match="magnitude must be in"):
-        data.rand_augment(images, np.random.default_rng(0), magnitude=12)
+        augment.rand_augment(images, np.random.default_rng(0), magnitude=12)
     with pytest.raises(ValueError, match="unknown RandAugment operations"):
-        data.rand_augment(images, np.random.default_rng(0), ops=["blur"])
+        augment.rand_augment(images, np.random.default_rng(0), ops=["blur"])
 
 
 def test_loader_applies_rand_augment_before_crop_and_flip():

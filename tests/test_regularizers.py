@@ -6,8 +6,9 @@ import pytest
 
 import minivit
 from minivit import checkpoint as ckpt
-from minivit import cli, data, gradcheck
-from minivit.train import TrainConfig, train
+from minivit import augment, cli, gradcheck
+from minivit.config import TrainConfig
+from minivit.train import train
 
 from conftest import tiny_config
 
@@ -16,15 +17,15 @@ def test_model_gradcheck_with_stochastic_depth():
     model = minivit.ViT(**tiny_config(depth=3), dtype="float64", drop_path=0.6, seed=1)
     report = gradcheck.check_model(model, batch_size=4, seed=2, drop_path_seed=3)
     assert report.passed, str(report)
-    masks = model._drop_path_masks(2, 4, np.random.default_rng(3))
+    masks = model.drop_path_masks(4, np.random.default_rng(3))[2]
     assert any(float(m.min()) == 0.0 for m in masks)      # some branch really was dropped
 
 
 def test_drop_path_masks_and_evaluation():
     model = minivit.ViT(**tiny_config(depth=3), drop_path=0.3)
-    assert model._drop_path_masks(0, 8, np.random.default_rng(0)) is None   # first block: rate 0
-    assert model._drop_path_masks(2, 8, None) is None                          # no rng: evaluation
-    k1, k2 = model._drop_path_masks(2, 20000, np.random.default_rng(0))
+    assert model.drop_path_masks(8, np.random.default_rng(0))[0] is None   # first block: rate 0
+    assert model.drop_path_masks(8, None) == [None] * 3                     # no rng: evaluation
+    k1, k2 = model.drop_path_masks(20000, np.random.default_rng(0))[2]
     values = np.unique(k1)
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-6)
     assert abs(float(k1.mean()) - 1.0) < 0.03                                  # expectation kept
@@ -64,7 +65,7 @@ def test_soft_targets_match_torch():
 def test_mixup_blends_images_and_targets():
     x = np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32)
     y = np.array([0, 1, 2, 3, 4, 5])
-    out, targets = data.mix_batch(x, y, 10, np.random.default_rng(4), mixup_alpha=0.8)
+    out, targets = augment.mix_batch(x, y, 10, np.random.default_rng(4), mixup_alpha=0.8)
     rng = np.random.default_rng(4)                  # the same draws, in the same order
     lam, perm = rng.beta(0.8, 0.8), rng.permutation(6)
     np.testing.assert_allclose(out, lam * x + (1 - lam) * x[perm], rtol=1e-6)
@@ -75,7 +76,7 @@ def test_mixup_blends_images_and_targets():
 def test_cutmix_pastes_one_box_and_weights_targets_by_area():
     x = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 3, 16, 16), np.float32)
     y = np.array([0, 1, 2, 3])
-    out, targets = data.mix_batch(x, y, 4, np.random.default_rng(2), cutmix_alpha=1.0)
+    out, targets = augment.mix_batch(x, y, 4, np.random.default_rng(2), cutmix_alpha=1.0)
     pasted = out != x                                # where an image shows its partner
     assert pasted.any()
     area = pasted[:, 0].sum(axis=(1, 2))
@@ -91,12 +92,12 @@ def test_cutmix_pastes_one_box_and_weights_targets_by_area():
 
 def test_random_erase_boxes():
     x = np.ones((64, 3, 32, 32), np.float32)
-    out = data.random_erase(x, np.random.default_rng(0), prob=1.0)
+    out = augment.random_erase(x, np.random.default_rng(0), prob=1.0)
     zero = (out == 0)[:, 0]
     frac = zero.mean(axis=(1, 2))
     assert (frac > 0).all() and frac.max() <= 1 / 3 + 0.05 and frac.min() >= 0.015
     assert ((out == 0).all(axis=1) == zero).all()                   # every channel alike
-    np.testing.assert_array_equal(data.random_erase(x, np.random.default_rng(0), prob=0.0), x)
+    np.testing.assert_array_equal(augment.random_erase(x, np.random.default_rng(0), prob=0.0), x)
 
 
 def test_training_with_every_regularizer_resumes_exactly(tmp_path):
@@ -115,7 +116,7 @@ def test_training_with_every_regularizer_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--drop-path", "1"], "argument --drop-path: must be in [0, 1), got 1"),
     (["--mixup", "-0.5"], "argument --mixup: must be a number >= 0, got -0.5"),
-    (["--random-erase", "2"], "argument --random-erase: must be in [0, 1), got 2"),
+    (["--random-erase", "2"], "argument --random-erase: must be in [0, 1], got 2"),
     (["--randaugment", "-1"], "argument --randaugment: must be an integer >= 0, got -1"),
     (["--randaugment-magnitude", "11"], "argument --randaugment-magnitude: must be in [0, 10], got 11"),
 ])

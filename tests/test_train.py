@@ -7,8 +7,14 @@ import pytest
 
 import minivit
 from minivit import checkpoint as ckpt
-from minivit.train import (TrainConfig, confusion_matrix, decay_groups, per_class_accuracy,
-                           read_metrics, train)
+from minivit.config import TrainConfig
+from minivit.evaluate import confusion_matrix, per_class_accuracy
+from minivit.files import read_jsonl
+from minivit.train import decay_groups, train
+
+
+def read_metrics(run_dir):
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, batch_size=32, limit_train=256,
             eval_batch_size=128)
@@ -126,7 +132,7 @@ def test_accuracy_helpers():
 
 
 @pytest.mark.parametrize("over, message", [
-    (dict(epochs=0), "epochs must be positive"), (dict(lr=-1.0), "lr must be positive"),
+    (dict(epochs=0), "epochs must be a positive integer, got 0"), (dict(lr=-1.0), "lr must be a positive number"),
     (dict(optimizer="sgd"), "unknown optimizer 'sgd'"), (dict(patch_size=5), "patch_size 5"),
     (dict(dtype="int8"), "unknown dtype 'int8'"), (dict(label_smoothing=1.0), "label_smoothing"),
 ])

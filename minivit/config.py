@@ -1,0 +1,174 @@
+"""Configurations: the model's (ViTConfig) and the training run's (TrainConfig, which
+builds on it), with every check in one place and the presets.
+
+Each field says in its metadata what values it takes ("range" or "choices") and what it
+means ("help"); `validate()` and the command line's options (cli.py) both come from that,
+so a field is described once.
+
+    cfg = TrainConfig.from_preset("sample", epochs=3)
+    cfg.model_config()          # the ViTConfig part
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from . import layers
+
+DTYPES = ("float32", "float64")
+POOLS = ("cls", "mean")
+
+# range name -> (test, what a value must be)
+RANGES = {
+    "positive_int": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "nonneg_int": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "positive": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "nonneg": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "fraction": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "probability": (lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
+    "magnitude": (lambda v: _is_number(v) and 0 <= v <= 10, "in [0, 10]"),
+}
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) or type(v).__name__.startswith(("int", "uint"))
+
+
+def _is_number(v):
+    return (_is_int(v) or isinstance(v, float)) and v == v and abs(v) != float("inf")
+
+
+def range_problem(value, f):
+    """None when value lies in the range field f asks for, else "must be ...". """
+    if "range" not in f.metadata:
+        return None
+    test, what = RANGES[f.metadata["range"]]
+    return None if test(value) else f"must be {what}"
+
+
+def _field(default, range=None, choices=None, help=None):
+    meta = {k: v for k, v in (("range", range), ("choices", choices), ("help", help)) if v is not None}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ViTConfig:
+    """Everything that fixes the network's shape and function (saved in checkpoints)."""
+    img_size: int = _field(32, "positive_int", help="image height and width")
+    patch_size: int = _field(4, "positive_int", help="patch height and width")
+    in_chans: int = _field(3, "positive_int", help="image channels")
+    embed_dim: int = _field(192, "positive_int", help="token width D")
+    depth: int = _field(6, "positive_int", help="transformer blocks")
+    num_heads: int = _field(3, "positive_int", help="attention heads (must divide embed_dim)")
+    mlp_ratio: float = _field(4.0, "positive", help="MLP hidden width / embed_dim")
+    num_classes: int = _field(10, "positive_int", help="classes")
+    dtype: str = _field("float32", choices=DTYPES, help="floating-point precision")
+    gelu: str = _field("exact", choices=tuple(layers.GELUS), help="GELU exact (erf) or tanh")
+    drop_path: float = _field(0.0, "fraction", help="stochastic depth rate of the last block "
+                              "(block l: rate * l / (depth - 1))")
+    pool: str = _field("cls", choices=POOLS, help="the head reads the class token or the "
+                       "mean of the patch tokens")
+
+    def validate(self):
+        """Raise ValueError naming the first bad field and how to fix it; returns self."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem = range_problem(value, f)
+            if problem:
+                raise ValueError(f"{f.name} {problem}, got {value!r}")
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise ValueError(f"unknown {f.name} {value!r}: use one of "
+                                 f"{', '.join(f.metadata['choices'])}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size "
+                             f"{self.patch_size}: choose a patch size that divides the image "
+                             f"size (e.g. 4 for 32)")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
+                             f"{self.num_heads}: each head gets embed_dim / num_heads channels")
+        if self.hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units")
+        return self
+
+    @property
+    def num_patches(self):
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def hidden(self):
+        """The MLP's hidden width F."""
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The configuration in a saved dict (other keys, e.g. a training config's, are
+        ignored; missing ones take their defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def model_config(self):
+        """Only the ViTConfig part (of a TrainConfig, say)."""
+        return ViTConfig.from_dict(dataclasses.asdict(self))
+
+
+@dataclass
+class TrainConfig(ViTConfig):
+    """A training run on CIFAR-10: the model's fields plus the recipe."""
+    preset: str = _field("default", help="the preset these values started from")
+    # optimization
+    optimizer: str = _field("adamw", choices=("adam", "adamw"), help="Adam, or AdamW (decoupled decay)")
+    lr: float = _field(1e-3, "positive", help="peak learning rate")
+    weight_decay: float = _field(0.05, "nonneg", help="AdamW: on weight matrices only")
+    betas: tuple = (0.9, 0.999)
+    batch_size: int = _field(128, "positive_int", help="images per step")
+    epochs: int = _field(50, "positive_int", help="passes over the training images")
+    warmup_epochs: float = _field(5.0, "nonneg", help="linear warmup, in epochs")
+    schedule: str = _field("cosine", choices=("cosine", "constant"), help="after warmup")
+    min_lr: float = _field(1e-5, "nonneg", help="where the cosine ends")
+    clip_grad: float = _field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
+    label_smoothing: float = _field(0.1, "fraction", help="share of the target spread over all classes")
+    # data
+    augment: bool = _field(True, help="random crop (padding 4) + horizontal flip")
+    randaugment: int = _field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
+    randaugment_magnitude: float = _field(9.0, "magnitude", help="their strength, 0..10")
+    mixup: float = _field(0.0, "nonneg", help="mixup Beta alpha (0: off)")
+    cutmix: float = _field(0.0, "nonneg", help="cutmix Beta alpha (0: off)")
+    random_erase: float = _field(0.0, "probability", help="probability of erasing a box per image")
+    ema: float = _field(0.0, "fraction", help="decay of a weight average used for evaluation (0: off)")
+    val_fraction: float = _field(0.1, "fraction", help="share of training images held out")
+    limit_train: int = _field(0, "nonneg_int", help="use only the first N training images (0: all)")
+    eval_batch_size: int = _field(500, "positive_int", help="images per evaluation batch")
+    seed: int = _field(0, "nonneg_int", help="weights, split, order and every random draw")
+
+    def validate(self):
+        super().validate()
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d):
+        """A saved training configuration (JSON turned the betas into a list)."""
+        cfg = super().from_dict(d)
+        return dataclasses.replace(cfg, betas=tuple(cfg.betas))
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides, "preset": name})
+
+
+PRESETS = {
+    # The reference post's recipe: Adam 3e-4, batch 80, 30 epochs, nothing else.
+    "seed": dict(optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=80, epochs=30,
+                 warmup_epochs=0.0, schedule="constant", clip_grad=0.0, label_smoothing=0.0,
+                 augment=False),
+    # The same ViT with a modern recipe: AdamW with decay on weight matrices, warmup +
+    # cosine, label smoothing, gradient clipping, crop + flip augmentation.
+    "default": dict(),
+    # A small ViT for a short run on a CPU (the shipped sample trains in under a minute).
+    "sample": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, batch_size=64, epochs=15,
+                   warmup_epochs=1.0, lr=2e-3),
+}

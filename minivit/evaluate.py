@@ -1,0 +1,53 @@
+"""Scoring: loss and accuracy over a loader, per-class accuracy, the confusion matrix,
+and one function that scores a checkpoint on the test set (for `train` and `eval`)."""
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .backend import to_host
+from .data import CLASSES, Loader, data_or_sample, load_test
+from .loss import cross_entropy
+
+
+def evaluate(net, loader):
+    """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept.
+    net: a ViT or anything with its forward (fast.FastViT)."""
+    total_loss, preds = 0.0, []
+    for images, labels in loader:
+        logits = net.forward(images, keep_cache=False)
+        loss, _ = cross_entropy(logits, labels)
+        total_loss += float(loss) * len(labels)
+        preds.append(to_host(logits.argmax(axis=1)))
+    preds = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    y = to_host(loader.y)
+    if not len(y):
+        return 0.0, 0.0, preds
+    return total_loss / len(y), float((preds == y).mean()), preds
+
+
+def per_class_accuracy(y_true, y_pred, num_classes=len(CLASSES)):
+    return [float((y_pred[y_true == c] == c).mean()) if (y_true == c).any() else float("nan")
+            for c in range(num_classes)]
+
+
+def confusion_matrix(y_true, y_pred, num_classes=len(CLASSES)):
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (y_true, y_pred), 1)
+    return m
+
+
+def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wrap=None):
+    """Score a checkpoint on a test set: data (a folder), else the folder the run trained
+    on, else the full CIFAR-10 wherever it is found, else the shipped sample. Only the
+    test batch is read. wrap(model) may return a faster runner (fast.FastViT).
+    -> dict: accuracy, loss, per_class, preds, x_test, y_test, folder, source, model, meta."""
+    model, meta = ckpt.load_model(path, backend=backend)
+    folder, source = data_or_sample(data if data is not None else meta.get("data_arg"),
+                                    need="test", log=log)
+    x_test, y_test = load_test(folder)
+    loader = Loader(x_test, y_test, batch_size, model.xp, meta["mean"], meta["std"],
+                    dtype=model.config.dtype)
+    loss, acc, preds = evaluate(wrap(model) if wrap else model, loader)
+    return dict(accuracy=acc, loss=loss, per_class=per_class_accuracy(y_test, preds), preds=preds,
+                x_test=x_test, y_test=y_test, folder=str(folder), source=source, model=model,
+                meta=meta)
