@@ -19,9 +19,9 @@ ap.add_argument("--layer", type=int, default=-1)
 args = ap.parse_args()
 
 model, meta = checkpoint.load_model(args.checkpoint)
-folder = data.find_cifar10(args.data) or data.dataset_folder(data.SAMPLE_ROOT)
-test = data.load_cifar10(folder)
-images = test["x_test"][:args.count]                                   # uint8 [n, 3, 32, 32]
+folder, _ = data.data_or_sample(args.data, need="test", log=print)
+x_test, y_test = data.load_test(folder)
+images = x_test[:args.count]                                   # uint8 [n, 3, 32, 32]
 x = data.normalize(model.xp.asarray(images), meta["mean"], meta["std"])
 logits, maps = model.attention(x)                                     # maps[l]: [n, heads, N, N]
 print(f"{len(maps)} blocks, attention maps of shape {tuple(maps[0].shape)}")
@@ -29,6 +29,6 @@ heads = attention_maps.to_grid(attention_maps.cls_attention(maps[args.layer]))  
 roll = attention_maps.to_grid(attention_maps.rollout(maps))                     # [n, g, g]
 pred = minivit.to_host(logits).argmax(axis=1)
 for i in range(len(images)):
-    title = f"predicted {data.CLASSES[pred[i]]} (true {data.CLASSES[test['y_test'][i]]})"
+    title = f"predicted {data.CLASSES[pred[i]]} (true {data.CLASSES[y_test[i]]})"
     path = attention_maps.draw(images[i], heads[i], roll[i], f"attention-{i}.png", title)
     print(f"{path}: {title}")

@@ -21,7 +21,7 @@ ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
 args = ap.parse_args()
 
-d = data.load_cifar10(data.dataset_folder(data.SAMPLE_ROOT))      # the shipped sample
+d = data.load_cifar10(data.SAMPLE_FOLDER)                         # the shipped sample
 mean, std = data.channel_stats(d["x_train"])
 model = minivit.ViT(embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, backend=args.backend)
 images = data.normalize(model.xp.asarray(d["x_train"][:args.batch]), mean, std)  # [B, 3, 32, 32]

@@ -4,7 +4,7 @@ with the library's pieces).
 
     python examples/train_cifar10.py                       # full CIFAR-10 if found, else the sample
     python examples/train_cifar10.py --data ~/cifar10 --backend cupy --epochs 30
-    python examples/train_cifar10.py --epochs 1 --limit 400 --embed-dim 32 --depth 2   # a quick look
+    python examples/train_cifar10.py --epochs 1 --limit 400 --embed-dim 48 --depth 2   # a quick look
 """
 
 import argparse
@@ -23,7 +23,7 @@ ap.add_argument("--depth", type=int, default=6)
 args = ap.parse_args()
 
 # 1. Data: the official pickles -> uint8 arrays; 10% of the training set held out for validation.
-folder = data.find_cifar10(args.data) or data.dataset_folder(data.SAMPLE_ROOT)
+folder, _ = data.data_or_sample(args.data, log=print)
 d = data.load_cifar10(folder)
 x, y = d["x_train"], d["y_train"]
 if args.limit:

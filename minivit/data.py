@@ -149,7 +149,9 @@ def find_cifar10(data=None, need="train"):
     if data is None and os.environ.get("MINIVIT_DATA"):
         data = os.environ["MINIVIT_DATA"]
         if dataset_folder(data, need) is None:
-            raise DataError(f"MINIVIT_DATA={data}: " + str(_missing(data, need)).split(": ", 1)[1])
+            state = "does not exist" if not Path(data).expanduser().exists() else "holds no CIFAR-10"
+            raise DataError(f"MINIVIT_DATA={data} {state}: point it at a folder holding {FOLDER}/, "
+                            f"or unset it to use the sample shipped with minivit")
     if data is not None:
         folder = dataset_folder(data, need)
         if folder is None:

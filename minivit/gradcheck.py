@@ -184,14 +184,9 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
 def _block_case(rng, drop_path=False, cls_only=False):
     """A pre-norm block (cls_only: the fast path's class-token-only last block)."""
     D, F, H = 8, 16, 2
-    p = {"norm1.weight": 1 + 0.1 * rng.standard_normal(D), "norm1.bias": 0.1 * rng.standard_normal(D),
-         "attn.in_proj_weight": 0.3 * rng.standard_normal((3 * D, D)),
-         "attn.in_proj_bias": 0.1 * rng.standard_normal(3 * D),
-         "attn.out_proj.weight": 0.3 * rng.standard_normal((D, D)),
-         "attn.out_proj.bias": 0.1 * rng.standard_normal(D),
-         "norm2.weight": 1 + 0.1 * rng.standard_normal(D), "norm2.bias": 0.1 * rng.standard_normal(D),
-         "mlp.0.weight": 0.3 * rng.standard_normal((F, D)), "mlp.0.bias": 0.1 * rng.standard_normal(F),
-         "mlp.2.weight": 0.3 * rng.standard_normal((D, F)), "mlp.2.bias": 0.1 * rng.standard_normal(D)}
+    p = {name: (1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0)
+         + (0.1 if len(shape) == 1 else 0.3) * rng.standard_normal(shape)
+         for name, shape in layers.block_param_shapes(D, F).items()}
     inputs = {"x": rng.standard_normal((3, 5, D)), **p}
     # stochastic depth, rate 0.5: image 1 skips attention, image 2 skips the MLP
     keep = (np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])

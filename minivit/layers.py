@@ -320,12 +320,18 @@ def mlp_backward(dy, cache):
 
 # ------------------------------------------------------------- pre-norm transformer block
 
-BLOCK_PARAM_NAMES = (
-    "norm1.weight", "norm1.bias",
-    "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
-    "norm2.weight", "norm2.bias",
-    "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
-)
+def block_param_shapes(D, F):
+    """{name: shape} of one block's parameters, in PyTorch's order (F: the MLP width)."""
+    return {
+        "norm1.weight": (D,), "norm1.bias": (D,),
+        "attn.in_proj_weight": (3 * D, D), "attn.in_proj_bias": (3 * D,),
+        "attn.out_proj.weight": (D, D), "attn.out_proj.bias": (D,),
+        "norm2.weight": (D,), "norm2.bias": (D,),
+        "mlp.0.weight": (F, D), "mlp.0.bias": (F,), "mlp.2.weight": (D, F), "mlp.2.bias": (D,),
+    }
+
+
+BLOCK_PARAM_NAMES = tuple(block_param_shapes(1, 1))
 
 
 def block_forward(x, p, num_heads, gelu="exact", keep=None):

@@ -3,6 +3,14 @@
 from .backend import array_module
 
 
+def log_softmax(z):
+    """log p_k = z_k - m - log sum_j exp(z_j - m) over the last axis, m = max_k z_k (so
+    exp never overflows)."""
+    xp = array_module(z)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
+
+
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """Mean softmax cross-entropy over the batch, as torch.nn.functional.cross_entropy.
 
@@ -29,8 +37,7 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         if labels.shape != (B, K):
             raise ValueError(f"soft targets must have the logits' shape {(B, K)}, got "
                              f"{tuple(labels.shape)}")
-        z = logits - logits.max(axis=1, keepdims=True)                # [B, K]
-        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))      # [B, K]
+        logp = log_softmax(logits)                                    # [B, K]
         q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
         loss = -(q * logp).sum(axis=1).mean()
         return loss, (xp.exp(logp) - q) / B
@@ -43,8 +50,7 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         raise ValueError(f"labels must lie in [0, {K}), got values from {int(labels.min())} "
                          f"to {int(labels.max())}")
     rows = xp.arange(B)
-    z = logits - logits.max(axis=1, keepdims=True)                    # [B, K]
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))          # [B, K]
+    logp = log_softmax(logits)                                       # [B, K]
     nll = -logp[rows, labels]                                        # [B]
     if label_smoothing:
         per_row = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)

@@ -78,14 +78,7 @@ class ViT:
         """{name: shape} in the PyTorch SimpleViT's state_dict order."""
         c = self.config
         D, F, K = c.embed_dim, c.hidden, c.num_classes
-        block = {
-            "norm1.weight": (D,), "norm1.bias": (D,),
-            "attn.in_proj_weight": (3 * D, D), "attn.in_proj_bias": (3 * D,),
-            "attn.out_proj.weight": (D, D), "attn.out_proj.bias": (D,),
-            "norm2.weight": (D,), "norm2.bias": (D,),
-            "mlp.0.weight": (F, D), "mlp.0.bias": (F,),
-            "mlp.2.weight": (D, F), "mlp.2.bias": (D,),
-        }
+        block = layers.block_param_shapes(D, F)
         shapes = {
             "patch_embed.proj.weight": (D, c.in_chans, c.patch_size, c.patch_size),
             "patch_embed.proj.bias": (D,),
@@ -93,7 +86,7 @@ class ViT:
             "vit_embed.pos_embed": (1, c.num_patches + 1, D),
         }
         for i in range(c.depth):
-            shapes.update({f"blocks.{i}.{name}": block[name] for name in layers.BLOCK_PARAM_NAMES})
+            shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
         shapes.update({"norm.weight": (D,), "norm.bias": (D,),
                        "head.weight": (K, D), "head.bias": (K,)})
         return shapes

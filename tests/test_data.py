@@ -8,6 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
+import minivit
 from minivit import augment, data
 from minivit.data import DataError
 
@@ -191,3 +192,62 @@ def test_loader_batches_can_be_rebuilt_alone():
     for (a, la), (b, lb) in zip(second[3:], tail):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(la, lb)
+
+
+def test_random_streams_are_separate_and_repeatable():
+    from minivit import seeds
+    draws = {s: seeds.generator(3, 2, 5, s).random(8) for s in seeds.STREAMS}
+    for a in seeds.STREAMS:
+        for b in seeds.STREAMS:
+            if a != b:
+                assert not np.allclose(draws[a], draws[b]), (a, b)
+        np.testing.assert_array_equal(draws[a], seeds.generator(3, 2, 5, a).random(8))
+    assert not np.allclose(draws["mix"], seeds.generator(3, 2, 6, "mix").random(8))   # next batch
+    assert not np.allclose(draws["mix"], seeds.generator(3, 3, 5, "mix").random(8))   # next epoch
+    with pytest.raises(ValueError, match="unknown random stream 'dropout'"):
+        seeds.generator(0, 1, 0, "dropout")
+
+
+def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch):
+    """Every generator the training loop and the loader make is a named stream of its own."""
+    from minivit import seeds, train as train_module
+    from minivit.config import TrainConfig
+    made = []
+    real = seeds.generator
+    monkeypatch.setattr(seeds, "generator", lambda *key: made.append(key) or real(*key))
+    cfg = TrainConfig.from_preset("sample", epochs=1, embed_dim=16, depth=2, num_heads=2,
+                                  batch_size=32, limit_train=100, drop_path=0.2, random_erase=0.5,
+                                  mixup=0.8, randaugment=1)
+    train_module.train(cfg, out=_tmp_dir(), progress=False, plots=False, log=lambda *a: None)
+    streams = {key[3] for key in made}
+    assert streams == set(seeds.STREAMS)
+    assert len(made) == len(set(made))                  # no key used twice
+
+
+def _tmp_dir():
+    import tempfile
+    return tempfile.mkdtemp(prefix="minivit-streams-") + "/run"
+
+
+def test_scoring_needs_only_the_test_batch(tmp_path, capsys):
+    """`minivit eval --data DIR` reads test_batch alone; training needs a training batch."""
+    import shutil
+    from minivit import checkpoint as ckpt, cli
+    folder = tmp_path / "only-test" / data.FOLDER
+    folder.mkdir(parents=True)
+    for name in ("test_batch", "batches.meta"):
+        shutil.copy(data.SAMPLE_FOLDER / name, folder / name)
+    model = minivit.ViT(embed_dim=16, depth=1, num_heads=2)
+    ckpt.save(tmp_path / "m.npz", model, {"mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 0})
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "m.npz"), "--data", str(tmp_path / "only-test")]) == 0
+    assert "500 test images" in capsys.readouterr().out
+    with pytest.raises(DataError, match="no CIFAR-10 in .*data_batch_1"):
+        data.find_cifar10(tmp_path / "only-test")
+
+
+def test_a_mistyped_data_variable_is_an_error_not_a_silent_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DataError, match="MINIVIT_DATA=.*typo.*does not exist"):
+        data.data_or_sample(None)
+    monkeypatch.setenv("MINIVIT_DATA", "")
+    assert data.data_or_sample(None)[1] in ("sample", "cifar10")

@@ -27,3 +27,11 @@ def test_overfit_one_batch_example_drives_the_loss_down():
     out = run("overfit_one_batch.py", "--steps", "40", "--batch", "16")
     final = float(re.search(r"final loss (\d+\.\d+)", out).group(1))
     assert final < 1.0, out        # from ln 10 = 2.30
+
+
+def test_the_quick_look_command_in_the_docstring_runs_as_written():
+    with open(os.path.join(ROOT, "examples", "train_cifar10.py")) as f:
+        line = next(l for l in f if "# a quick look" in l)
+    args = line.split("#")[0].split()[2:]          # after "python examples/train_cifar10.py"
+    out = run("train_cifar10.py", "--backend", "numpy", *args)
+    assert re.search(r"test accuracy 0\.\d{4}", out)

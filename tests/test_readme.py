@@ -29,3 +29,55 @@ def test_readme_states_the_test_command_ci_runs():
 def test_readme_states_the_main_job_command():
     with open(os.path.join(ROOT, "README.md")) as f:
         assert "pip install -e .[plot] && minivit train" in f.read()
+
+
+def test_the_file_map_lists_every_module_and_only_real_files():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    listed = re.findall(r"^\| `([\w./]+)` \|", readme, re.M)
+    for path in listed:
+        assert os.path.exists(os.path.join(ROOT, path)), f"README lists {path}, which does not exist"
+    modules = {f"minivit/{n}" for n in os.listdir(os.path.join(ROOT, "minivit"))
+               if n.endswith(".py") and n not in ("__init__.py", "__main__.py")}
+    assert modules - set(listed) == set(), "modules missing from README's file map"
+
+
+def test_links_in_the_readme_and_docs_resolve():
+    pages = ["README.md"] + [os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+                             if n.endswith(".md")]
+    for page in pages:
+        with open(os.path.join(ROOT, page)) as f:
+            text = f.read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if target.startswith("http"):
+                continue
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target))
+            assert os.path.exists(path), f"{page} links to {target}, which does not exist"
+
+
+def test_readme_is_a_front_page():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert len(f.read().splitlines()) <= 130
+
+
+def test_no_import_loops_between_minivit_modules():
+    """Every `from . import x` / `from .x import y`, lazy ones included, forms no cycle."""
+    import ast
+    pkg = os.path.join(ROOT, "minivit")
+    graph = {}
+    for name in os.listdir(pkg):
+        if not name.endswith(".py") or name in ("__init__.py", "__main__.py"):
+            continue
+        tree = ast.parse(open(os.path.join(pkg, name)).read())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[name[:-3]] = deps
+
+    def visit(mod, path):
+        assert mod not in path, "import loop: " + " -> ".join(path + [mod])
+        for dep in graph.get(mod, ()):
+            visit(dep, path + [mod])
+    for mod in graph:
+        visit(mod, [])
