@@ -26,16 +26,18 @@ GPU_INSTALL_HINT = (
 )
 
 _cupy = None          # the cupy module once it imported and found a GPU
+_cupy_erf = None      # cupyx.scipy.special.erf, with it
 _cupy_error = None    # why it could not be used, as a sentence
 
 
 def _load_cupy():
     """Import CuPy and check that a GPU is usable; remember the outcome."""
-    global _cupy, _cupy_error
+    global _cupy, _cupy_erf, _cupy_error
     if _cupy is not None or _cupy_error is not None:
         return _cupy
     try:
         import cupy
+        from cupyx.scipy.special import erf as cupy_erf
     except Exception as e:  # ImportError, or a broken CUDA install raising anything
         _cupy_error = f"CuPy is not installed or failed to import ({type(e).__name__}: {e})."
         return None
@@ -46,7 +48,7 @@ def _load_cupy():
     except Exception as e:
         _cupy_error = f"CuPy is installed but no GPU is usable ({type(e).__name__}: {e})."
         return None
-    _cupy = cupy
+    _cupy, _cupy_erf = cupy, cupy_erf
     return _cupy
 
 
@@ -108,10 +110,14 @@ def to_device(x, xp, dtype=None):
     return xp.asarray(x, dtype=dtype)
 
 
+def erf_function(xp):
+    """The elementwise erf of a backend module (SciPy's or CuPy's), e.g. for fused kernels."""
+    if xp is np:
+        from scipy.special import erf as host_erf
+        return host_erf
+    return _cupy_erf
+
+
 def erf(x):
     """The error function, elementwise, on whichever backend owns x (exact to float64)."""
-    if array_module(x) is np:
-        from scipy.special import erf as _erf
-    else:
-        from cupyx.scipy.special import erf as _erf
-    return _erf(x)
+    return erf_function(array_module(x))(x)

@@ -1,190 +1,171 @@
-"""Fast paths: the math of layers.py, computed with fewer passes over memory.
+"""The fast path: the ViT's forward and backward with fewer operations, checked against
+the reference (layers.py, model.py) by tests/test_fast.py, as llm.c checks its kernels.
 
-llm.c keeps a plain reference and checks its fast kernels against it; so does minivit.
-layers.py and model.py are the reference; this file holds the faster ways to compute the
-same numbers, and the tests check each against the reference:
+The math is the reference's; what changes is how it is scheduled:
 
-- a blocked float32 GELU (NumPy), below;
-- the last block on the class token alone, when the head reads it (exact);
-- FastViT: the model's forward and backward through these, with each NumPy batch cut
-  into one shard per CPU core (threads.py).
+- elementwise chains run as one kernel each (kernels.py: cupy.fuse on the GPU, the
+  blocked GELU on the CPU), and biases are added inside the next kernel;
+- parameter gradients are written straight into a buffer laid out like the model's flat
+  gradient (matmul and sum with `out=`), which is added to the model's gradients with one
+  operation at the end;
+- the last block computes only the class token's row when the head reads it (exact:
+  docs/gradients.md §9), and the input gradient is skipped when nobody asks for it;
+- on NumPy each batch is cut into one shard per CPU core, run at once in threads
+  (threads.py).
 
-The blocked GELU:
+One training step of the default ViT at batch 80 is about 400 device operations and no
+host sync on CuPy (benchmarks/launches.py counts them), against about 760 for the
+reference path.
 
-NumPy runs an expression one operation at a time over the whole array. For an MLP
-activation of the default ViT ([80, 65, 768] float32, 16 MiB) every operation streams the
-array from memory and back, so a chain of ten operations costs ten trips. Running the
-same chain on blocks of BLOCK elements (256 KiB, inside the L2 cache) pays the memory trip
-once. And SciPy's erf computes in double precision, elementwise in C (about 20 ns an
-element here); float32 needs far less. GELU needs exp(-x^2/2) anyway (for its derivative),
-and that is the exponential inside Abramowitz & Stegun's formula 7.1.26 for erfc, so
-`normal_cdf` gets Phi(x) from it with a short polynomial (erf to within 1.5e-7).
-
-The blocked GELU serves float32 arrays on NumPy only; float64 (used by the gradient
-checks) and CuPy take the plain code in layers.py, and the tests check that both agree.
+    net = FastViT(model)                  # the model's parameters, run fast
+    logits = net.forward(images, rng=rng)
+    net.backward(dlogits)                 # adds into model.grads(), like model.backward
 """
 
 import math
-import os
 from types import SimpleNamespace as Cache
 
 import numpy as np
 
-from . import layers
+from . import kernels, layers
 from .backend import array_module
 from .threads import cpu_threads, parallel_map, shards
 
-# the switch: MINIVIT_NO_FAST=1 (or fast.ENABLED = False) sends everything down the plain path
-ENABLED = not os.environ.get("MINIVIT_NO_FAST")
 
-BLOCK = 1 << 16          # elements per block: 256 KiB of float32
-MIN_SIZE = 4 * BLOCK     # smaller arrays are not worth blocking
+# ----------------------------------------------------------------------- fast layers
+# Each backward writes its parameter gradients into the arrays it is given (grads[name]
+# with `out=`), instead of returning them.
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-# Abramowitz & Stegun 7.1.26: for z >= 0,
-#     erfc(z) ~ t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-z^2),   t = 1 / (1 + p z),
-# with absolute error below 1.5e-7. With z = |x| / sqrt(2), exp(-z^2) = exp(-x^2 / 2).
-_AS_P = np.float32(0.3275911 / math.sqrt(2.0))          # p, folded with the 1/sqrt(2)
-_AS_A = tuple(np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741,
-                                      -1.453152027, 1.061405429))
-_F32 = np.float32
+def linear(x, w):
+    """x [..., Din] @ w^T -> [..., Dout], the bias left to the next kernel."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return (x2 @ w.T).reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
 
 
-def applies(x):
-    """True when x should take a fast path: a big float32 NumPy array."""
-    return ENABLED and type(x) is np.ndarray and x.dtype == np.float32 and x.size >= MIN_SIZE
+def linear_backward(dy, c, gw, gb, need_dx=True):
+    """layers.linear_backward, writing dW into gw and db into gb; -> dx (or None)."""
+    dy2 = dy.reshape(-1, c.w.shape[0])
+    array_module(dy2).matmul(dy2.T, c.x2, out=gw)               # dW = dy^T x
+    dy2.sum(axis=0, out=gb)                                     # db = sum dy
+    return (dy2 @ c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
 
 
-def normal_cdf(x, gauss):
-    """Phi(x) of a float32 block, given gauss = exp(-x^2 / 2).
-
-    Phi(x) = (1 + erf(x / sqrt 2)) / 2, and erf(z) = sign(z) (1 - erfc(|z|)) with erfc
-    from the formula above."""
-    t = np.abs(x)
-    t *= _AS_P
-    t += _F32(1)
-    np.reciprocal(t, out=t)                       # t = 1 / (1 + p |z|)
-    q = t * _AS_A[4]                              # Horner's rule in t
-    for a in _AS_A[3::-1]:
-        q += a
-        q *= t
-    q *= gauss                                    # erfc(|z|)
-    np.subtract(_F32(1), q, out=q)                # erf(|z|)
-    np.copysign(q, x, out=q)                      # erf(z)
-    q += _F32(1)
-    q *= _F32(0.5)
-    return q
+def layernorm(x, w, b, eps=1e-5):
+    mu = x.mean(axis=-1, keepdims=True)                                      # [..., 1]
+    var = kernels.squared_deviation(x, mu).mean(axis=-1, keepdims=True)      # [..., 1]
+    rstd = kernels.reciprocal_std(var, eps)                                  # [..., 1]
+    y, xhat = kernels.layernorm_apply(x, mu, rstd, w, b)                     # [..., D]
+    return y, Cache(xhat=xhat, rstd=rstd, w=w)
 
 
-def _blocks(n):
-    for start in range(0, n, BLOCK):
-        yield slice(start, min(n, start + BLOCK))
+def layernorm_backward(dy, c, gw, gb, dres=0.0):
+    """layers.layernorm_backward; dres (a residual gradient) is added to dx."""
+    D = c.w.shape[0]
+    g, gx, dyx = kernels.layernorm_backward_parts(dy, c.w, c.xhat)
+    dyx.reshape(-1, D).sum(axis=0, out=gw)
+    dy.reshape(-1, D).sum(axis=0, out=gb)
+    return kernels.layernorm_backward_dx(g, c.xhat, g.mean(axis=-1, keepdims=True),
+                                         gx.mean(axis=-1, keepdims=True), c.rstd, dres)
 
 
-def blocked_gelu(x):
-    """Block by block: y = x Phi(x) and its derivative GELU'(x) = Phi(x) + x phi(x), with
-    phi(x) = exp(-x^2 / 2) / sqrt(2 pi): one exponential serves Phi and phi.
-    Returns (y, dgelu); the backward is then dx = dy * dgelu."""
-    xf = np.ascontiguousarray(x).reshape(-1)
-    y, dgelu = np.empty_like(xf), np.empty_like(xf)
-    for s in _blocks(xf.size):
-        xs, g = xf[s], dgelu[s]
-        np.multiply(xs, xs, out=g)
-        g *= _F32(-0.5)
-        np.exp(g, out=g)                          # exp(-x^2 / 2)
-        cdf = normal_cdf(xs, g)
-        np.multiply(xs, cdf, out=y[s])            # GELU(x) = x Phi(x)
-        g *= _F32(_INV_SQRT_2PI)                  # phi(x)
-        g *= xs
-        g += cdf                                  # GELU'(x) = Phi(x) + x phi(x)
-    return y.reshape(x.shape), dgelu.reshape(x.shape)
+def sdpa(q, k, v):
+    """layers.sdpa_forward: softmax(q k^T / sqrt d) v; q may have fewer rows than k."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = q @ k.transpose(0, 1, 3, 2)                                          # [B, h, Nq, N]
+    a = kernels.scaled_exp(s, s.max(axis=-1, keepdims=True), scale)
+    a /= a.sum(axis=-1, keepdims=True)                                       # softmax
+    return a @ v, Cache(q=q, k=k, v=v, a=a, scale=scale)
 
 
-def gelu_forward(x):
-    """GELU as layers.gelu_forward computes it; big float32 NumPy arrays go block by block
-    (blocked_gelu), keeping GELU'(x) for the backward instead of x."""
-    if not applies(x):
-        return layers.gelu_forward(x)
-    y, dgelu = blocked_gelu(x)
-    return y, Cache(dgelu=dgelu)
+def sdpa_backward(do, c):
+    da = do @ c.v.transpose(0, 1, 3, 2)                                      # [B, h, Nq, N]
+    dv = c.a.transpose(0, 1, 3, 2) @ do                                      # [B, h, N, d]
+    ds = kernels.softmax_backward_ds(da, c.a, (da * c.a).sum(axis=-1, keepdims=True), c.scale)
+    return ds @ c.k, ds.transpose(0, 1, 3, 2) @ c.q, dv
 
 
-def gelu_backward(dy, cache):
-    if not hasattr(cache, "dgelu"):
-        return layers.gelu_backward(dy, cache)
-    return dy * cache.dgelu
-
-
-GELUS = {"exact": (gelu_forward, gelu_backward), "tanh": layers.GELUS["tanh"]}
-
-
-# --------------------------------------------------- the last block, class token only
-#
-# When the head reads the class token, no other row of the last block's output reaches
-# the loss. Everything after attention works token by token (residual, LayerNorm, MLP),
-# so only the class token's row needs computing there, and attention needs only the
-# class token's query; every token still gives its key and value (docs/gradients.md §9).
-
-def cls_block_forward(x, p, num_heads, gelu="exact", keep=None):
-    """layers.block_forward's output row of the class token alone: x [B, N, D] ->
-    y [B, 1, D] equal to block_forward(x, ...)[0][:, :1]."""
-    k1, k2 = keep if keep is not None else (1.0, 1.0)
+def attention(x, p, num_heads, queries=None):
+    """layers.attention_forward without the output bias (the residual kernel adds it).
+    queries: only the first `queries` tokens ask (the class-token block)."""
     D = x.shape[-1]
-    h, c_n1 = layers.layernorm_forward(x, p["norm1.weight"], p["norm1.bias"])      # [B, N, D]
-    qkv, c_in = layers.linear_forward(h, p["attn.in_proj_weight"], p["attn.in_proj_bias"])
+    qkv, c_in = linear(x, p["attn.in_proj_weight"])
+    qkv += p["attn.in_proj_bias"]                                            # [B, N, 3D]
     q, k, v = (layers.split_heads(qkv[..., i * D:(i + 1) * D], num_heads) for i in range(3))
-    o, c_sdpa = layers.sdpa_forward(q[:, :, :1], k, v)                             # [B, h, 1, d]
-    h, c_out = layers.linear_forward(layers.merge_heads(o), p["attn.out_proj.weight"],
-                                     p["attn.out_proj.bias"])                      # [B, 1, D]
-    x1 = x[:, :1] + k1 * h                                                         # [B, 1, D]
-    h, c_n2 = layers.layernorm_forward(x1, p["norm2.weight"], p["norm2.bias"])
-    h, c_mlp = layers.mlp_forward(h, p["mlp.0.weight"], p["mlp.0.bias"],
-                                  p["mlp.2.weight"], p["mlp.2.bias"], gelu)
-    return x1 + k2 * h, Cache(norm1=c_n1, linear_in=c_in, sdpa=c_sdpa, linear_out=c_out,
-                              norm2=c_n2, mlp=c_mlp, k1=k1, k2=k2, num_heads=num_heads)
+    if queries is not None:
+        q = q[:, :, :queries]
+    o, c_sdpa = sdpa(q, k, v)                                                # [B, h, Nq, d]
+    y, c_out = linear(layers.merge_heads(o), p["attn.out_proj.weight"])      # [B, Nq, D]
+    return y, Cache(linear_in=c_in, sdpa=c_sdpa, linear_out=c_out, num_heads=num_heads)
 
 
-def cls_block_backward(dy, cache):
-    """block_backward with dy [B, 1, D] on the class token's row: the rows of dq of the
-    tokens that did not ask are zero, and the residual gradient reaches the class token's
-    row of dx only; the other tokens get theirs through their keys and values."""
-    c = cache
-    xp = array_module(dy)
-    dh, dw1, db1, dw2, db2 = layers.mlp_backward(c.k2 * dy, c.mlp)
-    dh, dn2w, dn2b = layers.layernorm_backward(dh, c.norm2)
-    dx1 = dy + dh                                                                  # [B, 1, D]
-    do, dout_w, dout_b = layers.linear_backward(c.k1 * dx1, c.linear_out)
-    dq, dk, dv = layers.sdpa_backward(layers.split_heads(do, c.num_heads), c.sdpa)
-    dq_all = xp.zeros_like(dk)                                                     # [B, h, N, d]
-    dq_all[:, :, :1] = dq
-    dqkv = xp.concatenate([layers.merge_heads(g) for g in (dq_all, dk, dv)], axis=-1)
-    dh, din_w, din_b = layers.linear_backward(dqkv, c.linear_in)
-    dx, dn1w, dn1b = layers.layernorm_backward(dh, c.norm1)                        # [B, N, D]
+def attention_backward(dy, c, g, xp):
+    do = linear_backward(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
+    dq, dk, dv = sdpa_backward(layers.split_heads(do, c.num_heads), c.sdpa)
+    B, H, N, d = dk.shape
+    dqkv = xp.empty((B, N, 3, H, d), dtype=dk.dtype)                         # [B, N, 3, h, d]
+    if dq.shape[2] < N:                                                      # tokens that did not ask
+        dqkv[:, dq.shape[2]:, 0] = 0
+    for i, grad in enumerate((dq, dk, dv)):
+        dqkv[:, :grad.shape[2], i] = grad.transpose(0, 2, 1, 3)
+    return linear_backward(dqkv.reshape(B, N, 3 * H * d), c.linear_in,
+                           g["attn.in_proj_weight"], g["attn.in_proj_bias"])
+
+
+GELUS = {"exact": kernels.gelu_bias, "tanh": kernels.gelu_tanh_bias}
+
+
+def block(x, p, num_heads, gelu="exact", keep=None, cls_only=False):
+    """layers.block_forward (cls_only: only the class token's output row, [B, 1, D])."""
+    k1, k2 = keep if keep is not None else (1.0, 1.0)
+    h, c_n1 = layernorm(x, p["norm1.weight"], p["norm1.bias"])
+    h, c_attn = attention(h, p, num_heads, queries=1 if cls_only else None)
+    x1 = kernels.residual(x[:, :1] if cls_only else x, h, p["attn.out_proj.bias"], k1)
+    h, c_n2 = layernorm(x1, p["norm2.weight"], p["norm2.bias"])
+    h, c_fc1 = linear(h, p["mlp.0.weight"])
+    h, dgelu = GELUS[gelu](h, p["mlp.0.bias"])
+    h, c_fc2 = linear(h, p["mlp.2.weight"])
+    y = kernels.residual(x1, h, p["mlp.2.bias"], k2)
+    return y, Cache(norm1=c_n1, attn=c_attn, norm2=c_n2, fc1=c_fc1, dgelu=dgelu, fc2=c_fc2,
+                    keep=keep, cls_only=cls_only)
+
+
+def block_backward(dy, c, g, xp):
+    """layers.block_backward, writing the block's gradients into g (arrays keyed like
+    layers.BLOCK_PARAM_NAMES). With cls_only, dy is [B, 1, D]: the residual gradient
+    reaches the class token's row only."""
+    k1, k2 = c.keep if c.keep is not None else (None, None)
+    dh = linear_backward(dy if k2 is None else kernels.scale(dy, k2), c.fc2,
+                         g["mlp.2.weight"], g["mlp.2.bias"])
+    dh = linear_backward(dh * c.dgelu, c.fc1, g["mlp.0.weight"], g["mlp.0.bias"])
+    dx1 = layernorm_backward(dh, c.norm2, g["norm2.weight"], g["norm2.bias"], dres=dy)
+    dh = attention_backward(dx1 if k1 is None else kernels.scale(dx1, k1), c.attn, g, xp)
+    if not c.cls_only:
+        return layernorm_backward(dh, c.norm1, g["norm1.weight"], g["norm1.bias"], dres=dx1)
+    dx = layernorm_backward(dh, c.norm1, g["norm1.weight"], g["norm1.bias"])
     dx[:, :1] += dx1
-    grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
-    return dx, dict(zip(layers.BLOCK_PARAM_NAMES, grads))
+    return dx
 
 
 # -------------------------------------------------------------- the model, run fast
 
 class FastViT:
-    """Runs a ViT's forward and backward through the fast paths above; the numbers are
-    the model's own (tests compare the two), the parameters and gradients are the model's.
+    """Runs a ViT's forward and backward through the fast path; the numbers are the
+    model's own (tests compare the two), the parameters and gradients are the model's.
 
         net = FastViT(model)             # threads: MINIVIT_THREADS, else every CPU
         logits = net.forward(images, rng=rng)
         net.backward(dlogits)            # adds into model.grads(), like model.backward
 
-    On NumPy each batch is cut into `threads` shards run at once (threads.parallel_map);
-    shard k > 0 adds its gradients into a buffer of its own, summed in a fixed order
-    afterwards, so a run is bitwise repeatable. On CuPy there is one shard."""
+    On NumPy each batch is cut into `threads` shards run at once (threads.parallel_map).
+    Each shard writes its gradients into a buffer of its own; the buffers are added to the
+    model's gradients in a fixed order, so a run is bitwise repeatable. On CuPy there is
+    one shard."""
 
     def __init__(self, model, threads=None):
         self.model = model
         self.threads = threads
         self._cache = None
-        self._shard_grads = []          # (flat buffer, {name: view}) of shards 1, 2, ...
+        self._buffers = []              # (flat gradient buffer, {name: view}) per shard
 
     @property
     def threads(self):
@@ -216,57 +197,78 @@ class FastViT:
 
     __call__ = forward
 
-    def backward(self, dlogits):
-        """model.backward, fast: adds the gradients into model.grads(), returns dL/dx."""
+    def backward(self, dlogits, need_dx=True):
+        """model.backward, fast: adds the gradients into model.grads() and returns dL/dx
+        (None with need_dx=False, which saves the patch embedding's input gradient)."""
         if self._cache is None:
             raise RuntimeError("backward() called without a forward() since the last backward: "
                                "run logits = net.forward(x) first")
         (parts, caches), self._cache = self._cache, None
         m = self.model
         dlogits = m.check_dlogits(dlogits, parts[-1].stop)
-        buffers = [m.grads()] + [self._shard_grad_views(k) for k in range(1, len(parts))]
+        while len(self._buffers) < len(parts):
+            flat = m.xp.empty_like(m.flat_grads)
+            self._buffers.append((flat, m.views(flat)))
 
         def run(k):
-            if k > 0:
-                self._shard_grads[k - 1][0].fill(0)
-            return self._backward_pass(dlogits[parts[k]], caches[k], buffers[k])
+            return self._backward_pass(dlogits[parts[k]], caches[k], self._buffers[k][1], need_dx)
 
         dxs = parallel_map(run, range(len(parts)))
-        for k in range(1, len(parts)):
-            m.flat_grads += self._shard_grads[k - 1][0]
+        for k in range(len(parts)):       # every entry of each buffer was written
+            m.flat_grads += self._buffers[k][0]
+        if not need_dx:
+            return None
         return dxs[0] if len(dxs) == 1 else m.xp.concatenate(dxs)
 
-    def _shard_grad_views(self, k):
-        while len(self._shard_grads) < k:
-            flat = self.model.xp.zeros_like(self.model.flat_grads)
-            self._shard_grads.append((flat, self.model.views(flat)))
-        return self._shard_grads[k - 1][1]
-
-    def _blocks(self):
-        """(forward, backward) of each block: the last one on the class token alone when
-        the head reads it."""
+    def _cls_only(self, i):
         c = self.model.config
-        full = (layers.block_forward, layers.block_backward)
-        last = (cls_block_forward, cls_block_backward) if c.pool == "cls" else full
-        return [full] * (c.depth - 1) + [last]
+        return i == c.depth - 1 and c.pool == "cls"
 
     def _forward_pass(self, x, masks, keep_cache):
         m, c = self.model, self.model.config
-        gelu = GELUS[c.gelu]
-        h, c_embed = m.embed_forward(x)
+        p = m.params
+        D, C, ps = c.embed_dim, c.in_chans, c.patch_size
+        patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
+        h, c_patch = linear(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
+        tokens = m.xp.empty((len(x), c.num_patches + 1, D), dtype=h.dtype)   # [B, N, D]
+        tokens[:, :1] = p["vit_embed.cls_token"] + p["vit_embed.pos_embed"][:, :1]
+        tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"],
+                                         p["vit_embed.pos_embed"][:, 1:], 1.0)
+        h = tokens
         c_blocks = []
-        for i, (block, _) in enumerate(self._blocks()):
-            h, cb = block(h, m.block_params(i), c.num_heads, gelu, masks[i])
+        for i in range(c.depth):
+            h, cb = block(h, m.block_params(i), c.num_heads, c.gelu, masks[i], self._cls_only(i))
             c_blocks.append(cb if keep_cache else None)
-        logits, c_head = m.head_forward(h)
-        return logits, (Cache(embed=c_embed, blocks=c_blocks, head=c_head) if keep_cache else None)
+        pooled = h[:, 0] if c.pool == "cls" else h[:, 1:].mean(axis=1)         # [B, D]
+        z, c_norm = layernorm(pooled, p["norm.weight"], p["norm.bias"])
+        logits, c_head = linear(z, p["head.weight"])
+        logits += p["head.bias"]                                             # [B, K]
+        if not keep_cache:
+            return logits, None
+        return logits, Cache(patch=c_patch, x_shape=x.shape, blocks=c_blocks, norm=c_norm,
+                             head=c_head, h_shape=h.shape)
 
-    def _backward_pass(self, dlogits, cache, grads):
-        m = self.model
-        dh = m.head_backward(dlogits, cache.head, grads)
-        for i, (_, block_backward) in reversed(list(enumerate(self._blocks()))):
-            dh, block_grads = block_backward(dh, cache.blocks[i])
-            cache.blocks[i] = None         # free this block's activations
-            for name, g in block_grads.items():
-                grads[f"blocks.{i}.{name}"] += g
-        return m.embed_backward(dh, cache.embed, grads)
+    def _backward_pass(self, dlogits, cache, g, need_dx):
+        m, c = self.model, self.model.config
+        xp = m.xp
+        dz = linear_backward(dlogits, cache.head, g["head.weight"], g["head.bias"])
+        dpooled = layernorm_backward(dz, cache.norm, g["norm.weight"], g["norm.bias"])  # [B, D]
+        if c.pool == "cls" and cache.h_shape[1] == 1:
+            dh = dpooled[:, None, :]                                         # [B, 1, D]
+        else:
+            dh = xp.zeros(cache.h_shape, dtype=dpooled.dtype)                # [B, N, D]
+            if c.pool == "cls":
+                dh[:, 0] = dpooled
+            else:
+                dh[:, 1:] = (dpooled / (cache.h_shape[1] - 1))[:, None, :]
+        for i in reversed(range(c.depth)):
+            prefix = f"blocks.{i}."
+            block_grads = {name: g[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
+            dh = block_backward(dh, cache.blocks[i], block_grads, xp)
+            cache.blocks[i] = None             # free this block's activations
+        dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
+        dh[:, :1].sum(axis=0, keepdims=True, out=g["vit_embed.cls_token"])
+        D = c.embed_dim
+        dpatch = linear_backward(dh[:, 1:], cache.patch, g["patch_embed.proj.weight"].reshape(D, -1),
+                                 g["patch_embed.proj.bias"], need_dx)
+        return layers.unpatchify(dpatch, cache.x_shape, c.patch_size) if need_dx else None

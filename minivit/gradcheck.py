@@ -193,11 +193,17 @@ def _block_case(rng, drop_path=False, cls_only=False):
 
     def forward(x, **p):
         k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
-        block = fast.cls_block_forward if cls_only else layers.block_forward
-        return block(x, p, H, keep=k)
+        if cls_only:
+            return fast.block(x, p, H, keep=k, cls_only=True)
+        return layers.block_forward(x, p, H, keep=k)
 
     def backward(dy, cache):
-        dx, grads = (fast.cls_block_backward if cls_only else layers.block_backward)(dy, cache)
+        if cls_only:     # the fast block writes its gradients into arrays it is given
+            xp = array_module(dy)
+            grads = {name: xp.empty(shape, dtype=dy.dtype)
+                     for name, shape in layers.block_param_shapes(D, F).items()}
+            return {"x": fast.block_backward(dy, cache, grads, xp), **grads}
+        dx, grads = layers.block_backward(dy, cache)
         return {"x": dx, **grads}
     return forward, backward, inputs
 

@@ -1,5 +1,7 @@
 """Softmax cross-entropy, the training loss, with its gradient."""
 
+import numpy as np
+
 from .backend import array_module
 
 
@@ -18,13 +20,16 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     probabilities, as mixup and cutmix make) -> (loss, dlogits): loss is a 0-d array on
     the logits' backend (float(loss) reads it), dlogits [B, K] is dloss/dlogits.
 
-    Forward, with log-sum-exp for stability (m = max_k z_k):
-        log p_k = z_k - m - log sum_j exp(z_j - m)
+    Forward, with log-sum-exp for stability:
+        log p   = log_softmax(z)
         target  q = (1 - eps) onehot(label) + eps / K       (eps: label_smoothing;
                                                              a soft target replaces onehot)
         loss    = -(1/B) sum_b sum_k q_bk log p_bk
     Backward: d/dz_j of -sum_k q_k log p_k = -q_j + (sum_k q_k) p_j = p_j - q_j, so
         dlogits = (p - q) / B
+
+    Labels on the host are checked (type, shape, range); labels already on the GPU are
+    checked for type and shape only, since reading their values would wait for the GPU.
     """
     xp = array_module(logits)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -32,34 +37,25 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     if logits.ndim != 2:
         raise ValueError(f"logits must be [B, num_classes], got shape {tuple(logits.shape)}")
     B, K = logits.shape
+    on_host = array_module(labels) is np
     labels = xp.asarray(labels)
     if labels.ndim == 2 and labels.dtype.kind == "f":                # soft targets
         if labels.shape != (B, K):
             raise ValueError(f"soft targets must have the logits' shape {(B, K)}, got "
                              f"{tuple(labels.shape)}")
-        logp = log_softmax(logits)                                    # [B, K]
         q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
-        loss = -(q * logp).sum(axis=1).mean()
-        return loss, (xp.exp(logp) - q) / B
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
-                        f"convert them, e.g. labels.astype(int) (or pass soft targets [B, K])")
-    if labels.shape != (B,):
-        raise ValueError(f"labels must have shape ({B},), one per logits row, got {tuple(labels.shape)}")
-    if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
-        raise ValueError(f"labels must lie in [0, {K}), got values from {int(labels.min())} "
-                         f"to {int(labels.max())}")
-    rows = xp.arange(B)
-    logp = log_softmax(logits)                                       # [B, K]
-    nll = -logp[rows, labels]                                        # [B]
-    if label_smoothing:
-        per_row = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
     else:
-        per_row = nll
-    loss = per_row.mean()
-    dlogits = xp.exp(logp)                                           # p  [B, K]
-    dlogits[rows, labels] -= 1.0 - label_smoothing
-    if label_smoothing:
-        dlogits -= label_smoothing / K
-    dlogits /= B
-    return loss, dlogits
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
+                            f"convert them, e.g. labels.astype(int) (or pass soft targets [B, K])")
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape ({B},), one per logits row, got "
+                             f"{tuple(labels.shape)}")
+        if on_host and B and (int(labels.min()) < 0 or int(labels.max()) >= K):
+            raise ValueError(f"labels must lie in [0, {K}), got values from {int(labels.min())} "
+                             f"to {int(labels.max())}")
+        q = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)  # [B, K]
+        q[xp.arange(B), labels] += 1.0 - label_smoothing
+    logp = log_softmax(logits)                                        # [B, K]
+    loss = -(q * logp).sum(axis=1).mean()
+    return loss, (xp.exp(logp) - q) / B

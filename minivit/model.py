@@ -32,10 +32,11 @@ class Param:
     updating ``data`` in place updates the model, and one ``fill(0)`` clears every grad.
     """
 
-    __slots__ = ("name", "data", "grad")
+    __slots__ = ("name", "data", "grad", "owner", "offset")
 
-    def __init__(self, name, data, grad):
+    def __init__(self, name, data, grad, owner=None, offset=0):
         self.name, self.data, self.grad = name, data, grad
+        self.owner, self.offset = owner, offset     # the model whose flat buffers hold it
 
     def __repr__(self):
         return f"Param({self.name!r}, shape={tuple(self.data.shape)})"
@@ -109,7 +110,9 @@ class ViT:
         self.flat_grads = self.xp.zeros_like(self.flat_params)
         self.params = self.views(self.flat_params)
         self._grads = self.views(self.flat_grads)
-        self._param_list = [Param(name, self.params[name], self._grads[name]) for name in shapes]
+        offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes.values()])
+        self._param_list = [Param(name, self.params[name], self._grads[name], self, int(offset))
+                            for name, offset in zip(shapes, offsets)]
 
     def views(self, flat):
         """{name: view} of a flat buffer laid out like the parameters (state_dict order)."""

@@ -10,7 +10,10 @@ where a group's own weight_decay overrides the optimizer's. Updates happen in pl
 import contextlib
 import math
 
+import numpy as np
+
 from .backend import array_module, to_device, to_host
+from .kernels import kernel
 
 
 def _groups(params, weight_decay):
@@ -30,6 +33,41 @@ def _groups(params, weight_decay):
     return groups
 
 
+def segments(params):
+    """The arrays an update runs on, as (data, grad, [(param, offset)]) triples: one pair
+    of flat buffers when params are every parameter of one model (model.parameters() lays
+    them out in model.flat_params / flat_grads), so each update is a few whole-buffer
+    operations; else one triple per parameter."""
+    params = list(params)
+    owner = getattr(params[0], "owner", None)
+    if owner is not None and all(getattr(p, "owner", None) is owner for p in params) \
+            and sorted(p.offset for p in params) == sorted(q.offset for q in owner.parameters()):
+        return [(owner.flat_params, owner.flat_grads, [(p, p.offset) for p in params])]
+    return [(p.data.reshape(-1), p.grad.reshape(-1), [(p, 0)]) for p in params]
+
+
+@kernel
+def adam_update(xp, w, g, m, v, decay, ok, step_size, b1, b2, bias_correction2_sqrt, eps):
+    """One Adam step on whole arrays (torch.optim.Adam's arithmetic): the L2 penalty
+    decay * w joins the gradient. ok (0 or 1) leaves everything as it was when 0."""
+    g = g + decay * w
+    m += xp.where(ok, (1.0 - b1) * (g - m), 0.0)                  # m = b1 m + (1 - b1) g
+    v += xp.where(ok, (1.0 - b2) * (g * g - v), 0.0)              # v = b2 v + (1 - b2) g^2
+    w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
+    return w
+
+
+@kernel
+def adamw_update(xp, w, g, m, v, decay, ok, step_size, b1, b2, bias_correction2_sqrt, eps, lr):
+    """One AdamW step: the weight shrinks by lr * decay first, then the Adam step
+    (without decay in the gradient)."""
+    w *= xp.where(ok, 1.0 - lr * decay, 1.0)
+    m += xp.where(ok, (1.0 - b1) * (g - m), 0.0)
+    v += xp.where(ok, (1.0 - b2) * (g * g - v), 0.0)
+    w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
+    return w
+
+
 class Adam:
     """Adam (Kingma & Ba), step for step as torch.optim.Adam.
 
@@ -38,6 +76,10 @@ class Adam:
         m   = b1 m + (1 - b1) g
         v   = b2 v + (1 - b2) g^2
         w   = w - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    The update is elementwise, so it runs on whole arrays: on model.parameters() the two
+    flat buffers of the model, with wd a flat array (each parameter's group's decay), in
+    one kernel (adam_update).
     """
 
     decoupled = False
@@ -51,37 +93,35 @@ class Adam:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         self.lr, self.betas, self.eps = float(lr), tuple(float(b) for b in betas), float(eps)
         self.param_groups = _groups(params, weight_decay)
+        decay_of = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         self.t = 0
-        self.m = {}
-        self.v = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                xp = array_module(p.data)
-                self.m[p.name] = xp.zeros_like(p.data)
-                self.v[p.name] = xp.zeros_like(p.data)
+        self.m, self.v = {}, {}                 # per parameter name: views into the moments
+        self._segments = []                     # (w, g, m, v, decay) whole arrays
+        for w, grad, members in segments([p for g in self.param_groups for p in g["params"]]):
+            xp = array_module(w)
+            m, v = xp.zeros_like(w), xp.zeros_like(w)
+            decay = np.zeros(w.size)
+            for p, offset in members:
+                n = p.data.size
+                decay[offset:offset + n] = decay_of[id(p)]
+                self.m[p.name] = m[offset:offset + n].reshape(p.data.shape)
+                self.v[p.name] = v[offset:offset + n].reshape(p.data.shape)
+            decay = float(decay[0]) if len(set(decay.tolist())) == 1 else to_device(decay, xp, w.dtype)
+            self._segments.append((w, grad, m, v, decay))
 
-    def step(self):
-        """One update of every parameter from its .grad (clip or scale grads before)."""
+    def step(self, ok=1.0):
+        """One update of every parameter from its .grad (clip or scale grads before).
+        ok: a 0-d array (or number) that is 0 to make this step change nothing, e.g. a
+        device flag that the gradients are finite, read without waiting for the device."""
         self.t += 1
         b1, b2 = self.betas
-        lr = self.lr
-        step_size = lr / (1.0 - b1 ** self.t)
-        bias_correction2_sqrt = math.sqrt(1.0 - b2 ** self.t)
-        for group in self.param_groups:
-            wd = group["weight_decay"]
-            for p in group["params"]:
-                w, g, m, v = p.data, p.grad, self.m[p.name], self.v[p.name]
-                if wd and self.decoupled:
-                    w *= 1.0 - lr * wd                       # AdamW: decay the weight itself
-                elif wd:
-                    g = g + wd * w                           # Adam: L2 term in the gradient
-                m += (1.0 - b1) * (g - m)                    # = b1 m + (1 - b1) g  (torch: lerp)
-                v *= b2
-                v += ((1.0 - b2) * g) * g                   # torch: addcmul
-                denom = array_module(v).sqrt(v)
-                denom /= bias_correction2_sqrt
-                denom += self.eps
-                w -= (step_size * m) / denom
+        step_size = self.lr / (1.0 - b1 ** self.t)
+        bc2 = math.sqrt(1.0 - b2 ** self.t)
+        for w, g, m, v, decay in self._segments:
+            if self.decoupled:
+                adamw_update(w, g, m, v, decay, ok, step_size, b1, b2, bc2, self.eps, self.lr)
+            else:
+                adam_update(w, g, m, v, decay, ok, step_size, b1, b2, bc2, self.eps)
 
     def zero_grad(self):
         for group in self.param_groups:
@@ -120,17 +160,31 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
+@kernel
+def _clip_coefficient(xp, sum_sq, max_norm):
+    """-> (||g||, min(1, max_norm / (||g|| + 1e-6)))."""
+    norm = xp.sqrt(sum_sq)
+    return norm, xp.minimum(max_norm / (norm + 1e-6), 1.0)
+
+
+def grad_norm_squared(params):
+    """sum of g^2 over every gradient, a 0-d array (no device sync)."""
+    parts = [g for _, g, _ in segments(params)]
+    xp = array_module(parts[0])
+    total = xp.vdot(parts[0], parts[0])
+    for g in parts[1:]:
+        total = total + xp.vdot(g, g)
+    return total
+
+
 def clip_grad_norm(params, max_norm):
     """Scale every gradient by min(1, max_norm / (||g|| + 1e-6)), ||g|| the norm of all
     gradients together (as torch.nn.utils.clip_grad_norm_). Returns ||g|| before clipping
-    as a 0-d array (no device sync). params: Params (their .grad is used) or arrays."""
-    grads = [p.grad if hasattr(p, "grad") else p for p in params]
-    xp = array_module(grads[0])
-    total = xp.sqrt(sum((g * g).sum() for g in grads))
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
-    for g in grads:
-        g *= coef
-    return total
+    as a 0-d array (no device sync). params: Params (their .grad is used)."""
+    norm, coef = _clip_coefficient(grad_norm_squared(params), float(max_norm))
+    for _, g, _ in segments(params):
+        g *= coef.astype(g.dtype)
+    return norm
 
 
 def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):

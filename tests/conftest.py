@@ -3,26 +3,40 @@ import sys
 
 import pytest
 
-from minivit.backend import gpu_available, gpu_unavailable_reason
+from minivit.backend import gpu_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # torch_simplevit, for optional checks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # cupy_strict
 
 
 def _backends():
-    reason = None if gpu_available() else f"CuPy backend unavailable: {gpu_unavailable_reason()}"
-    return ["numpy", pytest.param("cupy", marks=[pytest.mark.gpu,
-                                                 pytest.mark.skipif(reason is not None,
-                                                                    reason=reason or "")])]
+    """numpy; the real CuPy where a GPU works, else the strict CuPy stand-in (cupy_strict.py)."""
+    if gpu_available():
+        return ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+    return ["numpy", "cupy-strict"]
 
 
 BACKENDS = _backends()
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Runs a test once per backend; the CuPy run skips, with the reason, without a GPU."""
+def backend(request, monkeypatch):
+    """Runs a test once per backend and returns the backend name to pass to minivit:
+    "numpy", or "cupy" (a real GPU, or, without one, the strict stand-in installed as
+    CuPy for this test only)."""
+    if request.param == "cupy-strict":
+        import cupy_strict
+        cupy_strict.install(monkeypatch)
+        return "cupy"
     return request.param
+
+
+@pytest.fixture
+def cupy_strict_module(monkeypatch):
+    """The strict stand-in installed as CuPy (for tests of the stand-in and the budget)."""
+    import cupy_strict
+    return cupy_strict.install(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import pytest
 from scipy.special import erf
 
 import minivit
-from minivit import fast, gradcheck, layers, threads
+from minivit import fast, gradcheck, kernels, layers, threads
 from minivit.fast import FastViT
 
 from conftest import tiny_config
@@ -15,15 +15,15 @@ from conftest import tiny_config
 @pytest.fixture
 def big():
     rng = np.random.default_rng(0)
-    x = (2 * rng.standard_normal((4 * fast.BLOCK // 96 + 7, 96))).astype(np.float32)
-    assert fast.applies(x)          # large enough, and not a multiple of the block size
+    x = (2 * rng.standard_normal((4 * kernels.BLOCK // 96 + 7, 96))).astype(np.float32)
+    assert kernels.applies(x)          # large enough, and not a multiple of the block size
     return x, rng.standard_normal(x.shape).astype(np.float32)
 
 
 def test_normal_cdf_is_accurate_to_float32():
     xs = np.linspace(-12, 12, 400_001).astype(np.float32)
     gauss = np.exp(-0.5 * xs * xs)
-    cdf = fast.normal_cdf(xs, gauss).astype(np.float64)
+    cdf = kernels.normal_cdf(xs, gauss).astype(np.float64)
     exact = 0.5 * (1 + erf(xs.astype(np.float64) / np.sqrt(2)))
     assert np.abs(cdf - exact).max() < 3e-7
     assert cdf.min() >= 0 and cdf.max() <= 1
@@ -31,8 +31,8 @@ def test_normal_cdf_is_accurate_to_float32():
 
 def test_blocked_gelu_is_accurate_at_the_extremes():
     x = np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 8.0, -8.0, 40.0, -40.0, 1e4, -1e4]
-                 * fast.MIN_SIZE, np.float32)[:fast.MIN_SIZE]
-    y, dgelu = fast.blocked_gelu(x)
+                 * kernels.MIN_SIZE, np.float32)[:kernels.MIN_SIZE]
+    y, dgelu = kernels.blocked_gelu(x)
     xd = x.astype(np.float64)
     cdf = 0.5 * (1 + erf(xd / np.sqrt(2)))
     assert np.isfinite(y).all() and np.isfinite(dgelu).all()
@@ -41,50 +41,50 @@ def test_blocked_gelu_is_accurate_at_the_extremes():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_fast_gelu_agrees_with_the_reference(big):
+@pytest.mark.parametrize("kind", ["exact", "tanh"])
+def test_gelu_kernels_agree_with_the_reference(big, kind):
     x, dy = big
-    y_fast, cache_fast = fast.gelu_forward(x)
-    assert hasattr(cache_fast, "dgelu")                    # the blocked path ran
-    dx_fast = fast.gelu_backward(dy, cache_fast)
-    y_ref, cache_ref = layers.gelu_forward(x)
-    dx_ref = layers.gelu_backward(dy, cache_ref)
-    assert y_fast.dtype == dx_fast.dtype == np.float32
-    np.testing.assert_allclose(y_fast, y_ref, rtol=2e-6, atol=2e-6)
-    np.testing.assert_allclose(dx_fast, dx_ref, rtol=2e-6, atol=2e-6)
+    b = np.linspace(-1, 1, x.shape[-1]).astype(np.float32)
+    y, dgelu = fast.GELUS[kind](x, b)                      # blocked for exact float32 NumPy
+    forward, backward = layers.GELUS[kind]
+    y_ref, cache = forward(x + b)
+    assert y.dtype == dgelu.dtype == np.float32
+    np.testing.assert_allclose(y, y_ref, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(dy * dgelu, backward(dy, cache), rtol=2e-6, atol=2e-6)
+    x64 = x[:50].astype(np.float64)                        # float64: the plain body, exact
+    y, dgelu = fast.GELUS[kind](x64, b.astype(np.float64))
+    y_ref, cache = forward(x64 + b)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(dgelu, backward(np.ones_like(x64), cache), rtol=1e-12, atol=1e-13)
 
 
-def test_fast_gelu_gradient_checks_in_float32(big):
-    x, _ = big
-    report = gradcheck.check(fast.gelu_forward, fast.gelu_backward, {"x": x}, max_checks=60, seed=1)
-    assert report.passed, str(report)
+def test_small_and_float64_arrays_skip_the_blocked_gelu(monkeypatch):
+    assert not kernels.applies(np.zeros(10, np.float32))
+    assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float64))
+    monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_FAST=1)
+    assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float32))
 
 
-def test_small_and_float64_arrays_take_the_reference_path(monkeypatch):
-    assert not fast.applies(np.zeros(10, np.float32))
-    assert not fast.applies(np.zeros(4 * fast.BLOCK, np.float64))
-    assert not hasattr(fast.gelu_forward(np.zeros(4 * fast.BLOCK))[1], "dgelu")
-    monkeypatch.setattr(fast, "ENABLED", False)             # the switch (MINIVIT_NO_FAST=1)
-    assert not fast.applies(np.zeros(4 * fast.BLOCK, np.float32))
-
-
+@pytest.mark.parametrize("cls_only", [False, True])
 @pytest.mark.parametrize("drop_path", [False, True])
-def test_class_token_block_equals_the_full_blocks_first_row(drop_path):
-    forward, backward, inputs = gradcheck.LAYERS["block_drop_path" if drop_path else "block"](
-        np.random.default_rng(0))
+def test_fast_block_equals_the_reference_block(drop_path, cls_only):
+    _, _, inputs = gradcheck.LAYERS["block"](np.random.default_rng(0))
     p = {k: v for k, v in inputs.items() if k != "x"}
     x = inputs["x"]
     keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
             if drop_path else None)
-    y_full, c_full = layers.block_forward(x, p, 2, keep=keep)
-    y_cls, c_cls = fast.cls_block_forward(x, p, 2, keep=keep)
-    np.testing.assert_allclose(y_cls, y_full[:, :1], rtol=1e-12, atol=1e-14)
-    dy = np.zeros_like(y_full)
-    dy[:, :1] = np.random.default_rng(1).standard_normal(y_cls.shape)
-    dx_full, g_full = layers.block_backward(dy, c_full)
-    dx_cls, g_cls = fast.cls_block_backward(dy[:, :1], c_cls)
-    np.testing.assert_allclose(dx_cls, dx_full, rtol=1e-10, atol=1e-12)
-    for k in g_full:
-        np.testing.assert_allclose(g_cls[k], g_full[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    y_ref, c_ref = layers.block_forward(x, p, 2, keep=keep)
+    y, c = fast.block(x, p, 2, keep=keep, cls_only=cls_only)
+    rows = 1 if cls_only else x.shape[1]
+    np.testing.assert_allclose(y, y_ref[:, :rows], rtol=1e-12, atol=1e-14)
+    dy = np.zeros_like(y_ref)
+    dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
+    dx_ref, g_ref = layers.block_backward(dy, c_ref)
+    g = {k: np.full_like(v, np.nan) for k, v in g_ref.items()}   # every entry must be written
+    dx = fast.block_backward(dy[:, :rows], c, g, np)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    for k in g_ref:
+        np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
 def _step(net, model, x, labels, rng_seed=None):
@@ -124,6 +124,7 @@ def test_fast_model_with_stochastic_depth(pool):
 
 
 def test_fast_model_in_float32_with_the_blocked_gelu():
+    """float32, big enough for the blocked GELU: agreement to float32 rounding."""
     model = minivit.ViT(embed_dim=96, depth=1, num_heads=3, mlp_ratio=4.0)
     x = np.random.default_rng(0).standard_normal((16, 3, 32, 32))   # [16, 65, 384] hidden: blocked
     labels = np.arange(16) % 10

@@ -1,0 +1,430 @@
+"""A strict stand-in for CuPy, so the CuPy path runs in CI on machines without a GPU.
+
+It computes with NumPy, but in an array type of its own that enforces the rules CuPy
+enforces, and it counts device operations and host syncs:
+
+- `ndarray` is its own type; `np.asarray(device)` / `__array__` raise (move data with
+  `cupy.asnumpy` or `.get()`, as on CuPy); there is no `__index__`.
+- A NumPy array, even 0-d, mixed into device arithmetic, passed to a device function or
+  assigned into a device array raises TypeError, as CuPy does. Python and NumPy scalars
+  are fine.
+- `np.func(device)` dispatches only where real CuPy has `func`.
+- Full reductions return 0-d device arrays; reading one (`float`, `int`, `bool`, `.item()`,
+  `.get()`, `asnumpy`) is a host sync and is counted.
+- Moving host data in (`asarray`, `array`) copies, and counts as a device operation.
+- Every module attribute, ndarray method and keyword argument the code uses must exist
+  in real CuPy: cupy_api/cupy_api.json, a snapshot of CuPy's API (make_snapshot.py), is
+  the reference; anything else raises AttributeError / TypeError naming the snapshot.
+- `fuse` turns a function into one counted operation, after running its body with the
+  same strict arrays; inside it only elementwise work is allowed (what cupy.fuse compiles).
+
+COUNTS holds the totals: `ops` (kernel launches, host->device copies), `syncs` (reads of
+device data on the host). `install(monkeypatch)` makes minivit's backend use this module
+as CuPy until the test ends.
+"""
+
+import json
+import os
+import types
+
+import numpy as np
+import scipy.special
+
+_API = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cupy_api", "cupy_api.json")))
+API_FUNCTIONS = _API["cupy"]
+API_METHODS = _API["ndarray"]
+UFUNC_KWARGS = {"out", "casting", "dtype"}
+
+
+class Counts:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.ops = 0
+        self.syncs = 0
+
+    def snapshot(self):
+        return self.ops, self.syncs
+
+
+COUNTS = Counts()
+_state = types.SimpleNamespace(fusing=0)
+
+
+def _op(n=1):
+    if not _state.fusing:
+        COUNTS.ops += n
+
+
+def _sync():
+    if _state.fusing:
+        raise TypeError("cupy.fuse: a fused function cannot read device values on the host")
+    COUNTS.syncs += 1
+
+
+# ------------------------------------------------------------------ wrapping and checks
+
+def _no_host_arrays(value, where):
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"Unsupported type {type(value)}: a NumPy array (shape {value.shape}) "
+                        f"was given to {where}; move it to the device with cupy.asarray first "
+                        f"(the CuPy stand-in enforces CuPy's rule)")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _no_host_arrays(v, where)
+
+
+def _unwrap(value):
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_unwrap(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
+def _wrap(result, inputs=()):
+    """NumPy results -> device arrays (scalars become 0-d arrays); counts one operation
+    unless the result is a view of an input (reshape, transpose, slicing)."""
+    if isinstance(result, tuple):
+        return tuple(_wrap(r, inputs) for r in result)
+    if isinstance(result, list):
+        return [_wrap(r, inputs) for r in result]
+    if isinstance(result, np.generic):
+        result = np.asarray(result)
+    if isinstance(result, np.ndarray):
+        if not any(isinstance(i, np.ndarray) and np.shares_memory(result, i) for i in inputs):
+            _op()
+        return ndarray(result)
+    return result
+
+
+def _flat_inputs(args):
+    out = []
+    for a in args:
+        if isinstance(a, ndarray):
+            out.append(a._a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(_flat_inputs(a))
+    return out
+
+
+def _check_kwargs(name, params, kwargs):
+    if params is None or "**" in params:
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword arguments {unknown}: real CuPy's "
+                        f"{name} takes {params} (tests/cupy_api/cupy_api.json)")
+
+
+ELEMENTWISE = {"where", "clip", "astype"}   # non-ufunc calls cupy.fuse accepts
+
+
+def _check_fusable(name, spec):
+    if _state.fusing and spec.get("kind") != "ufunc" and name not in ELEMENTWISE:
+        raise TypeError(f"cupy.fuse: {name} is not an elementwise operation; a fused function "
+                        f"may use only ufuncs, arithmetic and where")
+
+
+class ndarray:
+    """A device array: NumPy inside, CuPy's rules outside."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, a):
+        assert isinstance(a, np.ndarray)
+        self._a = a
+
+    # -------------------------------------------------------------- plain properties
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    T = property(lambda self: ndarray(self._a.T))
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "version": 3}
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (ndarray(row) for row in self._a)
+
+    def __repr__(self):
+        return f"cupy_strict.ndarray(shape={self.shape}, dtype={self.dtype})"
+
+    # ------------------------------------------------------- CuPy's host/device rules
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
+                        "`.get()` to construct a NumPy array explicitly. (CuPy stand-in)")
+
+    def _host_scalar(self, kind):
+        if self.size != 1:
+            raise TypeError(f"only size-1 device arrays can be converted to {kind.__name__}")
+        _sync()
+        return kind(self._a.reshape(-1)[0])
+
+    def __float__(self):
+        return self._host_scalar(float)
+
+    def __int__(self):
+        return self._host_scalar(int)
+
+    def __bool__(self):
+        return self._host_scalar(bool)
+
+    def item(self):
+        _sync()
+        return self._a.item()
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        _sync()
+        return self._a.copy(order=order)
+
+    def tolist(self):
+        _sync()
+        return self._a.tolist()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method != "__call__" or ufunc.__name__ not in API_FUNCTIONS:
+            return NotImplemented
+        return _module_function(ufunc.__name__)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        name = func.__name__
+        if name not in API_FUNCTIONS:
+            raise TypeError(f"numpy.{name} was called on a CuPy array, and real CuPy has no "
+                            f"cupy.{name} to dispatch it to (CuPy stand-in)")
+        return _module_function(name)(*args, **kwargs)
+
+    # ------------------------------------------------------------------ arithmetic
+    def _binary(self, other, op, reflected=False):
+        _no_host_arrays(other, f"cupy.ndarray {op}")
+        a, b = self._a, _unwrap(other)
+        if reflected:
+            a, b = b, a
+        return _wrap(getattr(np, op)(a, b), ())
+
+    def _inplace(self, other, op):
+        _no_host_arrays(other, f"cupy.ndarray in-place {op}")
+        getattr(np, op)(self._a, _unwrap(other), out=self._a)
+        _op()
+        return self
+
+    def __neg__(self):
+        return _wrap(-self._a)
+
+    def __abs__(self):
+        return _wrap(np.abs(self._a))
+
+    def __invert__(self):
+        return _wrap(~self._a)
+
+    def __matmul__(self, other):
+        if _state.fusing:
+            raise TypeError("cupy.fuse: matmul is not an elementwise operation")
+        return self._binary(other, "matmul")
+
+    def __rmatmul__(self, other):
+        return self._binary(other, "matmul", reflected=True)
+
+    # ----------------------------------------------------------- indexing
+    def __getitem__(self, key):
+        _no_host_arrays(key, "cupy.ndarray indexing")
+        if _state.fusing:
+            raise TypeError("cupy.fuse: indexing is not supported inside a fused function")
+        return _wrap(self._a[_unwrap(key)], (self._a,))
+
+    def __setitem__(self, key, value):
+        _no_host_arrays(key, "cupy.ndarray indexing")
+        _no_host_arrays(value, "cupy.ndarray.__setitem__ (assigning into a device array)")
+        if _state.fusing:
+            raise TypeError("cupy.fuse: indexing is not supported inside a fused function")
+        self._a[_unwrap(key)] = _unwrap(value)
+        _op()
+
+    # -------------------------------------------------------------- other methods
+    def __getattr__(self, name):
+        spec = API_METHODS.get(name)
+        if spec is None or spec["kind"] != "method":
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} in real CuPy "
+                                 f"(tests/cupy_api/cupy_api.json)")
+        target = getattr(self._a, name)
+
+        def method(*args, **kwargs):
+            _check_kwargs(f"ndarray.{name}", spec["params"], kwargs)
+            _no_host_arrays(args, f"cupy.ndarray.{name}")
+            _no_host_arrays(list(kwargs.values()), f"cupy.ndarray.{name}")
+            _check_fusable(name, {})
+            if name == "fill":
+                self._a.fill(_unwrap(args[0]))
+                _op()
+                return None
+            if name == "copy":
+                return _wrap(self._a.copy(*args, **kwargs))
+            return _wrap(target(*_unwrap(args), **_unwrap(kwargs)), (self._a,))
+        return method
+
+
+_BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "true_divide",
+           "floordiv": "floor_divide", "pow": "power", "mod": "remainder", "and": "bitwise_and",
+           "or": "bitwise_or", "xor": "bitwise_xor", "lt": "less", "le": "less_equal",
+           "gt": "greater", "ge": "greater_equal", "eq": "equal", "ne": "not_equal"}
+for _short, _ufunc in _BINARY.items():
+    setattr(ndarray, f"__{_short}__", lambda self, o, _u=_ufunc: self._binary(o, _u))
+    if _short not in ("lt", "le", "gt", "ge", "eq", "ne"):
+        setattr(ndarray, f"__r{_short}__", lambda self, o, _u=_ufunc: self._binary(o, _u, True))
+        setattr(ndarray, f"__i{_short}__", lambda self, o, _u=_ufunc: self._inplace(o, _u))
+ndarray.__hash__ = None
+
+
+# -------------------------------------------------------------------- module functions
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    if isinstance(a, ndarray):
+        out = a._a if dtype is None else a._a.astype(dtype, copy=False)
+        return ndarray(out) if out is a._a else _wrap(out)
+    _op()                                  # a host -> device copy
+    return ndarray(np.array(_unwrap(a), dtype=dtype, order=order or "K", copy=True))
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if isinstance(obj, ndarray):
+        return _wrap(np.array(obj._a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+    _op()
+    return ndarray(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    if isinstance(a, ndarray):
+        _sync()
+        return np.array(a._a, order=order, copy=True)
+    return np.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    return __import__(__name__) if any(isinstance(a, ndarray) for a in args) else np
+
+
+def empty(shape, dtype=float, order="C"):
+    return ndarray(np.empty(shape, dtype=dtype, order=order))      # allocation: no kernel
+
+
+def empty_like(a, dtype=None, order="K", subok=None, shape=None):
+    _no_host_arrays(a, "cupy.empty_like")
+    return ndarray(np.empty_like(a._a, dtype=dtype, shape=shape))
+
+
+def fuse(*args, kernel_name=None):
+    """cupy.fuse: the body runs with strict arrays, elementwise only, counted as one op."""
+    def decorate(func):
+        def fused(*inputs):
+            if not any(isinstance(i, ndarray) for i in inputs):
+                raise TypeError("cupy.fuse: a fused function needs at least one device array")
+            _no_host_arrays(inputs, f"the fused function {kernel_name or func.__name__}")
+            _state.fusing += 1
+            try:
+                out = func(*inputs)
+            finally:
+                _state.fusing -= 1
+            _op()
+            return out
+        fused.__name__ = kernel_name or func.__name__
+        return fused
+    if len(args) == 1 and callable(args[0]):
+        return decorate(args[0])
+    return decorate
+
+
+ndarray_type = ndarray
+_SPECIAL = {"asarray": asarray, "array": array, "asnumpy": asnumpy, "ndarray": ndarray,
+            "get_array_module": get_array_module, "empty": empty, "empty_like": empty_like,
+            "fuse": fuse}
+_cache = {}
+
+
+def _module_function(name):
+    if name in _cache:
+        return _cache[name]
+    spec = API_FUNCTIONS.get(name)
+    if spec is None:
+        raise AttributeError(f"module 'cupy' has no attribute {name!r} in real CuPy "
+                             f"(tests/cupy_api/cupy_api.json)")
+    if name in _SPECIAL:
+        return _SPECIAL[name]
+    if spec["kind"] in ("type", "value", "module"):
+        return getattr(np, name)          # dtypes (cupy.float32 is numpy.float32), constants
+    np_func = getattr(np, name, None)
+    if np_func is None:
+        raise AttributeError(f"the CuPy stand-in has no NumPy twin for cupy.{name}")
+    is_ufunc = spec["kind"] == "ufunc"
+
+    def call(*args, **kwargs):
+        _check_kwargs(f"cupy.{name}", sorted(UFUNC_KWARGS) if is_ufunc else spec.get("params"), kwargs)
+        _no_host_arrays(args, f"cupy.{name}")
+        _no_host_arrays(list(kwargs.values()), f"cupy.{name}")
+        _check_fusable(name, spec)
+        if is_ufunc and len(args) > spec["nin"] + spec["nout"]:
+            raise TypeError(f"cupy.{name} takes {spec['nin']} inputs")
+        out = kwargs.get("out")
+        result = np_func(*_unwrap(args), **_unwrap(kwargs))
+        if out is not None:
+            _op()
+            return out
+        return _wrap(result, _flat_inputs(args))
+    call.__name__ = name
+    _cache[name] = call
+    return call
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _module_function(name)
+
+
+# cupy.cuda: a device that exists, whose synchronize is a host sync
+class _Device:
+    def __init__(self, device=None):
+        pass
+
+    def synchronize(self):
+        _sync()
+
+
+cuda = types.SimpleNamespace(
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    Device=_Device)
+
+
+def _erf(x, out=None):
+    _no_host_arrays(x, "cupyx.scipy.special.erf")
+    if _state.fusing:
+        return ndarray(scipy.special.erf(x._a))
+    return _wrap(scipy.special.erf(_unwrap(x)))
+
+
+erf = _erf        # cupyx.scipy.special.erf
+
+
+def install(monkeypatch):
+    """Make minivit's backend use this module as CuPy (and its erf) for one test."""
+    import sys
+    from minivit import backend
+    module = sys.modules[__name__]
+    monkeypatch.setattr(backend, "_cupy", module)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setattr(backend, "_cupy_erf", _erf)
+    COUNTS.reset()
+    return module
