@@ -20,14 +20,32 @@ import numpy as np
 BACKENDS = ("numpy", "cupy", "auto")
 ENV_VAR = "MINIVIT_BACKEND"
 
-GPU_INSTALL_HINT = (
-    "Install the GPU extra with `pip install -e .[gpu]` (CuPy for CUDA 12) on a machine "
-    "with an NVIDIA GPU and driver, or use backend='numpy'."
-)
-
 _cupy = None          # the cupy module once it imported and found a GPU
 _cupy_erf = None      # cupyx.scipy.special.erf, with it
-_cupy_error = None    # why it could not be used, as a sentence
+_cupy_error = None    # why it could not be used, and the fix, as sentences
+
+
+def check_gpu(cupy, cupy_erf):
+    """Run what minivit needs of a GPU once: a device, a matmul (cuBLAS) and the erf of
+    the GELU (compiled at run time by NVRTC). Returns None, or what is wrong and the fix."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        count, why = 0, f"{type(e).__name__}: {e}"
+    else:
+        why = "no CUDA device found"
+    if count < 1:
+        return (f"no NVIDIA GPU is usable: no driver or no device ({why}). CuPy needs an NVIDIA "
+                f"GPU and its driver (`nvidia-smi` shows both); else use backend='numpy'.")
+    try:
+        a = cupy.ones((4, 4), dtype="float32")
+        float((a @ a).sum())                      # cuBLAS
+        float(cupy_erf(a).sum())                  # a kernel compiled by NVRTC
+    except Exception as e:
+        return (f"the GPU works but CUDA libraries are missing or broken ({type(e).__name__}: "
+                f"{e}). Install them with `pip install 'cupy-cuda12x[ctk]'` (the [gpu] extra "
+                f"does), or install the CUDA 12 toolkit; else use backend='numpy'.")
+    return None
 
 
 def _load_cupy():
@@ -38,17 +56,18 @@ def _load_cupy():
     try:
         import cupy
         from cupyx.scipy.special import erf as cupy_erf
-    except Exception as e:  # ImportError, or a broken CUDA install raising anything
-        _cupy_error = f"CuPy is not installed or failed to import ({type(e).__name__}: {e})."
+    except ImportError as e:
+        _cupy_error = (f"CuPy is not installed ({e}). Install it with `pip install -e .[gpu]` "
+                       f"(CuPy for CUDA 12 with its libraries) on a machine with an NVIDIA GPU, "
+                       f"or use backend='numpy'.")
         return None
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device found")
-        cupy.zeros(1).sum().item()  # a real allocation and kernel launch
-    except Exception as e:
-        _cupy_error = f"CuPy is installed but no GPU is usable ({type(e).__name__}: {e})."
+    except Exception as e:  # a broken install raising anything
+        _cupy_error = (f"CuPy failed to import ({type(e).__name__}: {e}). Reinstall it with "
+                       f"`pip install --force-reinstall 'cupy-cuda12x[ctk]'`, or use backend='numpy'.")
         return None
-    _cupy, _cupy_erf = cupy, cupy_erf
+    _cupy_error = check_gpu(cupy, cupy_erf)
+    if _cupy_error is None:
+        _cupy, _cupy_erf = cupy, cupy_erf
     return _cupy
 
 
@@ -76,7 +95,7 @@ def resolve_backend(name=None):
     if name == "auto":
         return "cupy" if gpu_available() else "numpy"
     if name == "cupy" and not gpu_available():
-        raise RuntimeError(f"backend 'cupy' was requested but {_cupy_error} {GPU_INSTALL_HINT}")
+        raise RuntimeError(f"backend 'cupy' was requested but {_cupy_error}")
     return name
 
 

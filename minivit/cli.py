@@ -143,6 +143,14 @@ def build_parser():
     at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
     _common(at, out_help="PNG file to write (default: attention-IMAGE.png)")
 
+    st = sub.add_parser("selftest", help="check the GPU path (or the CPU) on this machine",
+                        description="Gradient-check every layer and the model in float64, check the "
+                                    "fast path, compare three training steps with NumPy's and time a "
+                                    "step, on NumPy and on the GPU when one is usable; prints a "
+                                    "pass/fail line per check.")
+    st.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="auto",
+                    help="cupy or auto: the GPU side too, when a GPU is usable (default auto)")
+
     d = sub.add_parser("download", help="download the full CIFAR-10",
                        description=f"Fetch the official archive (md5-checked) into --data "
                                    f"(default {DEFAULT_ROOT}).")
@@ -326,6 +334,12 @@ def cmd_attention(args, parser):
     return 0
 
 
+def cmd_selftest(args, parser):
+    from .selftest import selftest
+    checks = selftest(args.backend)
+    return 0 if all(c.passed for c in checks) else 1
+
+
 def cmd_download(args, parser):
     folder = download_cifar10(args.data)
     print(f"CIFAR-10 is in {folder}")
@@ -338,7 +352,8 @@ def _write_json_file(path, obj):
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot,
-            "gradcheck": cmd_gradcheck, "attention": cmd_attention, "download": cmd_download}
+            "gradcheck": cmd_gradcheck, "attention": cmd_attention, "selftest": cmd_selftest,
+            "download": cmd_download}
 
 
 def main(argv=None):

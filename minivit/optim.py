@@ -197,6 +197,12 @@ def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+@kernel
+def _ema_update(xp, shadow, w, d):
+    shadow += (1.0 - d) * (w - shadow)          # shadow = d shadow + (1 - d) w
+    return shadow
+
+
 class EMA:
     """An exponential moving average of a model's weights, for evaluation.
 
@@ -218,10 +224,7 @@ class EMA:
 
     def update(self):
         self.t += 1
-        d = min(self.decay, (1.0 + self.t) / (10.0 + self.t))
-        diff = self.model.flat_params - self.shadow
-        diff *= 1.0 - d
-        self.shadow += diff
+        _ema_update(self.shadow, self.model.flat_params, min(self.decay, (1.0 + self.t) / (10.0 + self.t)))
 
     @contextlib.contextmanager
     def applied(self):

@@ -19,6 +19,7 @@ checkpoint, and `--resume` continues exactly where it stopped.
 
 import contextlib
 import dataclasses
+import math
 import signal
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import augment, seeds
+from .backend import to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
@@ -35,7 +37,8 @@ from .fast import FastViT
 from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .loss import cross_entropy
 from .model import ViT
-from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
+from .kernels import kernel
+from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared, warmup_cosine
 from .plots import plot_run
 from .threads import tune_host_allocator
 
@@ -114,22 +117,57 @@ class StopRequest:
             signal.signal(sig, old)
 
 
-def check_finite(model, loss, where, last_path):
-    """Stop at the first step whose loss or gradients hold NaN or Inf, naming the tensor."""
-    xp = model.xp
-    bad = None
-    if not bool(xp.isfinite(loss)):
-        bad = f"the loss is {float(loss)}"
-    elif not bool(xp.isfinite(model.flat_grads).all()):
-        names = [k for k, g in model.grads().items() if not bool(xp.isfinite(g).all())]
-        more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
-        bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
-    if bad:
+@kernel
+def _watch(xp, ok, loss, grad_sum_sq, step, bad_step, bad_loss):
+    """-> (ok, bad_step, bad_loss, first): ok stays 1 while every step was finite; the
+    first step that is not is remembered with its loss."""
+    finite = xp.isfinite(loss) & xp.isfinite(grad_sum_sq)
+    first = ok & ~finite
+    return ok & finite, xp.where(first, step, bad_step), xp.where(first, loss, bad_loss), first
+
+
+class NonFiniteGuard:
+    """Finds the first step whose loss or gradients hold NaN or Inf, without making any
+    step wait for the device: watch() keeps a device flag that the optimizer step takes
+    (a bad step, and every one after it, changes no weight), and check() reads it when the
+    loop prints or saves, naming the step and the tensors that went bad."""
+
+    def __init__(self, model, steps_per_epoch):
+        xp = model.xp
+        self.model, self.steps_per_epoch = model, steps_per_epoch
+        self.ok = xp.ones((), dtype=bool)
+        self.bad_step = xp.zeros((), dtype=np.int64)
+        self.bad_loss = xp.zeros((), dtype=model.dtype)
+        self.bad_grads = xp.zeros_like(model.flat_grads)     # the first bad step's gradients
+
+    def watch(self, step, loss):
+        """After backward, before clipping: -> the flag for opt.step."""
+        xp = self.model.xp
+        self.ok, self.bad_step, self.bad_loss, first = _watch(
+            self.ok, loss, grad_norm_squared(self.model.parameters()), step, self.bad_step,
+            self.bad_loss)
+        xp.copyto(self.bad_grads, self.model.flat_grads, where=first)
+        return self.ok
+
+    def check(self, last_path):
+        """Raise FloatingPointError if a watched step was bad (one read of the device)."""
+        if bool(self.ok):
+            return
+        step = int(self.bad_step)
+        epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
+        loss = float(self.bad_loss)
+        if not math.isfinite(loss):
+            bad = f"the loss is {loss}"
+        else:
+            grads = self.model.views(to_host(self.bad_grads))
+            names = [k for k, g in grads.items() if not np.isfinite(g).all()]
+            more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
+            bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
         kept = (f"the last good checkpoint {last_path} is intact" if last_path.exists()
                 else "no checkpoint had been written yet")
         raise FloatingPointError(
-            f"{where}: {bad}. Training stopped before the weights were updated; {kept}. "
-            f"Lower --lr or set --clip-grad, then start again (or --resume)")
+            f"step {step} (epoch {epoch}, batch {batch}): {bad}. No weight changed from that "
+            f"step on; {kept}. Lower --lr or set --clip-grad, then start again (or --resume)")
 
 
 def new_epoch_totals():
@@ -171,7 +209,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
     run = SimpleNamespace(
         cfg=cfg, out=out, log=log, progress=progress, model=model, net=FastViT(model),
         opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
-        epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step,
+        epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step, guard=None,
         meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
                   mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)))
     if saved is not None:
@@ -184,6 +222,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                               drop_last=len(d["y_train"]) > cfg.batch_size,
                               randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
     val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
+    run.guard = NonFiniteGuard(model, len(run.train_loader))
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}; preset {cfg.preset}; "
         f"{cfg.epochs} epochs x {len(run.train_loader)} steps of batch {cfg.batch_size}.")
 
@@ -241,29 +280,32 @@ def train_epoch(run, stop):
     t0 = time.perf_counter() - t["seconds"]
     bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}", run.progress, t["batch"])
     for i, (images, labels) in enumerate(run.train_loader.batches(epoch, t["batch"]), t["batch"]):
+        # one step: nothing here reads the device, so the host never waits for the GPU
         run.opt.lr = lr_at(cfg, run.step, steps)
         images, targets = regularize(cfg, images, labels, epoch, i)
         drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
         logits = net.forward(images, rng=drop_rng)
         loss, dlogits = cross_entropy(logits, targets, cfg.label_smoothing)
         model.zero_grad()
-        net.backward(dlogits)
-        check_finite(model, loss, f"step {run.step + 1} (epoch {epoch}, batch {i + 1})",
-                     run.out / "checkpoint.npz")
+        net.backward(dlogits, need_dx=False)
+        ok = run.guard.watch(run.step + 1, loss)
         if cfg.clip_grad:
             clip_grad_norm(model.parameters(), cfg.clip_grad)
-        run.opt.step()
+        run.opt.step(ok)
         if run.ema is not None:
             run.ema.update()
         run.step += 1
         run_loss += loss * len(labels)
         run_correct += (logits.argmax(axis=1) == labels).sum()
         t.update(batch=i + 1, seen=t["seen"] + len(labels))
-        if bar is not None and (i % 10 == 9 or i == steps - 1):
-            bar.update(i + 1 - bar.n)
-            bar.set_postfix(loss=f"{float(run_loss) / t['seen']:.3f}",
-                            acc=f"{float(run_correct) / t['seen']:.3f}",
-                            img_s=f"{t['seen'] / (time.perf_counter() - t0):.0f}")
+        # every 10 steps (and at the end) read the device: the NaN check, the progress bar
+        if i % 10 == 9 or i == steps - 1 or stop.signal:
+            run.guard.check(run.out / "checkpoint.npz")
+            if bar is not None:
+                bar.update(i + 1 - bar.n)
+                bar.set_postfix(loss=f"{float(run_loss) / t['seen']:.3f}",
+                                acc=f"{float(run_correct) / t['seen']:.3f}",
+                                img_s=f"{t['seen'] / (time.perf_counter() - t0):.0f}")
         if run.on_step is not None:
             run.on_step(run.step)
         if stop.signal and i + 1 < steps:

@@ -382,6 +382,9 @@ def _module_function(name):
         if out is not None:
             _op()
             return out
+        if result is None:             # written in place (copyto)
+            _op()
+            return None
         return _wrap(result, _flat_inputs(args))
     call.__name__ = name
     _cache[name] = call

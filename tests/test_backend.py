@@ -37,8 +37,8 @@ def test_cupy_without_gpu_says_why_and_how_to_fix():
         minivit.ViT(backend="cupy")
     msg = str(err.value)
     assert "backend 'cupy' was requested but" in msg
-    assert "pip install -e .[gpu]" in msg
     assert backend.gpu_unavailable_reason() in msg
+    assert "backend='numpy'" in msg
 
 
 def test_round_trip_host_device(backend):
@@ -51,3 +51,62 @@ def test_round_trip_host_device(backend):
 
 def backend_module_name(a):
     return backend.backend_name(backend.array_module(a))
+
+
+def _fake_cupy(monkeypatch, devices=1, device_error=None, library_error=None):
+    """A cupy module that imports, with `devices` GPUs (or getDeviceCount raising
+    device_error) whose matmul raises library_error."""
+    import sys
+    import types
+
+    class Array:
+        def __matmul__(self, other):
+            if library_error:
+                raise library_error
+            return self
+
+        def sum(self):
+            return 1.0
+
+    def count():
+        if device_error:
+            raise device_error
+        return devices
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count))
+    cupy.ones = lambda shape, dtype=None: Array()
+    special = types.ModuleType("cupyx.scipy.special")
+    special.erf = lambda a: a
+    for name, module in (("cupy", cupy), ("cupyx", types.ModuleType("cupyx")),
+                         ("cupyx.scipy", types.ModuleType("cupyx.scipy")),
+                         ("cupyx.scipy.special", special)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_erf", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+
+
+def test_the_gpu_check_tells_the_three_failures_apart(monkeypatch):
+    import sys
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)                  # not installed
+    assert not backend.gpu_available()
+    assert backend.gpu_unavailable_reason().startswith("CuPy is not installed")
+    assert "pip install -e .[gpu]" in backend.gpu_unavailable_reason()
+
+    _fake_cupy(monkeypatch, device_error=RuntimeError("cudaErrorInsufficientDriver"))
+    assert not backend.gpu_available()
+    assert "no NVIDIA GPU is usable: no driver or no device" in backend.gpu_unavailable_reason()
+    assert "nvidia-smi" in backend.gpu_unavailable_reason()
+    _fake_cupy(monkeypatch, devices=0)
+    assert "no CUDA device found" in backend.gpu_unavailable_reason()
+
+    _fake_cupy(monkeypatch, library_error=RuntimeError("libcublas.so.12: cannot open shared object"))
+    assert not backend.gpu_available()
+    reason = backend.gpu_unavailable_reason()
+    assert "CUDA libraries are missing or broken" in reason and "libcublas" in reason
+    assert "cupy-cuda12x[ctk]" in reason
+
+    _fake_cupy(monkeypatch)                                         # everything works
+    assert backend.gpu_available() and backend.gpu_unavailable_reason() is None

@@ -127,3 +127,51 @@ def test_missing_data_and_checkpoint_errors(tmp_path, capsys):
     assert "does not exist: pass --data" in capsys.readouterr().err
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_command_runs_on_each_backend(tmp_path, backend, capsys):
+    """train, eval, predict, attention and gradcheck with --backend (the CuPy stand-in
+    where there is no GPU)."""
+    out = tmp_path / "run"
+    on = ["--backend", backend]
+    assert cli.main(["train", "--epochs", "1", "--out", str(out), *on, *TINY]) == 0
+    assert f"on {backend}" in capsys.readouterr().out
+    ckpt = str(out / "best.npz")
+    assert cli.main(["eval", "--checkpoint", ckpt, *on]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    d = data.load_cifar10(data.SAMPLE_FOLDER)
+    image = tmp_path / "img.png"
+    Image.fromarray(d["x_test"][0].transpose(1, 2, 0)).save(image)
+    assert cli.main(["predict", "--checkpoint", ckpt, str(image), *on]) == 0
+    assert capsys.readouterr().out.count(",") == 2
+    assert cli.main(["attention", "--checkpoint", ckpt, "--index", "1", "--out",
+                     str(tmp_path / "att.png"), *on]) == 0
+    assert (tmp_path / "att.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["gradcheck", "--layer", "attention", *on]) == 0
+    assert cli.main(["gradcheck", "--model", "--max-checks", "3", *on]) == 0
+    assert capsys.readouterr().out.strip().endswith("1 passed, 0 failed")
+
+
+def test_selftest_on_numpy_says_why_the_gpu_side_was_skipped(capsys, monkeypatch):
+    from minivit import backend
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", "CuPy is not installed (test).")
+    assert cli.main(["selftest", "--backend", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU side skipped: CuPy is not installed (test)." in out
+    assert "pass  gradcheck attention" in out and "pass  gradcheck fast path" in out
+    assert "step time: default ViT, batch 80" in out and " 0 failed" in out
+
+
+def test_selftest_on_the_cupy_stand_in_compares_with_numpy(cupy_strict_module, capsys):
+    assert cli.main(["selftest", "--backend", "cupy"]) == 0
+    out = capsys.readouterr().out
+    assert "cupy:" in out and "pass  3 training steps = NumPy's" in out and "FAIL" not in out
+
+
+def test_selftest_fails_loudly(monkeypatch, capsys):
+    from minivit import layers
+    real = layers.softmax_backward
+    monkeypatch.setattr(layers, "softmax_backward", lambda da, c: real(da, c) * 1.01)
+    assert cli.main(["selftest", "--backend", "numpy"]) == 1
+    assert "FAIL  gradcheck softmax" in capsys.readouterr().out

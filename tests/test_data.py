@@ -144,10 +144,11 @@ def test_validation_split_is_balanced_and_disjoint():
     assert not set(x_tr) & set(x_val)
 
 
-def test_random_crop_is_a_shifted_window_and_flip_mirrors():
+def test_random_crop_is_a_shifted_window_and_flip_mirrors(backend):
     rng_x = np.random.default_rng(0)
     x = rng_x.standard_normal((16, 3, 8, 8))
-    out = augment.random_crop_flip(x, np.random.default_rng(5), padding=2)
+    xp = minivit.get_xp(backend)
+    out = minivit.to_host(augment.random_crop_flip(xp.asarray(x), np.random.default_rng(5), padding=2))
     rng = np.random.default_rng(5)   # the same draws, in the same order
     dy, dx = rng.integers(0, 5, 16), rng.integers(0, 5, 16)
     flips = rng.random(16) < 0.5
@@ -156,7 +157,7 @@ def test_random_crop_is_a_shifted_window_and_flip_mirrors():
         ref = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
         np.testing.assert_array_equal(out[i], ref[..., ::-1] if flips[i] else ref)
     assert 0 < flips.sum() < 16
-    only_flip = augment.random_crop_flip(x, np.random.default_rng(1), padding=0)
+    only_flip = minivit.to_host(augment.random_crop_flip(xp.asarray(x), np.random.default_rng(1), padding=0))
     for i in range(16):
         assert np.array_equal(only_flip[i], x[i]) or np.array_equal(only_flip[i], x[i, :, :, ::-1])
 
@@ -182,13 +183,16 @@ def test_normalize_uses_the_channel_statistics():
     np.testing.assert_allclose(out[0, :, 0, 0], [2.0, 1.0, 0.5], rtol=1e-6)
 
 
-def test_loader_batches_can_be_rebuilt_alone():
+def test_loader_batches_can_be_rebuilt_alone(backend):
     x = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8)).astype(np.uint8)
-    loader = data.Loader(x, np.arange(40) % 10, 8, np, [0.5] * 3,
+    loader = data.Loader(x, np.arange(40) % 10, 8, minivit.get_xp(backend), [0.5] * 3,
                          [0.25] * 3, shuffle=True, augment=True, seed=3)
-    first, second = list(loader), list(loader)            # epochs 1 and 2
+
+    def host(batches):
+        return [(minivit.to_host(a), minivit.to_host(b)) for a, b in batches]
+    first, second = host(loader), host(loader)            # epochs 1 and 2
     assert not np.array_equal(first[0][1], second[0][1])  # a new order each epoch
-    tail = list(loader.batches(2, start=3))               # epoch 2 from batch 3, rebuilt
+    tail = host(loader.batches(2, start=3))               # epoch 2 from batch 3, rebuilt
     for (a, la), (b, lb) in zip(second[3:], tail):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(la, lb)

@@ -91,7 +91,7 @@ def _step(net, model, x, labels, rng_seed=None):
     rng = None if rng_seed is None else np.random.default_rng(rng_seed)
     logits = net.forward(x, rng=rng)
     model.zero_grad()
-    dx = net.backward(minivit.cross_entropy(logits, labels)[1])
+    dx = net.backward(minivit.cross_entropy(logits, model.xp.asarray(labels))[1])
     return logits, dx, {k: v.copy() for k, v in model.grads().items()}
 
 
@@ -102,6 +102,21 @@ def _assert_same(a, b, rtol=1e-11):
                 np.testing.assert_allclose(v[k], u[k], rtol=rtol, atol=1e-13, err_msg=k)
         else:
             np.testing.assert_allclose(v, u, rtol=rtol, atol=1e-13)
+
+
+def _host(result):
+    logits, dx, grads = result
+    return minivit.to_host(logits), minivit.to_host(dx), {k: minivit.to_host(v) for k, v in grads.items()}
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_fast_model_equals_the_reference_model_on_each_backend(backend, pool):
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8))
+    labels = np.arange(5) % 3
+    model = minivit.ViT(**tiny_config(depth=3, drop_path=0.4, pool=pool), dtype="float64",
+                        backend=backend)
+    ref = _host(_step(model, model, x, labels, rng_seed=2))
+    _assert_same(ref, _host(_step(FastViT(model), model, x, labels, rng_seed=2)))
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 7])

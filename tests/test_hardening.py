@@ -135,12 +135,13 @@ def _nan_at(step_bad, where):
     ("loss", "the loss is nan"),
     ("grad", "the gradient of head.bias (and 19 more tensors) holds NaN or Inf"),
 ])
-def test_nan_stops_within_one_step_and_keeps_the_checkpoint(tmp_path, monkeypatch, where, message):
+def test_nan_stops_within_one_step_and_keeps_the_checkpoint(tmp_path, monkeypatch, where, message,
+                                                            backend):
     steps_per_epoch = 230 // 32                         # 256 images, 10% held out
     monkeypatch.setattr(train_module, "cross_entropy", _nan_at(steps_per_epoch + 3, where))
     cfg = TrainConfig.from_preset("sample", epochs=3, **TINY)
     with pytest.raises(FloatingPointError) as err:
-        train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
+        train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet, backend=backend)
     text = str(err.value)
     assert f"step {steps_per_epoch + 3} (epoch 2, batch 3): {message}" in text
     assert "the last good checkpoint" in text and "is intact" in text
@@ -148,9 +149,9 @@ def test_nan_stops_within_one_step_and_keeps_the_checkpoint(tmp_path, monkeypatc
     assert meta["epoch"] == 1 and meta["step"] == steps_per_epoch
 
 
-def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, backend):
     cfg = TrainConfig.from_preset("sample", epochs=2, **TINY)
-    train(cfg, out=tmp_path / "straight", progress=False, plots=False, log=quiet)
+    train(cfg, out=tmp_path / "straight", progress=False, plots=False, log=quiet, backend=backend)
 
     def press_ctrl_c(step):
         if step == 10:                                   # epoch 2, batch 3
@@ -158,11 +159,12 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
     logs = []
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out=tmp_path / "cut", progress=False, plots=False, log=logs.append,
-              on_step=press_ctrl_c)
+              on_step=press_ctrl_c, backend=backend)
     assert any("SIGINT: saved" in m and "epoch 2, batch 3 of 7" in m for m in logs)
     _, _, meta = ckpt.load(tmp_path / "cut" / "checkpoint.npz")
     assert meta["step"] == 10 and meta["in_epoch"]["batch"] == 3
-    train(None, out=tmp_path / "cut", resume=True, progress=False, plots=False, log=quiet)
+    train(None, out=tmp_path / "cut", resume=True, progress=False, plots=False, log=quiet,
+          backend=backend)
     a, oa, _ = ckpt.load(tmp_path / "straight" / "checkpoint.npz")
     b, ob, _ = ckpt.load(tmp_path / "cut" / "checkpoint.npz")
     for k in list(a) + list(oa):

@@ -7,10 +7,15 @@ import minivit
 from minivit.model import Param
 
 
-def make_params(seed=0, dtype=np.float64):
+H = minivit.to_host
+
+
+def make_params(seed=0, dtype=np.float64, backend="numpy"):
     rng = np.random.default_rng(seed)
+    xp = minivit.get_xp(backend)
     shapes = {"w": (3, 4), "b": (4,)}
-    return [Param(k, rng.standard_normal(s).astype(dtype), np.zeros(s, dtype)) for k, s in shapes.items()]
+    return [Param(k, xp.asarray(rng.standard_normal(s).astype(dtype)), xp.zeros(s, dtype))
+            for k, s in shapes.items()]
 
 
 def paper_adam(w, grads, lr, b1, b2, eps, wd, decoupled):
@@ -32,21 +37,21 @@ def paper_adam(w, grads, lr, b1, b2, eps, wd, decoupled):
 
 
 @pytest.mark.parametrize("cls, wd", [(minivit.Adam, 0.0), (minivit.Adam, 0.05), (minivit.AdamW, 0.05)])
-def test_adam_follows_the_paper_update(cls, wd):
-    params = make_params()
-    start = [p.data.copy() for p in params]
+def test_adam_follows_the_paper_update(cls, wd, backend):
+    params = make_params(backend=backend)
+    start = [H(p.data).copy() for p in params]
     opt = cls(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd)
     rng = np.random.default_rng(1)
     history = []
     for _ in range(5):
         for p in params:
-            p.grad[...] = rng.standard_normal(p.grad.shape)
-        history.append([p.grad.copy() for p in params])
+            p.grad[...] = minivit.to_device(rng.standard_normal(p.grad.shape), minivit.get_xp(backend))
+        history.append([H(p.grad).copy() for p in params])
         opt.step()
     for j, p in enumerate(params):
         ref = paper_adam(start[j].ravel(), [h[j].ravel() for h in history], 0.01, 0.8, 0.99, 1e-6,
                          wd, decoupled=cls is minivit.AdamW)
-        np.testing.assert_allclose(p.data.ravel(), ref, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(H(p.data).ravel(), ref, rtol=1e-12, atol=1e-14)
 
 
 def test_adamw_decay_differs_from_adam_l2():
@@ -99,8 +104,8 @@ def test_bad_hyperparameters(kwargs, message):
         minivit.Adam(make_params(), **kwargs)
 
 
-def test_clip_grad_norm_global():
-    params = make_params()
+def test_clip_grad_norm_global(backend):
+    params = make_params(backend=backend)
     params[0].grad[...] = 3.0   # 12 elements
     params[1].grad[...] = 4.0   # 4 elements
     total = math.sqrt(12 * 9 + 4 * 16)
@@ -108,11 +113,11 @@ def test_clip_grad_norm_global():
     assert abs(float(norm) - total) < 1e-12
     new_total = math.sqrt(sum(float((p.grad ** 2).sum()) for p in params))
     assert abs(new_total - 1.0) < 1e-5
-    np.testing.assert_allclose(params[0].grad / params[1].grad, 0.75)   # direction kept
-    before = [p.grad.copy() for p in params]
+    np.testing.assert_allclose(H(params[0].grad)[0, 0] / H(params[1].grad)[0], 0.75)  # direction kept
+    before = [H(p.grad).copy() for p in params]
     minivit.clip_grad_norm(params, max_norm=100.0)                        # under the cap: unchanged
     for p, g in zip(params, before):
-        np.testing.assert_array_equal(p.grad, g)
+        np.testing.assert_array_equal(H(p.grad), g)
 
 
 def test_warmup_cosine_schedule():
@@ -142,3 +147,33 @@ def test_matches_torch_adam_and_adamw():
             topt.step()
         for p, tp in zip(params, tparams):
             np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_whole_model_updates_as_one_flat_buffer_like_tensor_by_tensor(backend):
+    """model.parameters() run as one flat segment; the same parameters given one by one
+    (copies) run tensor by tensor: both give the same weights, groups and decay included."""
+    from minivit.optim import segments
+    from minivit.train import decay_groups
+    model = minivit.ViT(embed_dim=12, depth=1, num_heads=3, dtype="float64", backend=backend)
+    assert len(segments(model.parameters())) == 1
+    copies = [Param(p.name, p.data.copy(), p.grad.copy()) for p in model.parameters()]
+    assert len(segments(copies)) == len(copies)
+    groups = decay_groups(model, 0.1)
+    by_name = {p.name: p for p in copies}
+    copy_groups = [{"params": [by_name[p.name] for p in g["params"]], "weight_decay": g["weight_decay"]}
+                   for g in groups]
+    a, b = minivit.AdamW(groups, lr=1e-2), minivit.AdamW(copy_groups, lr=1e-2)
+    rng = np.random.default_rng(0)
+    xp = minivit.get_xp(backend)
+    for _ in range(3):
+        g = rng.standard_normal(model.flat_grads.shape)
+        model.flat_grads[...] = xp.asarray(g)
+        for p in model.parameters():
+            by_name[p.name].grad[...] = p.grad
+        a.step()
+        b.step()
+    for p in model.parameters():
+        np.testing.assert_allclose(H(p.data), H(by_name[p.name].data), rtol=1e-13, atol=1e-15,
+                                   err_msg=p.name)
+    a.step(ok=xp.zeros((), dtype=bool))              # a step flagged bad changes nothing
+    np.testing.assert_array_equal(H(model.params["head.weight"]), H(by_name["head.weight"].data))

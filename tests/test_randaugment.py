@@ -89,15 +89,16 @@ def test_rand_augment_rejects_bad_settings(images):
         augment.rand_augment(images, np.random.default_rng(0), ops=["blur"])
 
 
-def test_loader_applies_rand_augment_before_crop_and_flip():
+def test_loader_applies_rand_augment_before_crop_and_flip(backend):
     x = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
     y = np.arange(10)
     mean, std = [0.5] * 3, [0.25] * 3
-    plain = data.Loader(x, y, 5, np, mean, std, shuffle=True, seed=3)
-    ra = data.Loader(x, y, 5, np, mean, std, shuffle=True, seed=3, randaugment=(2, 9.0))
-    (p, py), (r, ry) = next(plain.batches(1)), next(ra.batches(1))
+    xp = get_xp(backend)
+    plain = data.Loader(x, y, 5, xp, mean, std, shuffle=True, seed=3, augment=True)
+    ra = data.Loader(x, y, 5, xp, mean, std, shuffle=True, seed=3, augment=True, randaugment=(2, 9.0))
+    (p, py), (r, ry) = [tuple(map(to_host, next(loader.batches(1)))) for loader in (plain, ra)]
     np.testing.assert_array_equal(py, ry)                # same images, same order
     assert p.dtype == r.dtype == np.float32 and not np.allclose(p, r)
-    again = next(data.Loader(x, y, 5, np, mean, std, shuffle=True, seed=3,
-                             randaugment=(2, 9.0)).batches(1))[0]
+    again = to_host(next(data.Loader(x, y, 5, xp, mean, std, shuffle=True, seed=3, augment=True,
+                                     randaugment=(2, 9.0)).batches(1))[0])
     np.testing.assert_array_equal(r, again)              # rebuilt exactly (resume)

@@ -12,26 +12,28 @@ from minivit.train import train
 
 from conftest import tiny_config
 
+H = minivit.to_host
 
-def test_model_gradcheck_with_stochastic_depth():
-    model = minivit.ViT(**tiny_config(depth=3), dtype="float64", drop_path=0.6, seed=1)
+
+def test_model_gradcheck_with_stochastic_depth(backend):
+    model = minivit.ViT(**tiny_config(depth=3), dtype="float64", drop_path=0.6, seed=1, backend=backend)
     report = gradcheck.check_model(model, batch_size=4, seed=2, drop_path_seed=3)
     assert report.passed, str(report)
     masks = model.drop_path_masks(4, np.random.default_rng(3))[2]
     assert any(float(m.min()) == 0.0 for m in masks)      # some branch really was dropped
 
 
-def test_drop_path_masks_and_evaluation():
-    model = minivit.ViT(**tiny_config(depth=3), drop_path=0.3)
+def test_drop_path_masks_and_evaluation(backend):
+    model = minivit.ViT(**tiny_config(depth=3), drop_path=0.3, backend=backend)
     assert model.drop_path_masks(8, np.random.default_rng(0))[0] is None   # first block: rate 0
     assert model.drop_path_masks(8, None) == [None] * 3                     # no rng: evaluation
-    k1, k2 = model.drop_path_masks(20000, np.random.default_rng(0))[2]
+    k1, k2 = (H(k) for k in model.drop_path_masks(20000, np.random.default_rng(0))[2])
     values = np.unique(k1)
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-6)
     assert abs(float(k1.mean()) - 1.0) < 0.03                                  # expectation kept
     x = np.random.default_rng(1).standard_normal((4, 3, 8, 8))
-    np.testing.assert_array_equal(model.forward(x), model.forward(x))          # deterministic
-    assert not np.array_equal(model.forward(x), model.forward(x, rng=np.random.default_rng(5)))
+    np.testing.assert_array_equal(H(model.forward(x)), H(model.forward(x)))    # deterministic
+    assert not np.array_equal(H(model.forward(x)), H(model.forward(x, rng=np.random.default_rng(5))))
     with pytest.raises(ValueError, match=r"drop_path must be in \[0, 1\), got 1.0"):
         minivit.ViT(drop_path=1.0)
 
@@ -62,10 +64,13 @@ def test_soft_targets_match_torch():
     assert abs(float(loss) - ref.item()) < 1e-12
 
 
-def test_mixup_blends_images_and_targets():
+def test_mixup_blends_images_and_targets(backend):
     x = np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32)
     y = np.array([0, 1, 2, 3, 4, 5])
-    out, targets = augment.mix_batch(x, y, 10, np.random.default_rng(4), mixup_alpha=0.8)
+    xp = minivit.get_xp(backend)
+    out, targets = augment.mix_batch(xp.asarray(x), xp.asarray(y), 10, np.random.default_rng(4),
+                                     mixup_alpha=0.8)
+    out, targets = H(out), H(targets)
     rng = np.random.default_rng(4)                  # the same draws, in the same order
     lam, perm = rng.beta(0.8, 0.8), rng.permutation(6)
     np.testing.assert_allclose(out, lam * x + (1 - lam) * x[perm], rtol=1e-6)
@@ -73,10 +78,13 @@ def test_mixup_blends_images_and_targets():
     np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
 
 
-def test_cutmix_pastes_one_box_and_weights_targets_by_area():
+def test_cutmix_pastes_one_box_and_weights_targets_by_area(backend):
     x = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 3, 16, 16), np.float32)
     y = np.array([0, 1, 2, 3])
-    out, targets = augment.mix_batch(x, y, 4, np.random.default_rng(2), cutmix_alpha=1.0)
+    xp = minivit.get_xp(backend)
+    out, targets = augment.mix_batch(xp.asarray(x), xp.asarray(y), 4, np.random.default_rng(2),
+                                     cutmix_alpha=1.0)
+    out, targets = H(out), H(targets)
     pasted = out != x                                # where an image shows its partner
     assert pasted.any()
     area = pasted[:, 0].sum(axis=(1, 2))
@@ -90,24 +98,24 @@ def test_cutmix_pastes_one_box_and_weights_targets_by_area():
     np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
 
 
-def test_random_erase_boxes():
-    x = np.ones((64, 3, 32, 32), np.float32)
-    out = augment.random_erase(x, np.random.default_rng(0), prob=1.0)
+def test_random_erase_boxes(backend):
+    x = minivit.get_xp(backend).ones((64, 3, 32, 32), np.float32)
+    out = H(augment.random_erase(x, np.random.default_rng(0), prob=1.0))
     zero = (out == 0)[:, 0]
     frac = zero.mean(axis=(1, 2))
     assert (frac > 0).all() and frac.max() <= 1 / 3 + 0.05 and frac.min() >= 0.015
     assert ((out == 0).all(axis=1) == zero).all()                   # every channel alike
-    np.testing.assert_array_equal(augment.random_erase(x, np.random.default_rng(0), prob=0.0), x)
+    np.testing.assert_array_equal(H(augment.random_erase(x, np.random.default_rng(0), prob=0.0)), H(x))
 
 
-def test_training_with_every_regularizer_resumes_exactly(tmp_path):
+def test_training_with_every_regularizer_resumes_exactly(tmp_path, backend):
     cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=2, num_heads=2,
                                   mlp_ratio=2.0, batch_size=32, limit_train=256, drop_path=0.2,
                                   mixup=0.8, cutmix=1.0, random_erase=0.25, randaugment=2)
-    train(cfg, out=tmp_path / "a", progress=False, plots=False, log=lambda *a: None)
-    train(cfg, out=tmp_path / "b", progress=False, plots=False, log=lambda *a: None,
-          stop_after_epochs=1)
-    train(None, out=tmp_path / "b", resume=True, progress=False, plots=False, log=lambda *a: None)
+    quiet = dict(progress=False, plots=False, log=lambda *a: None, backend=backend)
+    train(cfg, out=tmp_path / "a", **quiet)
+    train(cfg, out=tmp_path / "b", stop_after_epochs=1, **quiet)
+    train(None, out=tmp_path / "b", resume=True, **quiet)
     a, b = ckpt.load(tmp_path / "a" / "checkpoint.npz")[0], ckpt.load(tmp_path / "b" / "checkpoint.npz")[0]
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -126,37 +134,37 @@ def test_cli_validates_regularizer_options(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_ema_averages_weights_and_swaps_them_in():
-    model = minivit.ViT(**tiny_config())
+def test_ema_averages_weights_and_swaps_them_in(backend):
+    model = minivit.ViT(**tiny_config(), backend=backend)
     ema = minivit.EMA(model, decay=0.9)
-    w0 = model.flat_params.copy()
+    w0 = H(model.flat_params).copy()
     history = [w0]
     for step in range(1, 6):
         model.flat_params += 0.1 * step                    # stand-in for optimizer steps
-        history.append(model.flat_params.copy())
+        history.append(H(model.flat_params).copy())
         ema.update()
     ref = w0.copy()
     for t, w in enumerate(history[1:], start=1):
         d = min(0.9, (1 + t) / (10 + t))
         ref = d * ref + (1 - d) * w
-    np.testing.assert_allclose(ema.shadow, ref, rtol=1e-5)
-    live = model.flat_params.copy()
+    np.testing.assert_allclose(H(ema.shadow), ref, rtol=1e-5)
+    live = H(model.flat_params).copy()
     with ema.applied():
-        np.testing.assert_array_equal(model.flat_params, ema.shadow)
-        np.testing.assert_array_equal(model.params["head.weight"].ravel(),
-                                      ema.shadow[-(3 * 8 + 3):-3])       # views follow the buffer
-    np.testing.assert_array_equal(model.flat_params, live)
+        np.testing.assert_array_equal(H(model.flat_params), H(ema.shadow))
+        np.testing.assert_array_equal(H(model.params["head.weight"]).ravel(),
+                                      H(ema.shadow)[-(3 * 8 + 3):-3])    # views follow the buffer
+    np.testing.assert_array_equal(H(model.flat_params), live)
     with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\), got 1.0"):
         minivit.EMA(model, 1.0)
 
 
-def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path):
+def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path, backend):
     cfg = TrainConfig.from_preset("sample", epochs=2, embed_dim=16, depth=1, num_heads=2,
                                   mlp_ratio=2.0, batch_size=32, limit_train=256, ema=0.99)
-    train(cfg, out=tmp_path / "a", progress=False, plots=False, log=lambda *a: None)
-    train(cfg, out=tmp_path / "b", progress=False, plots=False, log=lambda *a: None,
-          stop_after_epochs=1)
-    train(None, out=tmp_path / "b", resume=True, progress=False, plots=False, log=lambda *a: None)
+    quiet = dict(progress=False, plots=False, log=lambda *a: None, backend=backend)
+    train(cfg, out=tmp_path / "a", **quiet)
+    train(cfg, out=tmp_path / "b", stop_after_epochs=1, **quiet)
+    train(None, out=tmp_path / "b", resume=True, **quiet)
     a_w, a_opt, a_meta = ckpt.load(tmp_path / "a" / "checkpoint.npz")
     b_w, b_opt, _ = ckpt.load(tmp_path / "b" / "checkpoint.npz")
     np.testing.assert_array_equal(a_opt["ema.shadow"], b_opt["ema.shadow"])
@@ -164,7 +172,7 @@ def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(a_w[k], b_w[k])
     assert a_meta["ema"]["t"] == a_meta["step"]
     one = TrainConfig.from_preset("sample", **{**cfg.__dict__, "epochs": 1, "preset": "sample"})
-    train(one, out=tmp_path / "c", progress=False, plots=False, log=lambda *a: None)
+    train(one, out=tmp_path / "c", **quiet)
     best = ckpt.load(tmp_path / "c" / "best.npz")[0]                 # epoch 1: always the best
     last_w, last_opt, _ = ckpt.load(tmp_path / "c" / "checkpoint.npz")
     flat = np.concatenate([v.ravel() for v in best.values()])
@@ -172,13 +180,13 @@ def test_training_with_ema_evaluates_and_resumes_exactly(tmp_path):
     assert not np.array_equal(flat, np.concatenate([v.ravel() for v in last_w.values()]))
 
 
-def test_mean_pooling_head_gradcheck_and_torch_layout():
-    model = minivit.ViT(**tiny_config(), dtype="float64", pool="mean", seed=3)
+def test_mean_pooling_head_gradcheck_and_torch_layout(backend):
+    model = minivit.ViT(**tiny_config(), dtype="float64", pool="mean", seed=3, backend=backend)
     report = gradcheck.check_model(model, batch_size=2, seed=1)
     assert report.passed, str(report)
     assert list(model.state_dict()) == list(minivit.ViT(**tiny_config()).state_dict())
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
-    cls_model = minivit.ViT(**tiny_config(), dtype="float64", seed=3)
-    assert not np.allclose(model.forward(x), cls_model.forward(x))
+    cls_model = minivit.ViT(**tiny_config(), dtype="float64", seed=3, backend=backend)
+    assert not np.allclose(H(model.forward(x)), H(cls_model.forward(x)))
     with pytest.raises(ValueError, match="unknown pool 'max': use one of cls, mean"):
         minivit.ViT(pool="max")

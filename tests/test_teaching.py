@@ -44,18 +44,18 @@ def test_gradcheck_command_fails_loudly_on_a_wrong_gradient(capsys, monkeypatch)
     assert "FAIL" in out and "0 passed, 1 failed: softmax" in out
 
 
-def test_attention_maps_rows_sum_to_one_and_rollout_shape():
-    model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3)
+def test_attention_maps_rows_sum_to_one_and_rollout_shape(backend):
+    H = minivit.to_host
+    model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3, backend=backend)
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
     logits, maps = model.attention(x)
-    # attention() runs every token of the last block; forward() only the class token's row
-    np.testing.assert_allclose(logits, model.forward(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(H(logits), H(model.forward(x)), rtol=1e-5, atol=1e-6)
     assert len(maps) == 3 and all(a.shape == (2, 3, 17, 17) for a in maps)
     for a in maps:
-        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(H(a.sum(-1)), 1.0, rtol=1e-5)
     heads = attention_maps.cls_attention(maps[-1])
     assert heads.shape == (2, 3, 16)
-    roll = attention_maps.rollout(maps)
+    roll = H(attention_maps.rollout(maps))
     assert roll.shape == (2, 16) and np.all(roll > 0) and np.all(roll.sum(-1) < 1)
     assert attention_maps.to_grid(roll).shape == (2, 4, 4)
 

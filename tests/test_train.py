@@ -36,14 +36,15 @@ def test_short_run_on_the_shipped_sample_beats_chance(tmp_path):
     assert saved["test_acc"] == summary["test_acc"] and len(saved["per_class_acc"]) == 10
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, backend):
     cfg = TrainConfig.from_preset("sample", epochs=3, **TINY)
-    train(cfg, out=tmp_path / "straight", progress=False, plots=False, log=quiet)
-    stopped = train(cfg, out=tmp_path / "halted", progress=False, plots=False, log=quiet,
-                    stop_after_epochs=2)
+    kw = dict(progress=False, plots=False, log=quiet, backend=backend)
+    summary = train(cfg, out=tmp_path / "straight", **kw)
+    assert summary["backend"] == backend and summary["test_images"] == 500
+    stopped = train(cfg, out=tmp_path / "halted", stop_after_epochs=2, **kw)
     assert stopped is None
     assert ckpt.load(tmp_path / "halted" / "checkpoint.npz")[2]["epoch"] == 2
-    train(None, out=tmp_path / "halted", resume=True, progress=False, plots=False, log=quiet)
+    train(None, out=tmp_path / "halted", resume=True, **kw)
     a, optim_a, meta_a = ckpt.load(tmp_path / "straight" / "checkpoint.npz")
     b, optim_b, meta_b = ckpt.load(tmp_path / "halted" / "checkpoint.npz")
     for k in a:
@@ -65,16 +66,16 @@ def test_a_finished_run_is_not_overwritten(tmp_path):
         train(None, out=tmp_path / "other", resume=True, log=quiet)
 
 
-def test_checkpoint_round_trip_and_torch_names(tmp_path):
-    model = minivit.ViT(embed_dim=24, depth=2, num_heads=3, seed=5)
+def test_checkpoint_round_trip_and_torch_names(tmp_path, backend):
+    model = minivit.ViT(embed_dim=24, depth=2, num_heads=3, seed=5, backend=backend)
     opt = minivit.AdamW(model.parameters(), lr=1e-3)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
     model.backward(minivit.cross_entropy(model.forward(x), [0, 1, 2, 3])[1])
     opt.step()
     ckpt.save(tmp_path / "c.npz", model, {"epoch": 7}, optimizer=opt)
-    loaded, meta = ckpt.load_model(tmp_path / "c.npz")
-    assert meta["epoch"] == 7 and meta["optimizer"]["t"] == 1
-    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    loaded, meta = ckpt.load_model(tmp_path / "c.npz", backend=backend)
+    assert meta["epoch"] == 7 and meta["optimizer"]["t"] == 1 and loaded.backend == backend
+    np.testing.assert_array_equal(minivit.to_host(loaded.forward(x)), minivit.to_host(model.forward(x)))
     weights, optim, _ = ckpt.load(tmp_path / "c.npz")
     assert list(weights) == list(model.state_dict())          # PyTorch names, nothing else
     assert "m.head.weight" in optim
