@@ -28,6 +28,8 @@ from .files import atomic_write
 from .model import ViT
 
 FORMAT = "minivit-checkpoint-1"
+# the trained model that ships with minivit (pretrained/README.md says how it was made)
+SHIPPED_MODEL = Path(__file__).resolve().parent / "pretrained" / "cifar10-hybrid-30min.npz"
 META_KEY = "minivit.meta"
 OPTIM_PREFIX = "optim."
 
@@ -109,3 +111,24 @@ def load_model(path, backend=None):
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return model, meta
+
+
+def shipped_summary():
+    """One line about the shipped model, from its summary.json."""
+    summary = SHIPPED_MODEL.with_name("summary.json")
+    if not summary.exists():
+        return str(SHIPPED_MODEL)
+    s = json.loads(summary.read_text())
+    return (f"{SHIPPED_MODEL.name}: {s['test_acc']:.1%} on {s['test_images']} CIFAR-10 test images "
+            f"after {s['train_seconds'] / 60:.0f} minutes of training on a 2-core CPU")
+
+
+def export(src, dst):
+    """Copy a checkpoint's weights and configuration (no optimizer state, no machine
+    paths) to dst, e.g. to ship a trained model."""
+    weights, _, meta = load(src)
+    meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema", "in_epoch")}
+    meta["data_arg"] = None
+    model = ViT(ViTConfig.from_dict(meta["model"]))
+    model.load_state_dict(weights)
+    save(dst, model, {k: v for k, v in meta.items() if k not in ("format", "model")})

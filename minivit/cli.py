@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import gradcheck
+from . import distributed, gradcheck
 from .backend import to_host
-from .config import PRESETS, RANGES, TrainConfig, range_problem
+from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
                    load_test, normalize)
 from .evaluate import score_checkpoint
@@ -49,6 +49,13 @@ def _number(kind, range_name):
     return parse
 
 
+def _duration(text):
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 90s or 1h, got {text!r}") from None
+
+
 # TrainConfig fields that are not options: the preset has its own, the rest is fixed by CIFAR-10
 _NOT_OPTIONS = ("preset", "betas", "img_size", "in_chans", "num_classes")
 
@@ -63,6 +70,8 @@ def add_config_options(group):
         help_ = meta.get("help", "")
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif meta.get("parse") == "duration":
+            group.add_argument(flag, type=_duration, default=None, help=help_, metavar="TIME")
         elif "choices" in meta:
             group.add_argument(flag, choices=list(meta["choices"]), default=None, help=help_)
         else:
@@ -90,7 +99,9 @@ def build_parser():
     t = sub.add_parser("train", help="train a ViT on CIFAR-10",
                        description="Train a ViT on CIFAR-10. With no options: the 'default' "
                        "preset on the full CIFAR-10 when found, else the 'sample' preset on the "
-                       "small sample shipped with minivit (a few minutes on a CPU).")
+                       "small sample shipped with minivit (under a minute on a CPU). On several "
+                       "processes or machines: mpirun -n N minivit train ... (or srun), after "
+                       f"{distributed.INSTALL_HINT}.")
     _common(t, out_help="run folder (default: runs/PRESET-DATE-TIME)")
     t.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="seed: the reference recipe (Adam 3e-4, batch 80, 30 epochs); default: "
@@ -103,13 +114,13 @@ def build_parser():
 
     e = sub.add_parser("eval", help="score a checkpoint on the test set",
                        description="Overall and per-class accuracy of a checkpoint on the test set.")
-    e.add_argument("--checkpoint", required=True, metavar="PATH")
+    e.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     e.add_argument("--batch-size", type=_number(int, "positive_int"), default=500)
     _common(e, out_help="also write the results as JSON to this file")
 
     p = sub.add_parser("predict", help="classify image files",
                        description="Top classes for PNG/JPEG images (resized to the model's input).")
-    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=_number(int, "positive_int"), default=3, help="classes to show (default 3)")
     _common(p, data=False, out_help="also write the predictions as JSON to this file")
@@ -137,7 +148,7 @@ def build_parser():
     at = sub.add_parser("attention", help="draw attention maps of a trained model",
                         description="Per-head attention of the class token in one layer and the "
                                     "attention rollout across layers, over the image, as a PNG.")
-    at.add_argument("--checkpoint", required=True, metavar="PATH")
+    at.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
     at.add_argument("--index", type=_number(int, "nonneg_int"), default=0, help="test image index when no IMAGE")
     at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
@@ -193,13 +204,26 @@ def cmd_train(args, parser):
     except ValueError as e:
         parser.error(str(e))
     out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = distributed.world().share(out)        # every rank writes nowhere else
     _check_writable(parser, out)
     train(cfg, data=args.data, out=out, backend=args.backend, progress=not args.no_progress,
           plots=not args.no_plots)
     return 0
 
 
+def checkpoint_or_shipped(args, parser):
+    """args.checkpoint, or the model shipped with minivit (saying so) when none is given."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    if not ckpt.SHIPPED_MODEL.exists():
+        parser.error("no --checkpoint given and no model ships with this copy of minivit: "
+                     "train one with `minivit train` and pass --checkpoint RUN_DIR/best.npz")
+    print(f"No --checkpoint given: using the model shipped with minivit ({ckpt.shipped_summary()}).")
+    return ckpt.SHIPPED_MODEL
+
+
 def cmd_eval(args, parser):
+    args.checkpoint = checkpoint_or_shipped(args, parser)
     r = score_checkpoint(args.checkpoint, data=args.data, backend=args.backend,
                          batch_size=args.batch_size, log=print, wrap=FastViT)
     print(f"checkpoint {args.checkpoint} (epoch {r['meta'].get('epoch')}), {len(r['preds'])} test "
@@ -229,7 +253,7 @@ def load_image(path, size):
 
 def cmd_predict(args, parser):
     from .layers import softmax_forward
-    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
+    model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
     size = model.config.img_size
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
     x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config.dtype)
@@ -301,7 +325,7 @@ def cmd_gradcheck(args, parser):
 
 def cmd_attention(args, parser):
     from . import attention_maps as am
-    model, meta = ckpt.load_model(args.checkpoint, backend=args.backend)
+    model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
     size = model.config.img_size
     if args.image:
         image = load_image(args.image, size)
@@ -360,9 +384,18 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        world = distributed.world()
+    except RuntimeError as e:
+        print(f"minivit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         return COMMANDS[args.command](args, args.parser)
-    except (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError, ValueError,
-            RuntimeError, FloatingPointError) as e:
+    except Exception as e:
+        if world.size > 1:   # the other ranks may wait in a collective: stop them all
+            world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
+        if not isinstance(e, (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError,
+                              ValueError, RuntimeError, FloatingPointError)):
+            raise
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

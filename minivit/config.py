@@ -45,9 +45,20 @@ def range_problem(value, f):
     return None if test(value) else f"must be {what}"
 
 
-def _field(default, range=None, choices=None, help=None):
-    meta = {k: v for k, v in (("range", range), ("choices", choices), ("help", help)) if v is not None}
+def _field(default, range=None, choices=None, help=None, parse=None):
+    meta = {k: v for k, v in (("range", range), ("choices", choices), ("help", help),
+                              ("parse", parse)) if v is not None}
     return field(default=default, metadata=meta)
+
+
+def parse_duration(text):
+    """"30m", "90s", "1.5h", "1800" (seconds) -> seconds, or ValueError."""
+    text = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    value = float(text[:-1] if scale else text)
+    if not value == value or value < 0 or value == float("inf"):
+        raise ValueError(f"not a duration: {text!r}")
+    return value * (scale or 1)
 
 
 @dataclass
@@ -67,6 +78,9 @@ class ViTConfig:
                               "(block l: rate * l / (depth - 1))")
     pool: str = _field("cls", choices=POOLS, help="the head reads the class token or the "
                        "mean of the patch tokens")
+    stem_channels: int = _field(0, "nonneg_int", help="a 3x3 conv + GELU stem with this many "
+                                "channels before the patch embedding (0: none, as SimpleViT)")
+    stem_stride: int = _field(1, "positive_int", help="the stem's stride")
 
     def validate(self):
         """Raise ValueError naming the first bad field and how to fix it; returns self."""
@@ -78,10 +92,11 @@ class ViTConfig:
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ValueError(f"unknown {f.name} {value!r}: use one of "
                                  f"{', '.join(f.metadata['choices'])}")
-        if self.img_size % self.patch_size:
+        if self.img_size % self.stem_stride or self.grid_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size "
-                             f"{self.patch_size}: choose a patch size that divides the image "
-                             f"size (e.g. 4 for 32)")
+                             f"{self.patch_size}" + (f" times stem_stride {self.stem_stride}"
+                                                     if self.stem_stride > 1 else "")
+                             + ": choose a patch size that divides the image size (e.g. 4 for 32)")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
                              f"{self.num_heads}: each head gets embed_dim / num_heads channels")
@@ -90,8 +105,18 @@ class ViTConfig:
         return self
 
     @property
+    def grid_size(self):
+        """Height and width of what the patch embedding cuts: the image, or the stem's output."""
+        return self.img_size // self.stem_stride if self.stem_channels else self.img_size
+
+    @property
     def num_patches(self):
-        return (self.img_size // self.patch_size) ** 2
+        return (self.grid_size // self.patch_size) ** 2
+
+    @property
+    def patch_in_chans(self):
+        """Channels the patch embedding reads: the image's, or the stem's."""
+        return self.stem_channels or self.in_chans
 
     @property
     def hidden(self):
@@ -120,10 +145,17 @@ class TrainConfig(ViTConfig):
     weight_decay: float = _field(0.05, "nonneg", help="AdamW: on weight matrices only")
     betas: tuple = (0.9, 0.999)
     batch_size: int = _field(128, "positive_int", help="images per step")
-    epochs: int = _field(50, "positive_int", help="passes over the training images")
+    epochs: int = _field(50, "positive_int", help="passes over the training images (ignored "
+                         "with a time budget)")
+    time_budget: float = _field(0.0, "nonneg", help="train for this much training time "
+                                "instead of a number of epochs, e.g. 30m, 90s, 1h (0: off); "
+                                "warmup and decay follow the clock", parse="duration")
     warmup_epochs: float = _field(5.0, "nonneg", help="linear warmup, in epochs")
-    schedule: str = _field("cosine", choices=("cosine", "constant"), help="after warmup")
-    min_lr: float = _field(1e-5, "nonneg", help="where the cosine ends")
+    warmup_fraction: float = _field(0.05, "fraction", help="with a time budget: the share of it "
+                                    "spent warming up")
+    schedule: str = _field("cosine", choices=("cosine", "linear", "constant"),
+                           help="after warmup: cosine or linear decay to min_lr, or constant")
+    min_lr: float = _field(1e-5, "nonneg", help="where the decay ends")
     clip_grad: float = _field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
     label_smoothing: float = _field(0.1, "fraction", help="share of the target spread over all classes")
     # data

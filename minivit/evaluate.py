@@ -6,23 +6,29 @@ import numpy as np
 from . import checkpoint as ckpt
 from .backend import to_host
 from .data import CLASSES, Loader, data_or_sample, load_test
+from .distributed import World
 from .loss import cross_entropy
 
 
-def evaluate(net, loader):
+def evaluate(net, loader, world=None):
     """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept.
-    net: a ViT or anything with its forward (fast.FastViT)."""
-    total_loss, preds = 0.0, []
+    net: a ViT or anything with its forward (fast.FastViT). world (distributed.World):
+    each rank scores its rows of every batch, and the results are combined."""
+    world = world or World()
+    loss_sum, preds = 0.0, []
     for images, labels in loader:
-        logits = net.forward(images, keep_cache=False)
-        loss, _ = cross_entropy(logits, labels)
-        total_loss += float(loss) * len(labels)
-        preds.append(to_host(logits.argmax(axis=1)))
+        rows = world.part(len(labels))
+        logits = net.forward(images[rows], keep_cache=False)
+        if len(logits):
+            loss, _ = cross_entropy(logits, labels[rows])
+            loss_sum += float(loss) * len(logits)
+        preds.append(world.gather(to_host(logits.argmax(axis=1))))
+    loss_sum = world.sum([loss_sum])[0]
     preds = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
     y = to_host(loader.y)
     if not len(y):
         return 0.0, 0.0, preds
-    return total_loss / len(y), float((preds == y).mean()), preds
+    return loss_sum / len(y), float((preds == y).mean()), preds
 
 
 def per_class_accuracy(y_true, y_pred, num_classes=len(CLASSES)):
@@ -36,7 +42,7 @@ def confusion_matrix(y_true, y_pred, num_classes=len(CLASSES)):
     return m
 
 
-def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wrap=None):
+def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wrap=None, world=None):
     """Score a checkpoint on a test set: data (a folder), else the folder the run trained
     on, else the full CIFAR-10 wherever it is found, else the shipped sample. Only the
     test batch is read. wrap(model) may return a faster runner (fast.FastViT).
@@ -47,7 +53,7 @@ def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wr
     x_test, y_test = load_test(folder)
     loader = Loader(x_test, y_test, batch_size, model.xp, meta["mean"], meta["std"],
                     dtype=model.config.dtype)
-    loss, acc, preds = evaluate(wrap(model) if wrap else model, loader)
+    loss, acc, preds = evaluate(wrap(model) if wrap else model, loader, world)
     return dict(accuracy=acc, loss=loss, per_class=per_class_accuracy(y_test, preds), preds=preds,
                 x_test=x_test, y_test=y_test, folder=str(folder), source=source, model=model,
                 meta=meta)

@@ -179,11 +179,16 @@ class FastViT:
             raise ValueError(f"threads must be a positive integer or None, got {value!r}")
         self._threads = int(value) if self.model.xp is np else 1
 
-    def forward(self, x, keep_cache=True, rng=None):
-        """model.forward, fast: logits [B, K]; keeps what backward needs unless told not."""
+    def forward(self, x, keep_cache=True, rng=None, rows=None):
+        """model.forward, fast: logits [B, K]; keeps what backward needs unless told not.
+        rows: run only these rows of the batch (a slice; data-parallel ranks), with the
+        stochastic depth masks the whole batch would draw."""
         m = self.model
         x = m.check_images(x)
         masks = m.drop_path_masks(len(x), rng)
+        if rows is not None:
+            x = x[rows]
+            masks = [None if k is None else (k[0][rows], k[1][rows]) for k in masks]
         parts = shards(len(x), self.threads)
 
         def run(s):
@@ -227,7 +232,13 @@ class FastViT:
     def _forward_pass(self, x, masks, keep_cache):
         m, c = self.model, self.model.config
         p = m.params
-        D, C, ps = c.embed_dim, c.in_chans, c.patch_size
+        D, C, ps = c.embed_dim, c.patch_in_chans, c.patch_size
+        c_stem = None
+        if c.stem_channels:                                                  # [B, S, H/s, W/s]
+            h, c_conv = layers.conv2d_forward(x, p["stem.conv.weight"], p["stem.conv.bias"],
+                                              stride=c.stem_stride, padding=1)
+            x, dgelu = GELUS[c.gelu](h, 0.0)
+            c_stem = Cache(conv=c_conv, dgelu=dgelu)
         patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
         h, c_patch = linear(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
         tokens = m.xp.empty((len(x), c.num_patches + 1, D), dtype=h.dtype)   # [B, N, D]
@@ -245,8 +256,8 @@ class FastViT:
         logits += p["head.bias"]                                             # [B, K]
         if not keep_cache:
             return logits, None
-        return logits, Cache(patch=c_patch, x_shape=x.shape, blocks=c_blocks, norm=c_norm,
-                             head=c_head, h_shape=h.shape)
+        return logits, Cache(stem=c_stem, patch=c_patch, x_shape=x.shape, blocks=c_blocks,
+                             norm=c_norm, head=c_head, h_shape=h.shape)
 
     def _backward_pass(self, dlogits, cache, g, need_dx):
         m, c = self.model, self.model.config
@@ -269,6 +280,11 @@ class FastViT:
         dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
         dh[:, :1].sum(axis=0, keepdims=True, out=g["vit_embed.cls_token"])
         D = c.embed_dim
+        stem = cache.stem
         dpatch = linear_backward(dh[:, 1:], cache.patch, g["patch_embed.proj.weight"].reshape(D, -1),
-                                 g["patch_embed.proj.bias"], need_dx)
-        return layers.unpatchify(dpatch, cache.x_shape, c.patch_size) if need_dx else None
+                                 g["patch_embed.proj.bias"], need_dx or stem is not None)
+        if stem is None:
+            return layers.unpatchify(dpatch, cache.x_shape, c.patch_size) if need_dx else None
+        dh = layers.unpatchify(dpatch, cache.x_shape, c.patch_size) * stem.dgelu
+        dx, g["stem.conv.weight"][...], g["stem.conv.bias"][...] = layers.conv2d_backward(dh, stem.conv)
+        return dx if need_dx else None

@@ -92,6 +92,55 @@ def patch_embed_backward(dy, cache):
     return unpatchify(dpatches, cache.x_shape, p), dw.reshape(cache.w_shape), db
 
 
+# ------------------------------------------------------- convolution (the conv stem)
+
+def conv2d_forward(x, w, b, stride=1, padding=1):
+    """A k x k convolution with stride and zero padding, as torch.nn.Conv2d.
+
+    x [B, C, H, W], w [F, C, k, k], b [F] -> y [B, F, Ho, Wo], Ho = (H + 2 pad - k) // s + 1.
+    Every output pixel is a linear layer on the k x k window under it (im2col):
+        cols[b, (ho, wo), (c, i, j)] = xpad[b, c, s ho + i, s wo + j]
+        y = cols W_flat^T + b,   W_flat = w.reshape(F, C k k)
+    cols is gathered with k*k strided slices of the padded image, one per kernel offset.
+    """
+    xp = array_module(x)
+    B, C, H, W = x.shape
+    F, _, k, _ = w.shape
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    xpad = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = xp.empty((B, Ho, Wo, C, k, k), dtype=x.dtype)            # [B, Ho, Wo, C, k, k]
+    for i in range(k):
+        for j in range(k):
+            window = xpad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]  # [B, C, Ho, Wo]
+            cols[:, :, :, :, i, j] = window.transpose(0, 2, 3, 1)
+    y, c_lin = linear_forward(cols.reshape(B, Ho * Wo, C * k * k), w.reshape(F, C * k * k), b)
+    y = y.reshape(B, Ho, Wo, F).transpose(0, 3, 1, 2)                # [B, F, Ho, Wo]
+    return y, Cache(linear=c_lin, x_shape=x.shape, w_shape=w.shape, stride=stride, padding=padding)
+
+
+def conv2d_backward(dy, cache):
+    """The linear backward on the windows, then every window's gradient added back at
+    its place in the padded image (windows overlap when k > s, so gradients sum: col2im),
+    and the padding cut off:
+
+        dcols, dW_flat, db = linear_backward(dy as [B, Ho Wo, F])
+        dxpad[b, c, s ho + i, s wo + j] += dcols[b, (ho, wo), (c, i, j)]
+    """
+    xp = array_module(dy)
+    B, C, H, W = cache.x_shape
+    F, _, k, _ = cache.w_shape
+    s, pad = cache.stride, cache.padding
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    dy2 = dy.transpose(0, 2, 3, 1).reshape(B, Ho * Wo, F)            # [B, Ho Wo, F]
+    dcols, dw, db = linear_backward(dy2, cache.linear)
+    dcols = dcols.reshape(B, Ho, Wo, C, k, k)
+    dxpad = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            dxpad[:, :, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dxpad[:, :, pad:pad + H, pad:pad + W], dw.reshape(cache.w_shape), db
+
+
 # ------------------------------------------- class token + learned position embedding
 
 def token_embed_forward(x, cls_token, pos_embed):

@@ -60,8 +60,8 @@ class ViT:
     initial weights depend only on it, whatever the backend).
 
     Initialization: every linear and conv weight, the class token and the position
-    embedding are drawn from a normal with std 0.02 truncated at 2 std; biases are 0;
-    LayerNorm weights 1 and biases 0.
+    embedding are drawn from a normal with std 0.02 truncated at 2 std (the stem's conv:
+    std 1/sqrt(fan in)); biases are 0; LayerNorm weights 1 and biases 0.
     """
 
     def __init__(self, config=None, *, backend=None, seed=0, **fields):
@@ -80,12 +80,16 @@ class ViT:
         c = self.config
         D, F, K = c.embed_dim, c.hidden, c.num_classes
         block = layers.block_param_shapes(D, F)
-        shapes = {
-            "patch_embed.proj.weight": (D, c.in_chans, c.patch_size, c.patch_size),
+        shapes = {}
+        if c.stem_channels:
+            shapes.update({"stem.conv.weight": (c.stem_channels, c.in_chans, 3, 3),
+                           "stem.conv.bias": (c.stem_channels,)})
+        shapes.update({
+            "patch_embed.proj.weight": (D, c.patch_in_chans, c.patch_size, c.patch_size),
             "patch_embed.proj.bias": (D,),
             "vit_embed.cls_token": (1, 1, D),
             "vit_embed.pos_embed": (1, c.num_patches + 1, D),
-        }
+        })
         for i in range(c.depth):
             shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
         shapes.update({"norm.weight": (D,), "norm.bias": (D,),
@@ -103,6 +107,8 @@ class ViT:
                 host.append(np.ones(shape))
             elif name.endswith("bias"):
                 host.append(np.zeros(shape))
+            elif name == "stem.conv.weight":   # LeCun normal: unit-scale features for the GELU
+                host.append(trunc_normal(rng, shape, std=1.0 / np.sqrt(np.prod(shape[1:]))))
             else:  # linear / conv weights, class token, position embedding
                 host.append(trunc_normal(rng, shape))
         flat = np.concatenate([h.reshape(-1) for h in host])
@@ -234,13 +240,21 @@ class ViT:
         return self.embed_backward(dh, cache.embed, grads)                    # [B, C, H, W]
 
     def embed_forward(self, x):
-        """Patch embedding, then the class token and position embedding: [B, N, D]."""
-        p = self.params
+        """The stem (if any), the patch embedding, then the class token and position
+        embedding: [B, N, D]."""
+        p, c = self.params, self.config
+        c_stem = None
+        if c.stem_channels:                  # conv 3x3 + GELU: [B, S, H/s, W/s]
+            x, c_conv = layers.conv2d_forward(x, p["stem.conv.weight"], p["stem.conv.bias"],
+                                              stride=c.stem_stride, padding=1)
+            gelu_forward, _ = layers.GELUS[c.gelu]
+            x, c_gelu = gelu_forward(x)
+            c_stem = Cache(conv=c_conv, gelu=c_gelu)
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
         h, c_tok = layers.token_embed_forward(
             h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
-        return h, Cache(patch=c_patch, token=c_tok)
+        return h, Cache(stem=c_stem, patch=c_patch, token=c_tok)
 
     def embed_backward(self, dh, cache, grads):
         dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
@@ -249,6 +263,12 @@ class ViT:
         dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
         grads["patch_embed.proj.weight"] += dw
         grads["patch_embed.proj.bias"] += db
+        if cache.stem is not None:
+            _, gelu_backward = layers.GELUS[self.config.gelu]
+            dx = gelu_backward(dx, cache.stem.gelu)
+            dx, dw, db = layers.conv2d_backward(dx, cache.stem.conv)
+            grads["stem.conv.weight"] += dw
+            grads["stem.conv.bias"] += db
         return dx
 
     def head_forward(self, h):

@@ -45,13 +45,14 @@ def plot_run(run_dir, log=print, out_dir=None):
                                 f"`minivit train`?")
     written = []
     epochs = [m["epoch"] for m in metrics]
+    validated = [m for m in metrics if m.get("val_acc") is not None]    # none without a split
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    a1.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
+    a1.plot([m["epoch"] for m in validated], [m["val_loss"] for m in validated], "o-", label="validation")
     a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     a1.legend()
     a2.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
-    a2.plot(epochs, [m["val_acc"] for m in metrics], "o-", label="validation")
+    a2.plot([m["epoch"] for m in validated], [m["val_acc"] for m in validated], "o-", label="validation")
     a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     a2.legend()
     _save(fig, out_dir / "curves.png")

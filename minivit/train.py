@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import augment, seeds
+from . import augment, distributed, seeds
 from .backend import to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -40,7 +40,7 @@ from .model import ViT
 from .kernels import kernel
 from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared, warmup_cosine
 from .plots import plot_run
-from .threads import tune_host_allocator
+from .threads import cpu_threads, tune_host_allocator
 
 
 def decay_groups(model, weight_decay):
@@ -59,11 +59,29 @@ def make_optimizer(cfg, model):
     return AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
 
-def lr_at(cfg, step, steps_per_epoch):
+def lr_at(cfg, step, steps_per_epoch, elapsed=0.0):
+    """The learning rate of a step: by steps (warmup_epochs, then decay over epochs), or,
+    with a time budget, by the training time elapsed (warmup_fraction of the budget, then
+    decay until the budget is spent)."""
+    if cfg.time_budget:
+        progress, warmup = min(1.0, elapsed / cfg.time_budget), cfg.warmup_fraction
+        if progress < warmup:
+            return cfg.lr * max(progress / warmup, 1e-3)
+        if cfg.schedule == "constant":
+            return cfg.lr
+        done = (progress - warmup) / (1.0 - warmup)
+        shape = 1.0 - done if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "constant":
         return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
-    return warmup_cosine(step, cfg.epochs * steps_per_epoch, cfg.lr, warmup, cfg.min_lr)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "linear":
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        done = min(1.0, (step - warmup) / max(1, total - warmup))
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - done)
+    return warmup_cosine(step, total, cfg.lr, warmup, cfg.min_lr)
 
 
 def regularize(cfg, images, labels, epoch, i):
@@ -149,10 +167,15 @@ class NonFiniteGuard:
         xp.copyto(self.bad_grads, self.model.flat_grads, where=first)
         return self.ok
 
-    def check(self, last_path):
-        """Raise FloatingPointError if a watched step was bad (one read of the device)."""
-        if bool(self.ok):
+    def check(self, last_path, world=None):
+        """Raise FloatingPointError if a watched step was bad (one read of the device); with
+        several ranks, every rank raises when any saw a bad step."""
+        bad_here = not bool(self.ok)
+        if not (world.any(bad_here) if world is not None else bad_here):
             return
+        if not bad_here:
+            raise FloatingPointError("another rank saw NaN or Inf in its loss; no weight "
+                                     "changed from that step on")
         step = int(self.bad_step)
         epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
         loss = float(self.bad_loss)
@@ -176,7 +199,7 @@ def new_epoch_totals():
 
 
 def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progress=True,
-          plots=True, log=print, stop_after_epochs=None, on_step=None, on_epoch=None):
+          plots=True, log=print, stop_after_epochs=None, on_step=None, on_epoch=None, world=None):
     """Train a ViT with cfg; write everything into the run folder out. Returns the summary
     (None when the run stopped before its last epoch).
 
@@ -184,8 +207,13 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
         batch after the last one it saved.
     stop_after_epochs: stop after this many epochs in this call (resume later).
     on_step(step), on_epoch(record): called after every step / epoch (for monitoring).
+    world: the processes training together (distributed.world(): every rank of an MPI
+        job, else this process alone); rank 0 alone logs and writes files.
     Ctrl-C or SIGTERM saves a checkpoint after the current step and raises KeyboardInterrupt.
     """
+    world = world or distributed.world()
+    if not world.main:
+        log, progress, plots = (lambda *a: None), False, False
     out = Path(out)
     last_path = out / "checkpoint.npz"
     saved = None
@@ -200,21 +228,26 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
         raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                               f"continue it, or choose another --out")
     cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
     tune_host_allocator()
 
     d = prepare_data(cfg, data, log)
     mean, std = channel_stats(d["x_train"])
     model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
+    threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
     run = SimpleNamespace(
-        cfg=cfg, out=out, log=log, progress=progress, model=model, net=FastViT(model),
+        cfg=cfg, out=out, log=log, progress=progress, model=model, world=world,
+        net=FastViT(model, threads=threads),
         opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
         epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step, guard=None,
+        train_seconds=0.0, out_of_time=False,
         meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
                   mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)))
     if saved is not None:
         restore(run, *saved)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
+    if world.main:
+        write_json(out / "config.json", dataclasses.asdict(cfg))
 
     xp = model.xp
     run.train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std,
@@ -223,25 +256,31 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
                               randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
     val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
     run.guard = NonFiniteGuard(model, len(run.train_loader))
-    log(f"Model: {model.num_parameters():,} parameters on {model.backend}; preset {cfg.preset}; "
-        f"{cfg.epochs} epochs x {len(run.train_loader)} steps of batch {cfg.batch_size}.")
+    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{cfg.epochs} epochs")
+    ranks = f" on {world.size} processes" if world.size > 1 else ""
+    log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
+        f"{cfg.preset}; {length}, {len(run.train_loader)} steps of batch {cfg.batch_size} an epoch.")
 
-    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, run.epoch + stop_after_epochs)
+    last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
+    end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
     with StopRequest() as stop:
-        while run.epoch < end_epoch:
+        while run.epoch < end_epoch and not run.out_of_time:
             train_epoch(run, stop)                       # may save mid-epoch and raise
             record = end_of_epoch(run, val_loader)
             if on_epoch is not None:
                 on_epoch(record)
-            if stop.signal and run.epoch < cfg.epochs:
+            if stop.signal and run.epoch < last_epoch and not run.out_of_time:
                 log(f"{stop.signal}: stopped after epoch {run.epoch}, saved in {last_path}; "
                     f"continue with: minivit train --resume --out {out}")
                 raise KeyboardInterrupt
 
-    if end_epoch < cfg.epochs:
+    if end_epoch < last_epoch and not run.out_of_time:
         log(f"Stopped after epoch {end_epoch}; continue with --resume --out {out}")
         return None
-    return finish(out, backend=backend, log=log, plots=plots, data=data)
+    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+        save_checkpoint(run, out / "final.npz", weights_only=True)   # the weights evaluated last
+    world.barrier()                      # every rank reads what rank 0 wrote
+    return finish(out, backend=backend, log=log, plots=plots, data=data, world=world)
 
 
 def restore(run, weights, optim_state, meta):
@@ -251,43 +290,68 @@ def restore(run, weights, optim_state, meta):
     if run.ema is not None:
         run.ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
     run.epoch, run.step, run.best_val_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
+    run.train_seconds = meta.get("train_seconds", 0.0)
     run.totals = meta.get("in_epoch") or new_epoch_totals()
     # forget metrics of epochs after the checkpoint (from a run killed after writing them)
-    write_jsonl(run.out / "metrics.jsonl",
-                [m for m in read_jsonl(run.out / "metrics.jsonl") if m["epoch"] <= run.epoch])
+    if run.world.main:
+        write_jsonl(run.out / "metrics.jsonl",
+                    [m for m in read_jsonl(run.out / "metrics.jsonl") if m["epoch"] <= run.epoch])
     where = f"epoch {run.epoch + 1} batch {run.totals['batch']}" if run.totals["batch"] else f"epoch {run.epoch}"
     run.log(f"Resuming {run.out} after {where} (step {run.step}).")
 
 
 def save_checkpoint(run, path=None, weights_only=False):
     """The one place a checkpoint is written: run's model and position (and, unless
-    weights_only, the optimizer and the weight average, for resuming)."""
+    weights_only, the optimizer and the weight average, for resuming). Rank 0 writes."""
+    if not run.world.main:
+        return
     mid_epoch = run.totals["batch"] > 0
     meta = dict(run.meta, epoch=run.epoch, step=run.step, best_val_acc=run.best_val_acc,
-                in_epoch=dict(run.totals) if mid_epoch else None)
+                train_seconds=run.train_seconds, in_epoch=dict(run.totals) if mid_epoch else None)
     ckpt.save(path or run.out / "checkpoint.npz", run.model, meta,
               optimizer=None if weights_only else run.opt, ema=None if weights_only else run.ema)
 
 
 def train_epoch(run, stop):
     """Train epoch run.epoch + 1 from the batch run.totals says, one step per batch. A stop
-    request saves a mid-epoch checkpoint after the current step and raises KeyboardInterrupt."""
-    cfg, model, net, xp = run.cfg, run.model, run.net, run.model.xp
-    epoch, t = run.epoch + 1, run.totals
+    request saves a mid-epoch checkpoint after the current step and raises KeyboardInterrupt.
+
+    With several ranks every rank builds the same batch, runs its rows, and the gradients
+    are summed (distributed.py); each rank's loss is weighted by its share of the batch."""
+    cfg, model, net, world, xp = run.cfg, run.model, run.net, run.world, run.model.xp
+    epoch, base = run.epoch + 1, run.totals           # base: the saved totals, over every rank
     steps = len(run.train_loader)
-    run_loss = xp.asarray(t["loss_sum"], dtype=np.float64)     # device totals: no sync per step
-    run_correct = xp.asarray(t["correct"], dtype=np.int64)
-    t0 = time.perf_counter() - t["seconds"]
-    bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}", run.progress, t["batch"])
-    for i, (images, labels) in enumerate(run.train_loader.batches(epoch, t["batch"]), t["batch"]):
+    run_loss = xp.zeros((), dtype=np.float64)         # this rank's totals, on the device
+    run_correct = xp.zeros((), dtype=np.int64)
+    seen = 0
+    t0 = time.perf_counter() - base["seconds"]
+
+    def totals(i):
+        """The epoch's totals over every rank after batch i (one collective)."""
+        loss_sum, correct, images = world.sum([float(run_loss), int(run_correct), seen])
+        return dict(batch=i, loss_sum=base["loss_sum"] + loss_sum, correct=base["correct"] + int(correct),
+                    seen=base["seen"] + int(images), seconds=time.perf_counter() - t0)
+
+    bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}" if not cfg.time_budget else f"epoch {epoch}",
+                    run.progress, base["batch"])
+    i = base["batch"] - 1
+    for i, (images, labels) in enumerate(run.train_loader.batches(epoch, base["batch"]), base["batch"]):
         # one step: nothing here reads the device, so the host never waits for the GPU
-        run.opt.lr = lr_at(cfg, run.step, steps)
+        elapsed = run.train_seconds + time.perf_counter() - t0       # training time so far
+        if cfg.time_budget and world.any(elapsed >= cfg.time_budget):
+            run.out_of_time = True
+            i -= 1
+            break
+        run.opt.lr = lr_at(cfg, run.step, steps, elapsed)
         images, targets = regularize(cfg, images, labels, epoch, i)
+        rows, batch = world.part(len(labels)), len(labels)           # this rank's rows
         drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
-        logits = net.forward(images, rng=drop_rng)
-        loss, dlogits = cross_entropy(logits, targets, cfg.label_smoothing)
+        logits = net.forward(images, rng=drop_rng, rows=rows)
+        loss, dlogits = cross_entropy(logits, targets[rows], cfg.label_smoothing)
+        share = len(logits) / batch                   # 1 on one process
         model.zero_grad()
-        net.backward(dlogits, need_dx=False)
+        net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
+        world.sum_gradients(model.flat_grads)         # the whole batch's gradient, on every rank
         ok = run.guard.watch(run.step + 1, loss)
         if cfg.clip_grad:
             clip_grad_norm(model.parameters(), cfg.clip_grad)
@@ -295,30 +359,36 @@ def train_epoch(run, stop):
         if run.ema is not None:
             run.ema.update()
         run.step += 1
-        run_loss += loss * len(labels)
-        run_correct += (logits.argmax(axis=1) == labels).sum()
-        t.update(batch=i + 1, seen=t["seen"] + len(labels))
-        # every 10 steps (and at the end) read the device: the NaN check, the progress bar
-        if i % 10 == 9 or i == steps - 1 or stop.signal:
-            run.guard.check(run.out / "checkpoint.npz")
-            if bar is not None:
-                bar.update(i + 1 - bar.n)
-                bar.set_postfix(loss=f"{float(run_loss) / t['seen']:.3f}",
-                                acc=f"{float(run_correct) / t['seen']:.3f}",
-                                img_s=f"{t['seen'] / (time.perf_counter() - t0):.0f}")
+        run_loss += loss * len(logits)
+        run_correct += (logits.argmax(axis=1) == labels[rows]).sum()
+        seen += len(logits)
         if run.on_step is not None:
             run.on_step(run.step)
-        if stop.signal and i + 1 < steps:
+        # every 10 steps (and at the end) read the device: the NaN check, the progress bar
+        stopping = world.any(stop.signal is not None)
+        if i % 10 == 9 or i == steps - 1 or stopping:
+            run.guard.check(run.out / "checkpoint.npz", world)
+            if bar is not None:
+                t = totals(i + 1)
+                bar.update(i + 1 - bar.n)
+                left = {}
+                if cfg.time_budget:
+                    seconds = max(0, int(cfg.time_budget - run.train_seconds - t["seconds"]))
+                    left = dict(left=f"{seconds // 60}:{seconds % 60:02d}")
+                bar.set_postfix(loss=f"{t['loss_sum'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}",
+                                img_s=f"{(t['seen'] - base['seen']) / max(1e-9, t['seconds'] - base['seconds']):.0f}",
+                                **left)
+        if stopping and i + 1 < steps:
             if bar is not None:
                 bar.close()
-            t.update(loss_sum=float(run_loss), correct=int(run_correct), seconds=time.perf_counter() - t0)
+            run.totals = totals(i + 1)
             save_checkpoint(run)
             run.log(f"{stop.signal}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
                     f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
             raise KeyboardInterrupt
     if bar is not None:
         bar.close()
-    t.update(loss_sum=float(run_loss), correct=int(run_correct), seconds=time.perf_counter() - t0)
+    run.totals = totals(i + 1)
 
 
 def end_of_epoch(run, val_loader):
@@ -326,41 +396,55 @@ def end_of_epoch(run, val_loader):
     then save the checkpoint. Returns the metrics record."""
     t = run.totals
     run.epoch += 1
+    run.train_seconds += t["seconds"]
     run.totals = new_epoch_totals()
-    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
-        val_loss, val_acc, _ = evaluate(run.net, val_loader)
-        is_best = val_acc > run.best_val_acc
-        run.best_val_acc = max(run.best_val_acc, val_acc)
-        if is_best:            # best.npz holds the weights that were evaluated
-            save_checkpoint(run, run.out / "best.npz", weights_only=True)
+    val_loss = val_acc = None
+    is_best = False
+    if len(val_loader.y):      # no validation split: nothing to choose best.npz by
+        with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+            val_loss, val_acc, _ = evaluate(run.net, val_loader, run.world)
+            is_best = val_acc > run.best_val_acc
+            run.best_val_acc = max(run.best_val_acc, val_acc)
+            if is_best:            # best.npz holds the weights that were evaluated
+                save_checkpoint(run, run.out / "best.npz", weights_only=True)
     seen = max(1, t["seen"])
     record = dict(epoch=run.epoch, step=run.step, lr=run.opt.lr, train_loss=t["loss_sum"] / seen,
                   train_acc=t["correct"] / seen, val_loss=val_loss, val_acc=val_acc,
-                  epoch_seconds=round(t["seconds"], 3),
+                  epoch_seconds=round(t["seconds"], 3), train_seconds=round(run.train_seconds, 3),
                   images_per_second=round(t["seen"] / max(t["seconds"], 1e-9), 1))
     # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint redoes
     # this epoch on resume (dropping this line and rewriting best.npz alike)
-    write_jsonl(run.out / "metrics.jsonl", read_jsonl(run.out / "metrics.jsonl") + [record])
+    if run.world.main:
+        write_jsonl(run.out / "metrics.jsonl", read_jsonl(run.out / "metrics.jsonl") + [record])
     save_checkpoint(run)
+    val = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no validation"
     run.log(f"epoch {run.epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}  {t['seconds']:.1f}s"
-            f"  {'(best)' if is_best else ''}".rstrip())
+            f"{val}  {t['seconds']:.1f}s  {'(best)' if is_best else ''}".rstrip())
     return record
 
 
-def finish(out, backend=None, log=print, plots=True, data=None):
-    """Score best.npz on the test set; write summary.json, predictions.npz and plots."""
+def finish(out, backend=None, log=print, plots=True, data=None, world=None):
+    """Score the run's model on the test set: best.npz (the best validation accuracy), or
+    final.npz (the last weights) for a run with a time budget or no validation split;
+    write summary.json, predictions.npz and plots."""
     out = Path(out)
-    r = score_checkpoint(out / "best.npz", data=data, backend=backend, wrap=FastViT)
+    cfg = TrainConfig.from_dict(ckpt.load(out / "checkpoint.npz")[2]["train"])
+    chosen = "final.npz" if cfg.time_budget or not cfg.val_fraction else "best.npz"
+    world = world or distributed.World()
+    r = score_checkpoint(out / chosen, data=data, backend=backend, wrap=FastViT, world=world)
     meta = r["meta"]
+    if not world.main:
+        return None
     summary = dict(test_acc=r["accuracy"], test_loss=r["loss"], test_images=int(len(r["preds"])),
-                   best_epoch=meta["epoch"], best_val_acc=meta["best_val_acc"], data=r["source"],
+                   model=chosen, epoch=meta["epoch"], train_seconds=meta.get("train_seconds"),
+                   best_epoch=meta["epoch"] if chosen == "best.npz" else None,
+                   best_val_acc=meta["best_val_acc"], data=r["source"],
                    per_class_acc=dict(zip(CLASSES, r["per_class"])), preset=meta["train"]["preset"],
                    parameters=r["model"].num_parameters(), backend=r["model"].backend)
     write_json(out / "summary.json", summary)
     atomic_write(out / "predictions.npz", lambda f: np.savez(
         f, y_true=r["y_test"], y_pred=r["preds"], images=r["x_test"][:32]))
-    log(f"Test accuracy (best epoch {meta['epoch']}): {r['accuracy']:.4f} on {len(r['preds'])} images")
+    log(f"Test accuracy ({chosen}, epoch {meta['epoch']}): {r['accuracy']:.4f} on {len(r['preds'])} images")
     if plots:
         written = plot_run(out, log=log)
         if written:

@@ -175,3 +175,28 @@ def test_selftest_fails_loudly(monkeypatch, capsys):
     monkeypatch.setattr(layers, "softmax_backward", lambda da, c: real(da, c) * 1.01)
     assert cli.main(["selftest", "--backend", "numpy"]) == 1
     assert "FAIL  gradcheck softmax" in capsys.readouterr().out
+
+
+def test_eval_predict_and_attention_use_the_shipped_model_without_a_checkpoint(run_dir, tmp_path,
+                                                                              capsys, monkeypatch):
+    from minivit import checkpoint
+    shipped = tmp_path / "pretrained" / "cifar10-hybrid-30min.npz"
+    checkpoint.export(run_dir / "best.npz", shipped)
+    meta = checkpoint.load(shipped)[2]
+    assert meta["data_arg"] is None and "optimizer" not in meta        # nothing of this machine
+    (shipped.parent / "summary.json").write_text(json.dumps(
+        {"test_acc": 0.25, "test_images": 500, "train_seconds": 1800.0}))
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", shipped)
+    assert cli.main(["eval"]) == 0
+    out = capsys.readouterr().out
+    assert "No --checkpoint given: using the model shipped with minivit" in out
+    assert "25.0% on 500 CIFAR-10 test images after 30 minutes" in out and "accuracy" in out
+    d = data.load_cifar10(data.SAMPLE_FOLDER)
+    image = tmp_path / "img.png"
+    Image.fromarray(d["x_test"][0].transpose(1, 2, 0)).save(image)
+    assert cli.main(["predict", str(image)]) == 0
+    assert cli.main(["attention", "--out", str(tmp_path / "a.png")]) == 0
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "none.npz")
+    with pytest.raises(SystemExit):
+        cli.main(["eval"])
+    assert "no --checkpoint given and no model ships" in capsys.readouterr().err

@@ -132,3 +132,26 @@ def test_token_embed_places_class_token_first():
     y, _ = layers.token_embed_forward(x, cls, pos)
     np.testing.assert_array_equal(y[:, 0], np.broadcast_to(7.0 + pos[0, 0], (2, 4)))
     np.testing.assert_array_equal(y[:, 1:], np.broadcast_to(1.0 + pos[0, 1:], (2, 3, 4)))
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (2, 0), (1, 2)])
+def test_conv2d_matches_torch_conv2d(stride, padding):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    y, cache = layers.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    G = rng.standard_normal(y.shape)
+    ty.backward(torch.from_numpy(G))
+    for mine, ref in zip(layers.conv2d_backward(G, cache), (tx, tw, tb)):
+        np.testing.assert_allclose(mine, ref.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+def test_conv2d_with_kernel_equal_to_stride_is_the_patch_embedding():
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((6, 3, 4, 4)), rng.standard_normal(6)
+    y, _ = layers.conv2d_forward(x, w, b, stride=4, padding=0)                 # [2, 6, 2, 2]
+    tokens, _ = layers.patch_embed_forward(x, w, b)                             # [2, 4, 6]
+    np.testing.assert_allclose(y.reshape(2, 6, 4).transpose(0, 2, 1), tokens, rtol=1e-12)

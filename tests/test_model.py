@@ -187,3 +187,20 @@ def test_matches_pytorch_simplevit_forward_and_gradients():
     assert abs(float(loss) - ref_loss.item()) < 1e-12
     for name, p in ref.named_parameters():
         np.testing.assert_allclose(model.grads()[name], p.grad.numpy(), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_model_with_a_conv_stem_gradchecks_and_runs_fast(backend, stride):
+    from minivit.fast import FastViT
+    cfg = dict(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
+               num_classes=3, stem_channels=4, stem_stride=stride)
+    model = minivit.ViT(**cfg, dtype="float64", backend=backend, seed=1)
+    assert list(model.state_dict())[:3] == ["stem.conv.weight", "stem.conv.bias", "patch_embed.proj.weight"]
+    assert model.params["patch_embed.proj.weight"].shape == (8, 4, 2, 2)
+    assert model.params["vit_embed.pos_embed"].shape == (1, (8 // stride // 2) ** 2 + 1, 8)
+    report = gradcheck.check_model(model, batch_size=2, max_checks=12)
+    assert report.passed, str(report)
+    report = gradcheck.check_model(model, batch_size=3, max_checks=12, net=FastViT(model))
+    assert report.passed, str(report)
+    with pytest.raises(ValueError, match="not divisible by patch_size 4 times stem_stride 2"):
+        minivit.ViT(**{**cfg, "patch_size": 4, "img_size": 12, "stem_stride": 2})

@@ -52,7 +52,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, backend):
     for k in optim_a:
         np.testing.assert_array_equal(optim_a[k], optim_b[k], err_msg=k)
     assert meta_a["step"] == meta_b["step"] and meta_b["in_epoch"] is None
-    untimed = [[{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")}
+    untimed = [[{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second", "train_seconds")}
                 for m in read_metrics(tmp_path / run)] for run in ("straight", "halted")]
     assert untimed[0] == untimed[1] and len(untimed[0]) == 3
 
@@ -142,3 +142,48 @@ def test_config_validation(over, message):
         TrainConfig.from_preset("default", **over).validate()
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         TrainConfig.from_preset("fast")
+
+
+def test_a_time_budget_ends_on_time_with_the_rate_decayed_and_resumes(tmp_path, backend):
+    cfg = TrainConfig.from_preset("sample", time_budget=3.0, warmup_fraction=0.1, schedule="linear",
+                                  min_lr=0.0, **TINY)
+    kw = dict(progress=False, plots=False, log=quiet, backend=backend)
+    summary = train(cfg, out=tmp_path / "run", **kw)
+    metrics = read_metrics(tmp_path / "run")
+    spent = metrics[-1]["train_seconds"]
+    step_time = metrics[0]["epoch_seconds"] / metrics[0]["step"]
+    assert 3.0 <= spent <= 3.0 + 2 * step_time + 0.05, (spent, step_time)   # on time, to a step
+    assert metrics[-1]["lr"] <= 0.05 * cfg.lr                               # decayed to the end
+    assert summary["model"] == "final.npz" and summary["train_seconds"] == pytest.approx(spent, abs=1e-3)
+    # interrupted after its first epoch and resumed: the budget counts training time only
+    train(cfg, out=tmp_path / "cut", stop_after_epochs=1, **kw)
+    first = read_metrics(tmp_path / "cut")[-1]["train_seconds"]
+    assert first < 3.0
+    train(None, out=tmp_path / "cut", resume=True, **kw)
+    spent = read_metrics(tmp_path / "cut")[-1]["train_seconds"]
+    assert 3.0 <= spent <= 3.0 + 2 * step_time + 0.05
+
+
+def test_the_learning_rate_follows_the_clock():
+    from minivit.train import lr_at
+    cfg = TrainConfig.from_preset("default", time_budget=100.0, warmup_fraction=0.1, lr=1.0, min_lr=0.0)
+    assert lr_at(cfg, 0, 10, elapsed=5.0) == pytest.approx(0.5)          # half way up the warmup
+    assert lr_at(cfg, 0, 10, elapsed=10.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 0, 10, elapsed=55.0) == pytest.approx(0.5)         # cosine half way down
+    assert lr_at(cfg, 0, 10, elapsed=100.0) == pytest.approx(0.0, abs=1e-12)
+    linear = TrainConfig.from_preset("default", time_budget=100.0, warmup_fraction=0.0,
+                                     schedule="linear", lr=1.0, min_lr=0.0)
+    assert lr_at(linear, 0, 10, elapsed=25.0) == pytest.approx(0.75)
+
+
+def test_without_a_validation_split_the_last_weights_are_the_model(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=2, val_fraction=0.0, **TINY)
+    logs = []
+    summary = train(cfg, out=tmp_path / "run", progress=False, plots=False, log=logs.append)
+    assert summary["model"] == "final.npz" and summary["epoch"] == 2
+    assert not (tmp_path / "run" / "best.npz").exists()
+    assert any("no validation" in line for line in logs)
+    final = ckpt.load(tmp_path / "run" / "final.npz")[0]
+    last = ckpt.load(tmp_path / "run" / "checkpoint.npz")[0]
+    for k in final:
+        np.testing.assert_array_equal(final[k], last[k])

@@ -1,0 +1,127 @@
+"""Data-parallel training over MPI: two ranks end with the weights of one process, a
+stopped run resumes, a failing rank stops the job cleanly. Skipped where MPI cannot start."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivit import checkpoint as ckpt
+from minivit.config import TrainConfig
+from minivit.distributed import World
+from minivit.files import read_jsonl
+from minivit.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+
+
+def _mpirun():
+    try:
+        import mpi4py.MPI  # noqa: F401  (loads the MPI library)
+    except Exception as e:                       # ImportError, or no libmpi
+        return None, f"mpi4py cannot load MPI ({e}): pip install -e .[mpi]"
+    found = shutil.which("mpirun") or shutil.which("mpiexec")
+    beside = Path(sys.executable).parent / "mpirun"
+    found = found or (str(beside) if beside.exists() else None)
+    return found, None if found else "no mpirun on PATH or beside Python: pip install -e .[mpi]"
+
+
+MPIRUN, WHY = _mpirun()
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason=WHY or "")
+
+# a tiny float64 run: batch 31 does not split evenly over 2 ranks (15 + 16)
+ARGS = ["--embed-dim", "12", "--depth", "2", "--num-heads", "3", "--mlp-ratio", "2",
+        "--batch-size", "31", "--limit-train", "220", "--dtype", "float64", "--drop-path", "0.2",
+        "--mixup", "0.5", "--random-erase", "0.25", "--no-progress", "--no-plots"]
+CFG = dict(embed_dim=12, depth=2, num_heads=3, mlp_ratio=2.0, batch_size=31, limit_train=220,
+           dtype="float64", drop_path=0.2, mixup=0.5, random_erase=0.25)
+
+
+def mpirun(n, args, timeout=180, script=None, env=None):
+    target = [str(script)] if script else ["-m", "minivit"]
+    environment = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{HERE}", MINIVIT_DATA="",
+                       **(env or {}))
+    return subprocess.Popen([MPIRUN, "-n", str(n), sys.executable, *target, "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment, cwd=ROOT)
+
+
+def finish(proc, timeout=180):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def one_process(out, epochs=2):
+    cfg = TrainConfig.from_preset("sample", epochs=epochs, **CFG)
+    return train(cfg, out=out, progress=False, plots=False, log=lambda *a: None)
+
+
+def assert_same_weights(a, b, rtol=1e-10):
+    wa, wb = ckpt.load(a)[0], ckpt.load(b)[0]
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=rtol, atol=1e-13, err_msg=k)
+
+
+def test_a_world_of_one_does_nothing():
+    w = World()
+    assert (w.rank, w.size, w.main) == (0, 1, True) and w.part(7) == slice(0, 7)
+    g = np.ones(3)
+    w.sum_gradients(g)
+    assert g.tolist() == [1, 1, 1] and w.sum([2.0, 3]) == [2.0, 3] and w.any(True) and w.share(5) == 5
+
+
+def test_two_ranks_end_with_the_weights_of_one_process(tmp_path):
+    code, out, err = finish(mpirun(2, ["--epochs", "2", "--out", str(tmp_path / "mpi"), *ARGS]))
+    assert code == 0, err
+    assert "on 2 processes" in out and out.count("Test accuracy") == 1      # rank 0 alone logs
+    one_process(tmp_path / "one")
+    assert_same_weights(tmp_path / "one" / "checkpoint.npz", tmp_path / "mpi" / "checkpoint.npz")
+    a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "mpi" / "metrics.jsonl")
+    for ma, mb in zip(a, b):                      # validation scored in parallel, then combined
+        assert mb["val_acc"] == ma["val_acc"] and abs(mb["val_loss"] - ma["val_loss"]) < 1e-9
+        assert abs(mb["train_loss"] - ma["train_loss"]) < 1e-9
+
+
+def test_a_stopped_run_resumes_on_two_ranks(tmp_path):
+    out = tmp_path / "mpi"
+    proc = mpirun(2, ["--epochs", "4", "--out", str(out), *ARGS])
+    t0 = time.time()
+    while not read_jsonl(out / "metrics.jsonl") and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)              # mpirun passes it to every rank
+    code, _, err = finish(proc)
+    assert code == 130, err                        # stopped cleanly, checkpoint saved
+    assert ckpt.load(out / "checkpoint.npz")[2]["epoch"] < 4
+    code, _, err = finish(mpirun(2, ["--resume", "--out", str(out), "--no-progress", "--no-plots"]))
+    assert code == 0, err
+    one_process(tmp_path / "one", epochs=4)
+    assert_same_weights(tmp_path / "one" / "checkpoint.npz", out / "checkpoint.npz")
+
+
+def test_a_failing_rank_stops_the_job_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "mpi"
+    code, _, err = finish(mpirun(2, ["--epochs", "3", "--out", str(out), *ARGS],
+                                 script=HERE / "mpi_helpers.py", env={"FAIL_RANK": "1"}))
+    assert code != 0
+    assert "rank 1 failed: RuntimeError: planted failure in epoch 3" in err
+    weights, _, meta = ckpt.load(out / "checkpoint.npz")   # whole: epoch 1, or 2 if rank 0 was
+    assert meta["epoch"] in (1, 2) and weights             # through writing it before the stop
+
+
+def test_the_gpu_side_reduces_through_the_host(tmp_path):
+    """Two ranks on the strict CuPy stand-in (its host copy of the flat gradient) equal one
+    NumPy process."""
+    code, out, err = finish(mpirun(2, ["--epochs", "2", "--backend", "cupy", "--out",
+                                       str(tmp_path / "mpi"), *ARGS], script=HERE / "mpi_helpers.py",
+                                   env={"CUPY_STRICT": "1"}))
+    assert code == 0, err
+    assert "on cupy on 2 processes" in out
+    one_process(tmp_path / "one")
+    assert_same_weights(tmp_path / "one" / "checkpoint.npz", tmp_path / "mpi" / "checkpoint.npz")
