@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import distributed, gradcheck
+from . import __version__, distributed, gradcheck
 from .backend import to_host
 from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
@@ -93,6 +93,7 @@ def _common(p, data=True, out_help="output folder"):
 def build_parser():
     ap = argparse.ArgumentParser(prog="minivit", description="A Vision Transformer with "
                                  "hand-derived gradients, on NumPy or CuPy.")
+    ap.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -116,6 +117,8 @@ def build_parser():
                        description="Overall and per-class accuracy of a checkpoint on the test set.")
     e.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     e.add_argument("--batch-size", type=_number(int, "positive_int"), default=500)
+    e.add_argument("--flip", action="store_true",
+                   help="average each image's logits with its mirror image's (test-time augmentation)")
     _common(e, out_help="also write the results as JSON to this file")
 
     p = sub.add_parser("predict", help="classify image files",
@@ -206,6 +209,8 @@ def cmd_train(args, parser):
     out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = distributed.world().share(out)        # every rank writes nowhere else
     _check_writable(parser, out)
+    if distributed.world().main:
+        print(f"Run folder: {out}")
     train(cfg, data=args.data, out=out, backend=args.backend, progress=not args.no_progress,
           plots=not args.no_plots)
     return 0
@@ -225,10 +230,10 @@ def checkpoint_or_shipped(args, parser):
 def cmd_eval(args, parser):
     args.checkpoint = checkpoint_or_shipped(args, parser)
     r = score_checkpoint(args.checkpoint, data=args.data, backend=args.backend,
-                         batch_size=args.batch_size, log=print, wrap=FastViT)
+                         batch_size=args.batch_size, log=print, wrap=FastViT, flip=args.flip)
     print(f"checkpoint {args.checkpoint} (epoch {r['meta'].get('epoch')}), {len(r['preds'])} test "
           f"images from {r['folder']}")
-    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}" + ("  (with flipped copies)" if args.flip else ""))
     for name, a, n in zip(CLASSES, r["per_class"], np.bincount(r["y_test"], minlength=10)):
         print(f"  {name:<11s} {a:.4f}  ({n} images)")
     if args.out:
@@ -276,9 +281,10 @@ def cmd_plot(args, parser):
         parser.error(f"RUN_DIR {args.run_dir} is not a folder; give a run folder written by `minivit train`")
     if args.out:
         _check_writable(parser, args.out)
-    for path in plot_run(args.run_dir, out_dir=args.out):
+    written = plot_run(args.run_dir, out_dir=args.out)
+    for path in written:
         print(path)
-    return 0
+    return 0 if written else 1          # nothing drawn: matplotlib is missing (said above)
 
 
 FLOAT32_NOTE = """Why float32 needs looser marks: float32 keeps about 7 significant digits, so
@@ -390,6 +396,12 @@ def main(argv=None):
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args, args.parser)
+    except BrokenPipeError:             # e.g. `minivit eval | head`: the reader left
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except Exception as e:
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")

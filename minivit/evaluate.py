@@ -10,15 +10,18 @@ from .distributed import World
 from .loss import cross_entropy
 
 
-def evaluate(net, loader, world=None):
+def evaluate(net, loader, world=None, flip=False):
     """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept.
     net: a ViT or anything with its forward (fast.FastViT). world (distributed.World):
-    each rank scores its rows of every batch, and the results are combined."""
+    each rank scores its rows of every batch, and the results are combined. flip: average
+    the logits of each image and its mirror image (test-time augmentation)."""
     world = world or World()
     loss_sum, preds = 0.0, []
     for images, labels in loader:
         rows = world.part(len(labels))
         logits = net.forward(images[rows], keep_cache=False)
+        if flip:
+            logits = 0.5 * (logits + net.forward(images[rows][..., ::-1], keep_cache=False))
         if len(logits):
             loss, _ = cross_entropy(logits, labels[rows])
             loss_sum += float(loss) * len(logits)
@@ -42,7 +45,8 @@ def confusion_matrix(y_true, y_pred, num_classes=len(CLASSES)):
     return m
 
 
-def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wrap=None, world=None):
+def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wrap=None, world=None,
+                     flip=False):
     """Score a checkpoint on a test set: data (a folder), else the folder the run trained
     on, else the full CIFAR-10 wherever it is found, else the shipped sample. Only the
     test batch is read. wrap(model) may return a faster runner (fast.FastViT).
@@ -53,7 +57,7 @@ def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wr
     x_test, y_test = load_test(folder)
     loader = Loader(x_test, y_test, batch_size, model.xp, meta["mean"], meta["std"],
                     dtype=model.config.dtype)
-    loss, acc, preds = evaluate(wrap(model) if wrap else model, loader, world)
+    loss, acc, preds = evaluate(wrap(model) if wrap else model, loader, world, flip)
     return dict(accuracy=acc, loss=loss, per_class=per_class_accuracy(y_test, preds), preds=preds,
                 x_test=x_test, y_test=y_test, folder=str(folder), source=source, model=model,
                 meta=meta)

@@ -77,7 +77,7 @@ def test_plot_command_and_missing_matplotlib(run_dir, capsys, monkeypatch, tmp_p
         "confusion.png", "curves.png", "per_class.png", "predictions.png"]
     from minivit import plots
     monkeypatch.setattr(plots, "_pyplot", lambda: None)
-    assert cli.main(["plot", str(run_dir)]) == 0
+    assert cli.main(["plot", str(run_dir)]) == 1                   # nothing drawn: not a success
     assert "matplotlib is not installed" in capsys.readouterr().out
 
 
@@ -200,3 +200,29 @@ def test_eval_predict_and_attention_use_the_shipped_model_without_a_checkpoint(r
     with pytest.raises(SystemExit):
         cli.main(["eval"])
     assert "no --checkpoint given and no model ships" in capsys.readouterr().err
+
+
+def test_eval_with_flip_averaging(run_dir, capsys, backend):
+    assert cli.main(["eval", "--checkpoint", str(run_dir / "best.npz"), "--flip", "--backend", backend]) == 0
+    assert "(with flipped copies)" in capsys.readouterr().out
+
+
+def test_version_broken_pipe_plot_exit_code_and_file_modes(run_dir, tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+    from minivit import __version__, plots
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and f"minivit {__version__}" in capsys.readouterr().out
+    mode = stat.S_IMODE(os.stat(run_dir / "checkpoint.npz").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask                       # not 0600
+    monkeypatch.setattr(plots, "_pyplot", lambda: None)
+    assert cli.main(["plot", str(run_dir)]) == 1        # nothing drawn is not a success
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError
+    monkeypatch.setattr(cli, "cmd_eval", broken)
+    monkeypatch.setitem(cli.COMMANDS, "eval", broken)
+    assert cli.main(["eval", "--checkpoint", str(run_dir / "best.npz")]) == 0
