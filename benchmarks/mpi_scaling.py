@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minivit  # noqa: E402
 from minivit import distributed  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
-from minivit.threads import cpu_threads, tune_host_allocator  # noqa: E402
+from minivit.threads import cpu_threads, limit_blas_threads, tune_host_allocator  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +32,10 @@ def main(argv=None):
     tune_host_allocator()
     world = distributed.world()
     model = minivit.ViT()
-    net = FastViT(model, threads=max(1, cpu_threads() // world.local_size))
+    threads = max(1, cpu_threads() // world.local_size)
+    if world.local_size > 1:
+        limit_blas_threads(threads)                   # as train() does
+    net = FastViT(model, threads=threads)
     opt = minivit.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     B = args.batch_size

@@ -1,4 +1,4 @@
-"""Rebuild data/cifar10-sample from a full cifar-10-batches-py folder.
+"""Rebuild minivit/sample (the shipped CIFAR-10 sample) from a full cifar-10-batches-py folder.
 
     python data/make_sample.py PATH/TO/cifar-10-batches-py
 
@@ -25,7 +25,7 @@ def first_per_class(y, k):
 
 def main(src):
     src = Path(src)
-    out = Path(__file__).resolve().parent / "cifar10-sample" / "cifar-10-batches-py"
+    out = Path(__file__).resolve().parent.parent / "minivit" / "sample" / "cifar-10-batches-py"
     parts = [read_batch(src / f) for f in TRAIN_FILES]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])

@@ -3,6 +3,7 @@
     minivit train                       # full CIFAR-10 if found, else the shipped sample
     minivit train --preset seed --data ~/cifar10 --backend cupy
     minivit train --resume --out runs/seed-20261123-101500
+    minivit train --init-from runs/.../final.npz --epochs 10
     minivit eval --checkpoint runs/.../best.npz
     minivit predict --checkpoint runs/.../best.npz cat.png dog.jpg
     minivit plot runs/...
@@ -24,10 +25,10 @@ from . import __version__, distributed, gradcheck
 from .backend import to_host
 from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
-                   load_test, normalize)
+                   is_sample, load_test, normalize)
 from .evaluate import score_checkpoint
 from .fast import FastViT
-from .files import write_json
+from .files import read_json, write_json
 from .train import train
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -108,7 +109,13 @@ def build_parser():
                    help="seed: the reference recipe (Adam 3e-4, batch 80, 30 epochs); default: "
                         "AdamW, warmup + cosine, label smoothing, crop + flip; sample: a small "
                         "ViT for a quick CPU run")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: the latest run under runs/)")
+    t.add_argument("--init-from", metavar="CHECKPOINT", default=None,
+                   help="start a new run from these weights (fine-tune, or train a finished run "
+                        "further on a new schedule); the model's shape comes from the checkpoint")
+    t.add_argument("--config", metavar="JSON", default=None,
+                   help="a run's config.json: repeat that run (options given here override it)")
     add_config_options(t.add_argument_group("overrides of the preset"))
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plots", action="store_true", help="draw no plots at the end")
@@ -155,7 +162,8 @@ def build_parser():
     at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
     at.add_argument("--index", type=_number(int, "nonneg_int"), default=0, help="test image index when no IMAGE")
     at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
-    _common(at, out_help="PNG file to write (default: attention-IMAGE.png)")
+    _common(at, out_help="PNG file to write (default: attention-IMAGE.png beside the checkpoint; "
+                         "runs/shipped-model/ for the shipped model)")
 
     st = sub.add_parser("selftest", help="check the GPU path (or the CPU) on this machine",
                         description="Gradient-check every layer and the model in float64, check the "
@@ -185,34 +193,110 @@ def _check_writable(parser, folder):
         parser.error(f"--out {folder} is not a writable folder ({e.strerror}); choose another --out")
 
 
+def new_run_folder(preset, parent="runs"):
+    """A new folder parent/PRESET-DATE-TIME (-2, -3, ... when taken), created here, so
+    two runs started in the same second never share one."""
+    base = os.path.join(parent, f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(parent, exist_ok=True)
+    for n in range(1, 10 ** 6):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(path)                       # atomic: exactly one run gets each name
+            return path
+        except FileExistsError:
+            continue
+
+
+def latest_run(parent="runs"):
+    """The run folder under parent whose checkpoint.npz was written last, or None."""
+    found = sorted(Path(parent).glob("*/checkpoint.npz"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1].parent) if found else None
+
+
+def _overrides(args, skip=()):
+    """The TrainConfig fields given on the command line."""
+    fields = TrainConfig.__dataclass_fields__
+    return {k: v for k, v in vars(args).items() if k in fields and k not in skip and v is not None}
+
+
+def config_for(args, parser):
+    """The new run's TrainConfig: a preset (or --config's saved run), the model of
+    --init-from's checkpoint, then the options given."""
+    base = {}
+    if args.config:
+        try:
+            saved = read_json(args.config)
+            base = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+        except (OSError, ValueError, AttributeError) as e:
+            parser.error(f"--config {args.config}: cannot read it as a run's config.json ({e})")
+        if "betas" in base:
+            base["betas"] = tuple(base["betas"])
+        if not base:
+            parser.error(f"--config {args.config} holds no training settings: give a config.json "
+                         f"written by `minivit train` in a run folder")
+    preset = args.preset or base.get("preset")
+    if preset is None:
+        found = find_cifar10(args.data)
+        preset = "default" if found is not None and not is_sample(found) else "sample"
+        if found is not None and is_sample(found):
+            print("note: --data is the shipped sample: using the 'sample' preset (pass --preset "
+                  "to choose another)", file=sys.stderr)
+    if args.init_from:
+        model = ckpt.load(args.init_from)[2]["model"]
+        given = _overrides(args)
+        clash = [k for k in model if k != "drop_path" and k in given and given[k] != model[k]]
+        if clash:
+            parser.error(f"--init-from {args.init_from}: its model has " + ", ".join(
+                f"{k} {model[k]!r}" for k in clash) + "; drop " + ", ".join(
+                "--" + k.replace("_", "-") for k in clash) + " (the model's shape comes from the checkpoint)")
+        base.update({k: v for k, v in model.items() if k != "drop_path"})
+    try:
+        return TrainConfig.from_preset(preset, **{**{k: v for k, v in base.items() if k != "preset"},
+                                                  **_overrides(args, skip=("preset",))}).validate()
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+
+
 def cmd_train(args, parser):
+    world = distributed.world()
     if args.resume:
+        if args.init_from or args.config:
+            parser.error("--resume continues a run as it was saved; --init-from and --config "
+                         "start a new run: give one or the other")
         if args.out is None:
-            parser.error("--resume needs --out RUN_DIR, the run folder to continue")
-        fields = set(TrainConfig.__dataclass_fields__)
-        overrides = {k for k, v in vars(args).items() if k in fields and v is not None}
+            args.out = world.share(latest_run() if world.main else None)
+            if args.out is None:
+                parser.error("--resume: no --out RUN_DIR given and no run under runs/ holds a "
+                             "checkpoint.npz; pass --out with the run folder to continue")
+            if world.main:
+                print(f"Resuming the latest run: {args.out}")
+        overrides = _overrides(args)
         if overrides:
             print(f"note: --resume continues with the run's saved configuration; ignoring "
-                  f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))}", file=sys.stderr)
+                  f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))} "
+                  f"(to train a finished run further with new settings: --init-from "
+                  f"{os.path.join(args.out, 'checkpoint.npz')})", file=sys.stderr)
         train(None, data=args.data, out=args.out, resume=True, backend=args.backend,
               progress=not args.no_progress, plots=not args.no_plots)
         return 0
-    preset = args.preset
-    if preset is None:
-        preset = "default" if find_cifar10(args.data) is not None else "sample"
-    fields = TrainConfig.__dataclass_fields__
-    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
-    try:
-        cfg = TrainConfig.from_preset(preset, **overrides).validate()
-    except ValueError as e:
-        parser.error(str(e))
-    out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = distributed.world().share(out)        # every rank writes nowhere else
-    _check_writable(parser, out)
-    if distributed.world().main:
+    cfg = config_for(args, parser)
+    created = False
+    if world.main:
+        if args.out is None:
+            out, created = new_run_folder(cfg.preset), True
+        else:
+            out, created = args.out, not os.path.exists(args.out)
+            _check_writable(parser, out)
+    out = world.share(out if world.main else None)      # every rank writes nowhere else
+    if world.main:
         print(f"Run folder: {out}")
-    train(cfg, data=args.data, out=out, backend=args.backend, progress=not args.no_progress,
-          plots=not args.no_plots)
+    try:
+        train(cfg, data=args.data, out=out, init_from=args.init_from, backend=args.backend,
+              progress=not args.no_progress, plots=not args.no_plots)
+    except BaseException:
+        if created and world.main and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)                        # a failed start leaves no empty folder
+        raise
     return 0
 
 
@@ -258,7 +342,8 @@ def load_image(path, size):
 
 def cmd_predict(args, parser):
     from .layers import softmax_forward
-    model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
+    path = checkpoint_or_shipped(args, parser)
+    model, meta = ckpt.load_model(path, backend=args.backend)
     size = model.config.img_size
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
     x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config.dtype)
@@ -331,7 +416,8 @@ def cmd_gradcheck(args, parser):
 
 def cmd_attention(args, parser):
     from . import attention_maps as am
-    model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
+    path = checkpoint_or_shipped(args, parser)
+    model, meta = ckpt.load_model(path, backend=args.backend)
     size = model.config.img_size
     if args.image:
         image = load_image(args.image, size)
@@ -354,7 +440,10 @@ def cmd_attention(args, parser):
     roll = am.to_grid(am.rollout(maps)[0])                               # [g, g]
     layer = args.layer % model.config.depth
     title = f"predicted {pred}" + (f" (true {label})" if label else "") + f"; heads of block {layer}"
-    out = args.out or f"attention-{name}.png"
+    # by default beside the checkpoint, in its run folder (runs/shipped-model for the shipped one)
+    folder = Path("runs") / "shipped-model" if path == ckpt.SHIPPED_MODEL else Path(path).parent
+    out = args.out or str(folder / f"attention-{name}.png")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         am.draw(image, heads, roll, out, title)
     except ImportError:

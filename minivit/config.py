@@ -169,6 +169,8 @@ class TrainConfig(ViTConfig):
     val_fraction: float = _field(0.1, "fraction", help="share of training images held out")
     limit_train: int = _field(0, "nonneg_int", help="use only the first N training images (0: all)")
     eval_batch_size: int = _field(500, "positive_int", help="images per evaluation batch")
+    checkpoint_minutes: float = _field(10.0, "nonneg", help="inside an epoch, also save "
+                                       "checkpoint.npz every this many minutes (0: at epoch ends only)")
     seed: int = _field(0, "nonneg_int", help="weights, split, order and every random draw")
 
     def validate(self):
@@ -200,6 +202,12 @@ PRESETS = {
     # The same ViT with a modern recipe: AdamW with decay on weight matrices, warmup +
     # cosine, label smoothing, gradient clipping, crop + flip augmentation.
     "default": dict(),
+    # A small hybrid ViT for CPU time budgets (`--time-budget 30m`): a 3x3 conv stem (24
+    # channels, GELU) at full resolution, then 4x4 patches: 64 tokens of width 96; 6 blocks
+    # of 3 heads; AdamW 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip.
+    "hybrid": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, patch_size=4,
+                   stem_channels=24, stem_stride=1, batch_size=128, lr=2e-3, epochs=20,
+                   warmup_epochs=1.0, warmup_fraction=0.05, schedule="linear", min_lr=0.0),
     # A small ViT for a short run on a CPU (the shipped sample trains in under a minute).
     "sample": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, batch_size=64, epochs=15,
                    warmup_epochs=1.0, lr=2e-3),

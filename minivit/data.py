@@ -37,8 +37,9 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 # where the full data set is looked for when no folder is given, after $MINIVIT_DATA
 DEFAULT_ROOT = Path.home() / ".cache" / "minivit"
-# the small real sample shipped with the project (see data/README.md)
-SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "data" / "cifar10-sample"
+# the small real sample shipped inside the package (see data/README.md), so that an
+# installed minivit (pip install ., a wheel) trains out of the box too
+SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"
 SAMPLE_FOLDER = SAMPLE_ROOT / FOLDER
 
 
@@ -158,6 +159,11 @@ def find_cifar10(data=None, need="train"):
             raise _missing(data, need)
         return folder
     return dataset_folder(DEFAULT_ROOT, need)
+
+
+def is_sample(folder):
+    """Whether folder is the sample shipped with minivit."""
+    return Path(folder).resolve() == SAMPLE_FOLDER.resolve()
 
 
 def data_or_sample(data=None, need="train", log=None):

@@ -34,6 +34,11 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+def read_json(path):
+    """The object in a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
 def write_jsonl(path, records):
     """Write one JSON line per record, atomically: the file never holds half a line."""
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))

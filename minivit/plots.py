@@ -29,6 +29,44 @@ def _save(fig, path):
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+CHANCE = 1 / len(CLASSES)        # the accuracy of guessing
+
+
+def draw_curves(plt, metrics):
+    """Loss, accuracy (with the chance line) and learning rate per epoch -> a figure."""
+    epochs = [m["epoch"] for m in metrics]
+    validated = [m for m in metrics if m.get("val_acc") is not None]    # none without a split
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.8))
+    a1.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
+    a1.plot([m["epoch"] for m in validated], [m["val_loss"] for m in validated], "o-", label="validation")
+    a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    a1.legend()
+    a2.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
+    a2.plot([m["epoch"] for m in validated], [m["val_acc"] for m in validated], "o-", label="validation")
+    a2.axhline(CHANCE, color="gray", ls=":", label="chance")
+    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    a2.legend()
+    a3.plot(epochs, [m["lr"] for m in metrics], "o-", color="tab:green")
+    a3.set(xlabel="epoch", ylabel="learning rate", title="learning rate (at the epoch's end)")
+    a3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    return fig
+
+
+def draw_per_class(plt, y_true, y_pred):
+    """Test accuracy per class, each bar labelled with its value, with the overall
+    accuracy and chance -> a figure."""
+    acc = per_class_accuracy(y_true, y_pred)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bars = ax.bar(CLASSES, acc, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{a:.0%}" for a in acc], fontsize=8)
+    ax.axhline(float((y_true == y_pred).mean()), color="k", ls="--", label="overall")
+    ax.axhline(CHANCE, color="gray", ls=":", label="chance")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.08), title="per-class test accuracy")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(loc="lower right")
+    return fig
+
+
 def plot_run(run_dir, log=print, out_dir=None):
     """Write curves.png, per_class.png, predictions.png and confusion.png into out_dir
     (default run_dir) from run_dir's metrics.jsonl and predictions.npz; returns the paths."""
@@ -44,17 +82,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")
     written = []
-    epochs = [m["epoch"] for m in metrics]
-    validated = [m for m in metrics if m.get("val_acc") is not None]    # none without a split
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    a1.plot([m["epoch"] for m in validated], [m["val_loss"] for m in validated], "o-", label="validation")
-    a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    a1.legend()
-    a2.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
-    a2.plot([m["epoch"] for m in validated], [m["val_acc"] for m in validated], "o-", label="validation")
-    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    a2.legend()
+    fig = draw_curves(plt, metrics)
     _save(fig, out_dir / "curves.png")
     plt.close(fig)
     written.append(out_dir / "curves.png")
@@ -65,13 +93,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         return written
     with np.load(pred_path, allow_pickle=False) as f:
         y_true, y_pred, images = f["y_true"], f["y_pred"], f["images"]
-    acc = per_class_accuracy(y_true, y_pred)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(CLASSES, acc, color="tab:blue")
-    ax.axhline(float((y_true == y_pred).mean()), color="k", ls="--", label="overall")
-    ax.set(ylabel="test accuracy", ylim=(0, 1), title="per-class test accuracy")
-    ax.tick_params(axis="x", rotation=45)
-    ax.legend()
+    fig = draw_per_class(plt, y_true, y_pred)
     _save(fig, out_dir / "per_class.png")
     plt.close(fig)
     written.append(out_dir / "per_class.png")

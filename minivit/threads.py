@@ -76,6 +76,17 @@ def _blas_controller():
     return _blas
 
 
+def limit_blas_threads(n):
+    """Hold BLAS to n threads in this process from now on (for several processes on one
+    machine, e.g. MPI ranks, which would otherwise each start a BLAS thread per core and
+    oversubscribe the cores). Returns False when threadpoolctl is missing."""
+    blas = _blas_controller()
+    if not blas:
+        return False
+    blas.limit(limits=n, user_api="blas")      # applied now, kept: never restored
+    return True
+
+
 def parallel_map(fn, items):
     """[fn(item) for item in items], the items run at once in threads with BLAS held to
     one thread each; the first runs in the calling thread. Exceptions propagate."""

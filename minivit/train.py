@@ -40,7 +40,7 @@ from .model import ViT
 from .kernels import kernel
 from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared, warmup_cosine
 from .plots import plot_run
-from .threads import cpu_threads, tune_host_allocator
+from .threads import cpu_threads, limit_blas_threads, tune_host_allocator
 
 
 def decay_groups(model, weight_decay):
@@ -198,13 +198,16 @@ def new_epoch_totals():
     return dict(batch=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
 
 
-def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progress=True,
-          plots=True, log=print, stop_after_epochs=None, on_step=None, on_epoch=None, world=None):
-    """Train a ViT with cfg; write everything into the run folder out. Returns the summary
-    (None when the run stopped before its last epoch).
+def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backend=None,
+          progress=True, plots=True, log=print, stop_after_epochs=None, on_step=None,
+          on_epoch=None, world=None):
+    """Train a ViT with cfg; write everything into the run folder out (a new or empty
+    folder). Returns the summary (None when the run stopped before its last epoch).
 
     resume: continue from out/checkpoint.npz (its configuration is used), from the
         batch after the last one it saved.
+    init_from: a checkpoint whose weights the new run starts from (fine-tuning, or more
+        training with a new schedule); cfg's model fields must match its model.
     stop_after_epochs: stop after this many epochs in this call (resume later).
     on_step(step), on_epoch(record): called after every step / epoch (for monitoring).
     world: the processes training together (distributed.world(): every rank of an MPI
@@ -227,15 +230,24 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
     elif last_path.exists():
         raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                               f"continue it, or choose another --out")
+    elif world.main and out.is_dir() and any(out.iterdir()):    # (rank 0 writes there soon)
+        held = sorted(p.name for p in out.iterdir())
+        raise FileExistsError(f"{out} is not empty (it holds {', '.join(held[:4])}"
+                              f"{', ...' if len(held) > 4 else ''}): a new run needs a new or "
+                              f"empty folder, so that no two runs mix their files; choose another --out")
     cfg.validate()
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
     tune_host_allocator()
 
     d = prepare_data(cfg, data, log)
     mean, std = channel_stats(d["x_train"])
     model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
+    if init_from is not None and saved is None:
+        start_from(model, init_from, log)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)    # only now: a failed start leaves nothing
     threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
+    if world.local_size > 1 and threads is not None:
+        limit_blas_threads(threads)               # the ranks on this machine share its cores
     run = SimpleNamespace(
         cfg=cfg, out=out, log=log, progress=progress, model=model, world=world,
         net=FastViT(model, threads=threads),
@@ -269,8 +281,10 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
             record = end_of_epoch(run, val_loader)
             if on_epoch is not None:
                 on_epoch(record)
-            if stop.signal and run.epoch < last_epoch and not run.out_of_time:
-                log(f"{stop.signal}: stopped after epoch {run.epoch}, saved in {last_path}; "
+            stopped = world.any(stop.signal is not None)   # every rank decides alike
+            if stopped and run.epoch < last_epoch and not run.out_of_time:
+                log(f"{stop.signal or 'a stop request to another rank'}: stopped after epoch "
+                    f"{run.epoch}, saved in {last_path}; "
                     f"continue with: minivit train --resume --out {out}")
                 raise KeyboardInterrupt
 
@@ -281,6 +295,20 @@ def train(cfg, data=None, out="runs/run", *, resume=False, backend=None, progres
         save_checkpoint(run, out / "final.npz", weights_only=True)   # the weights evaluated last
     world.barrier()                      # every rank reads what rank 0 wrote
     return finish(out, backend=backend, log=log, plots=plots, data=data, world=world)
+
+
+def start_from(model, path, log=print):
+    """Load a checkpoint's weights into a new run's model (--init-from)."""
+    weights, _, meta = ckpt.load(path)
+    theirs, ours = meta["model"], dataclasses.asdict(model.config)
+    differ = [k for k in ours if k != "drop_path" and theirs.get(k, ours[k]) != ours[k]]
+    if differ:
+        raise ValueError(f"--init-from {path}: its model has " + ", ".join(
+            f"{k} {theirs[k]!r}" for k in differ) + " but this run asks for " + ", ".join(
+            f"{k} {ours[k]!r}" for k in differ) + "; drop those options (the checkpoint's "
+            "model is used), or start from scratch")
+    model.load_state_dict(weights)
+    log(f"Starting from the weights of {path} (epoch {meta.get('epoch')}).")
 
 
 def restore(run, weights, optim_state, meta):
@@ -325,6 +353,7 @@ def train_epoch(run, stop):
     run_correct = xp.zeros((), dtype=np.int64)
     seen = 0
     t0 = time.perf_counter() - base["seconds"]
+    last_save = time.perf_counter()                   # for cfg.checkpoint_minutes
 
     def totals(i):
         """The epoch's totals over every rank after batch i (one collective)."""
@@ -338,7 +367,9 @@ def train_epoch(run, stop):
     for i, (images, labels) in enumerate(run.train_loader.batches(epoch, base["batch"]), base["batch"]):
         # one step: nothing here reads the device, so the host never waits for the GPU
         elapsed = run.train_seconds + time.perf_counter() - t0       # training time so far
-        if cfg.time_budget and world.any(elapsed >= cfg.time_budget):
+        if cfg.time_budget:
+            elapsed = world.share(elapsed)       # rank 0's clock: one schedule for every rank
+        if cfg.time_budget and elapsed >= cfg.time_budget:
             run.out_of_time = True
             i -= 1
             break
@@ -368,8 +399,8 @@ def train_epoch(run, stop):
         stopping = world.any(stop.signal is not None)
         if i % 10 == 9 or i == steps - 1 or stopping:
             run.guard.check(run.out / "checkpoint.npz", world)
+            t = totals(i + 1)                        # every rank takes part in the sum
             if bar is not None:
-                t = totals(i + 1)
                 bar.update(i + 1 - bar.n)
                 left = {}
                 if cfg.time_budget:
@@ -378,12 +409,16 @@ def train_epoch(run, stop):
                 bar.set_postfix(loss=f"{t['loss_sum'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}",
                                 img_s=f"{(t['seen'] - base['seen']) / max(1e-9, t['seconds'] - base['seconds']):.0f}",
                                 **left)
+            # a checkpoint inside the epoch: on request (Ctrl-C, SIGTERM) or on the clock
+            due = cfg.checkpoint_minutes and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+            if (stopping or world.any(due)) and i + 1 < steps:
+                run.totals = t                       # the epoch so far, saved for --resume
+                save_checkpoint(run)
+                last_save = time.perf_counter()
         if stopping and i + 1 < steps:
             if bar is not None:
                 bar.close()
-            run.totals = totals(i + 1)
-            save_checkpoint(run)
-            run.log(f"{stop.signal}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
+            run.log(f"{stop.signal or 'a stop request to another rank'}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
                     f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
             raise KeyboardInterrupt
     if bar is not None:

@@ -1,5 +1,7 @@
 """Run `minivit` in an MPI rank with a test's changes: FAIL_RANK=R makes rank R fail in
-epoch 3; CUPY_STRICT=1 installs the strict CuPy stand-in as CuPy."""
+epoch 3; CUPY_STRICT=1 installs the strict CuPy stand-in as CuPy; SIGNAL_RANK=R sends SIGTERM to
+rank R alone at the end of epoch 1; REPORT_BLAS=1 prints
+each rank's BLAS thread count at the end."""
 
 import os
 import sys
@@ -22,4 +24,22 @@ if os.environ.get("FAIL_RANK"):
         return real(run, stop)
     train.train_epoch = failing
 
-sys.exit(cli.main(sys.argv[1:]))
+if os.environ.get("SIGNAL_RANK"):
+    import signal
+    real_end = train.end_of_epoch
+
+    def signalled(run, val_loader):
+        record = real_end(run, val_loader)
+        if run.epoch == 1 and distributed.world().rank == int(os.environ["SIGNAL_RANK"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+    train.end_of_epoch = signalled
+
+code = cli.main(sys.argv[1:])
+if os.environ.get("REPORT_BLAS"):
+    from threadpoolctl import threadpool_info
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    numpys = [p for p in blas if "numpy" in p["filepath"]] or blas     # the one matmuls use
+    counts = sorted({p["num_threads"] for p in numpys})
+    print(f"rank {distributed.world().rank}: BLAS threads {counts}", flush=True)
+sys.exit(code)

@@ -50,11 +50,16 @@ def mpirun(n, args, timeout=180, script=None, env=None):
                        **(env or {}))
     return subprocess.Popen([MPIRUN, "-n", str(n), sys.executable, *target, "train", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment, cwd=ROOT)
+                            env=environment, cwd=ROOT, start_new_session=True)
 
 
 def finish(proc, timeout=180):
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:        # a hung job: kill mpirun and every rank
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the MPI job hung for {timeout} s:\n{out}\n{err}")
     return proc.returncode, out, err
 
 
@@ -125,3 +130,32 @@ def test_the_gpu_side_reduces_through_the_host(tmp_path):
     assert "on cupy on 2 processes" in out
     one_process(tmp_path / "one")
     assert_same_weights(tmp_path / "one" / "checkpoint.npz", tmp_path / "mpi" / "checkpoint.npz")
+
+
+def test_two_ranks_with_a_progress_bar_and_a_time_budget(tmp_path):
+    """The progress bar (rank 0) and a time budget (rank 0's clock) keep every rank in step."""
+    args = [a for a in ARGS if a != "--no-progress"]
+    code, out, err = finish(mpirun(2, ["--time-budget", "2s", "--out", str(tmp_path / "mpi"), *args]))
+    assert code == 0, err
+    assert read_jsonl(tmp_path / "mpi" / "metrics.jsonl")[-1]["train_seconds"] >= 2.0
+
+
+def test_ranks_sharing_a_machine_share_its_cores(tmp_path):
+    """Two ranks on a 2-core machine run one BLAS thread each (not one per core each,
+    which oversubscribed the cores: 84 instead of 140 images/s in benchmarks/mpi_scaling.py)."""
+    code, out, err = finish(mpirun(2, ["--epochs", "1", "--out", str(tmp_path / "mpi"), *ARGS],
+                                   script=HERE / "mpi_helpers.py",
+                                   env={"REPORT_BLAS": "1", "MINIVIT_THREADS": "2"}))
+    assert code == 0, err
+    assert "rank 0: BLAS threads [1]" in out and "rank 1: BLAS threads [1]" in out, out
+
+
+def test_a_signal_to_one_rank_stops_every_rank(tmp_path):
+    """SIGTERM reaching one rank between epochs stops all of them after that epoch (the
+    ranks decide together; one rank stopping alone left the other waiting forever)."""
+    out = tmp_path / "mpi"
+    code, said, err = finish(mpirun(2, ["--epochs", "4", "--out", str(out), *ARGS],
+                                    script=HERE / "mpi_helpers.py", env={"SIGNAL_RANK": "1"}), timeout=60)
+    assert code == 130, err
+    assert "a stop request to another rank: stopped after epoch 1" in said
+    assert ckpt.load(out / "checkpoint.npz")[2]["epoch"] == 1
