@@ -113,6 +113,13 @@ def load_model(path, backend=None):
     return model, meta
 
 
+def model_differences(saved, wanted):
+    """The model fields in which a checkpoint's model (its meta["model"]) and a wanted
+    configuration (a dict) differ, so that its weights would not fit (drop_path aside: a
+    training setting, not a shape)."""
+    return [k for k in saved if k != "drop_path" and k in wanted and wanted[k] != saved[k]]
+
+
 def shipped_summary():
     """One line about the shipped model, from its summary.json."""
     summary = SHIPPED_MODEL.with_name("summary.json")

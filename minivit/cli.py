@@ -209,8 +209,8 @@ def new_run_folder(preset, parent="runs"):
 
 def latest_run(parent="runs"):
     """The run folder under parent whose checkpoint.npz was written last, or None."""
-    found = sorted(Path(parent).glob("*/checkpoint.npz"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1].parent) if found else None
+    found = max(Path(parent).glob("*/checkpoint.npz"), key=lambda p: p.stat().st_mtime, default=None)
+    return str(found.parent) if found else None
 
 
 def _overrides(args, skip=()):
@@ -244,7 +244,7 @@ def config_for(args, parser):
     if args.init_from:
         model = ckpt.load(args.init_from)[2]["model"]
         given = _overrides(args)
-        clash = [k for k in model if k != "drop_path" and k in given and given[k] != model[k]]
+        clash = ckpt.model_differences(model, given)
         if clash:
             parser.error(f"--init-from {args.init_from}: its model has " + ", ".join(
                 f"{k} {model[k]!r}" for k in clash) + "; drop " + ", ".join(
@@ -342,8 +342,7 @@ def load_image(path, size):
 
 def cmd_predict(args, parser):
     from .layers import softmax_forward
-    path = checkpoint_or_shipped(args, parser)
-    model, meta = ckpt.load_model(path, backend=args.backend)
+    model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
     size = model.config.img_size
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
     x = normalize(model.xp.asarray(images), meta["mean"], meta["std"], model.config.dtype)

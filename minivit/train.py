@@ -130,6 +130,11 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
+    def reason(self):
+        """What stopped the run, for its message: this process's signal, or (with several
+        ranks) another rank's."""
+        return self.signal or "a stop request to another rank"
+
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -283,7 +288,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
                 on_epoch(record)
             stopped = world.any(stop.signal is not None)   # every rank decides alike
             if stopped and run.epoch < last_epoch and not run.out_of_time:
-                log(f"{stop.signal or 'a stop request to another rank'}: stopped after epoch "
+                log(f"{stop.reason()}: stopped after epoch "
                     f"{run.epoch}, saved in {last_path}; "
                     f"continue with: minivit train --resume --out {out}")
                 raise KeyboardInterrupt
@@ -301,7 +306,7 @@ def start_from(model, path, log=print):
     """Load a checkpoint's weights into a new run's model (--init-from)."""
     weights, _, meta = ckpt.load(path)
     theirs, ours = meta["model"], dataclasses.asdict(model.config)
-    differ = [k for k in ours if k != "drop_path" and theirs.get(k, ours[k]) != ours[k]]
+    differ = ckpt.model_differences(theirs, ours)
     if differ:
         raise ValueError(f"--init-from {path}: its model has " + ", ".join(
             f"{k} {theirs[k]!r}" for k in differ) + " but this run asks for " + ", ".join(
@@ -418,7 +423,7 @@ def train_epoch(run, stop):
         if stopping and i + 1 < steps:
             if bar is not None:
                 bar.close()
-            run.log(f"{stop.signal or 'a stop request to another rank'}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
+            run.log(f"{stop.reason()}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
                     f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
             raise KeyboardInterrupt
     if bar is not None:

@@ -135,11 +135,11 @@ def test_config_and_resume_errors_are_clear(tmp_path, capsys):
     assert "give one or the other" in capsys.readouterr().err
 
 
-def test_a_checkpoint_on_the_clock_inside_an_epoch_resumes_exactly(tmp_path):
+def test_a_checkpoint_on_the_clock_inside_an_epoch_resumes_exactly(tmp_path, backend):
     # 720 training images of batch 32: 22 steps an epoch; the clock asks for a checkpoint
     # at every look at the device (every 10 steps); the process dies at step 15
     cfg = TrainConfig.from_preset("sample", epochs=1, limit_train=800, checkpoint_minutes=1e-9, **TINY_CFG)
-    kw = dict(progress=False, plots=False, log=quiet)
+    kw = dict(progress=False, plots=False, log=quiet, backend=backend)
     train(cfg, out=tmp_path / "straight", **kw)
 
     def crash(step):
