@@ -12,6 +12,8 @@ so a field is described once.
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import layers
 
 DTYPES = ("float32", "float64")
@@ -81,6 +83,9 @@ class ViTConfig:
     stem_channels: int = _field(0, "nonneg_int", help="a 3x3 conv + GELU stem with this many "
                                 "channels before the patch embedding (0: none, as SimpleViT)")
     stem_stride: int = _field(1, "positive_int", help="the stem's stride")
+    stem_layers: int = _field(1, "positive_int", help="3x3 convs in the stem, each + GELU: "
+                              "the first gives stem_channels, each later one doubles the "
+                              "channels at stride 2")
 
     def validate(self):
         """Raise ValueError naming the first bad field and how to fix it; returns self."""
@@ -92,10 +97,11 @@ class ViTConfig:
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ValueError(f"unknown {f.name} {value!r}: use one of "
                                  f"{', '.join(f.metadata['choices'])}")
-        if self.img_size % self.stem_stride or self.grid_size % self.patch_size:
+        if self.img_size % self.stem_reduction or self.grid_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size "
-                             f"{self.patch_size}" + (f" times stem_stride {self.stem_stride}"
-                                                     if self.stem_stride > 1 else "")
+                             f"{self.patch_size}" + (f" times the stem's reduction "
+                                                     f"{self.stem_reduction}"
+                                                     if self.stem_reduction > 1 else "")
                              + ": choose a patch size that divides the image size (e.g. 4 for 32)")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
@@ -105,9 +111,25 @@ class ViTConfig:
         return self
 
     @property
+    def stem_convs(self):
+        """The stem's convs, first to last, as (parameter prefix, in channels, out
+        channels, stride): stem.conv, stem.conv2, ..."""
+        if not self.stem_channels:
+            return []
+        out = [self.stem_channels * 2 ** i for i in range(self.stem_layers)]
+        return [("stem.conv" + (str(i + 1) if i else ""), c_in, c_out,
+                 self.stem_stride if i == 0 else 2)
+                for i, (c_in, c_out) in enumerate(zip([self.in_chans] + out, out))]
+
+    @property
+    def stem_reduction(self):
+        """How many times smaller the stem's output is than the image (1: no stem)."""
+        return int(np.prod([s for *_, s in self.stem_convs]))
+
+    @property
     def grid_size(self):
         """Height and width of what the patch embedding cuts: the image, or the stem's output."""
-        return self.img_size // self.stem_stride if self.stem_channels else self.img_size
+        return self.img_size // self.stem_reduction
 
     @property
     def num_patches(self):
@@ -115,8 +137,8 @@ class ViTConfig:
 
     @property
     def patch_in_chans(self):
-        """Channels the patch embedding reads: the image's, or the stem's."""
-        return self.stem_channels or self.in_chans
+        """Channels the patch embedding reads: the image's, or the stem's last conv's."""
+        return self.stem_convs[-1][2] if self.stem_channels else self.in_chans
 
     @property
     def hidden(self):
@@ -166,6 +188,10 @@ class TrainConfig(ViTConfig):
     cutmix: float = _field(0.0, "nonneg", help="cutmix Beta alpha (0: off)")
     random_erase: float = _field(0.0, "probability", help="probability of erasing a box per image")
     ema: float = _field(0.0, "fraction", help="decay of a weight average used for evaluation (0: off)")
+    low_res: float = _field(0.0, "fraction", help="progressive resizing: the share of training "
+                            "(of the time budget, or of the epochs) run first on images "
+                            "area-resized to low_res_size (0: off)")
+    low_res_size: int = _field(16, "positive_int", help="the image side of that first part")
     val_fraction: float = _field(0.1, "fraction", help="share of training images held out")
     limit_train: int = _field(0, "nonneg_int", help="use only the first N training images (0: all)")
     eval_batch_size: int = _field(500, "positive_int", help="images per evaluation batch")
@@ -177,6 +203,11 @@ class TrainConfig(ViTConfig):
         super().validate()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        unit = self.stem_reduction * self.patch_size
+        if self.low_res and (self.low_res_size > self.img_size or self.low_res_size % unit):
+            raise ValueError(f"low_res_size {self.low_res_size} does not fit the model: it must be "
+                             f"at most img_size {self.img_size} and a multiple of {unit} (patch_size "
+                             f"times the stem's reduction), e.g. {max(unit, self.img_size // 2 // unit * unit)}")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         return self
@@ -204,10 +235,12 @@ PRESETS = {
     "default": dict(),
     # A small hybrid ViT for CPU time budgets (`--time-budget 30m`): a 3x3 conv stem (24
     # channels, GELU) at full resolution, then 4x4 patches: 64 tokens of width 96; 6 blocks
-    # of 3 heads; AdamW 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip.
+    # of 3 heads; AdamW 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip;
+    # the first half of training on 16x16 images (progressive resizing: 16 tokens a step).
     "hybrid": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, patch_size=4,
                    stem_channels=24, stem_stride=1, batch_size=128, lr=2e-3, epochs=20,
-                   warmup_epochs=1.0, warmup_fraction=0.05, schedule="linear", min_lr=0.0),
+                   warmup_epochs=1.0, warmup_fraction=0.05, schedule="linear", min_lr=0.0,
+                   low_res=0.5, low_res_size=16),
     # A small ViT for a short run on a CPU (the shipped sample trains in under a minute).
     "sample": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, batch_size=64, epochs=15,
                    warmup_epochs=1.0, lr=2e-3),

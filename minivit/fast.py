@@ -233,18 +233,18 @@ class FastViT:
         m, c = self.model, self.model.config
         p = m.params
         D, C, ps = c.embed_dim, c.patch_in_chans, c.patch_size
-        c_stem = None
-        if c.stem_channels:                                                  # [B, S, H/s, W/s]
-            h, c_conv = layers.conv2d_forward(x, p["stem.conv.weight"], p["stem.conv.bias"],
-                                              stride=c.stem_stride, padding=1)
+        c_stem = []
+        for name, _, _, stride in c.stem_convs:                              # [B, S, H/s, W/s]
+            h, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
+                                              stride=stride, padding=1)
             x, dgelu = GELUS[c.gelu](h, 0.0)
-            c_stem = Cache(conv=c_conv, dgelu=dgelu)
+            c_stem.append(Cache(name=name, conv=c_conv, dgelu=dgelu))
         patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
         h, c_patch = linear(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
-        tokens = m.xp.empty((len(x), c.num_patches + 1, D), dtype=h.dtype)   # [B, N, D]
-        tokens[:, :1] = p["vit_embed.cls_token"] + p["vit_embed.pos_embed"][:, :1]
-        tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"],
-                                         p["vit_embed.pos_embed"][:, 1:], 1.0)
+        pos, c_pos = m.pos_embed_for(x.shape[-1] // ps)                       # [1, N, D]
+        tokens = m.xp.empty((len(x), pos.shape[1], D), dtype=h.dtype)        # [B, N, D]
+        tokens[:, :1] = p["vit_embed.cls_token"] + pos[:, :1]
+        tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"], pos[:, 1:], 1.0)
         h = tokens
         c_blocks = []
         for i in range(c.depth):
@@ -256,7 +256,7 @@ class FastViT:
         logits += p["head.bias"]                                             # [B, K]
         if not keep_cache:
             return logits, None
-        return logits, Cache(stem=c_stem, patch=c_patch, x_shape=x.shape, blocks=c_blocks,
+        return logits, Cache(stem=c_stem, patch=c_patch, pos=c_pos, x_shape=x.shape, blocks=c_blocks,
                              norm=c_norm, head=c_head, h_shape=h.shape)
 
     def _backward_pass(self, dlogits, cache, g, need_dx):
@@ -277,14 +277,19 @@ class FastViT:
             block_grads = {name: g[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
             dh = block_backward(dh, cache.blocks[i], block_grads, xp)
             cache.blocks[i] = None             # free this block's activations
-        dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
+        if cache.pos is None:
+            dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
+        else:                                    # smaller images: back through the resize
+            g["vit_embed.pos_embed"][...] = layers.pos_embed_resize_backward(
+                dh.sum(axis=0, keepdims=True), cache.pos)
         dh[:, :1].sum(axis=0, keepdims=True, out=g["vit_embed.cls_token"])
         D = c.embed_dim
-        stem = cache.stem
         dpatch = linear_backward(dh[:, 1:], cache.patch, g["patch_embed.proj.weight"].reshape(D, -1),
-                                 g["patch_embed.proj.bias"], need_dx or stem is not None)
-        if stem is None:
-            return layers.unpatchify(dpatch, cache.x_shape, c.patch_size) if need_dx else None
-        dh = layers.unpatchify(dpatch, cache.x_shape, c.patch_size) * stem.dgelu
-        dx, g["stem.conv.weight"][...], g["stem.conv.bias"][...] = layers.conv2d_backward(dh, stem.conv)
+                                 g["patch_embed.proj.bias"], need_dx or bool(cache.stem))
+        if not (need_dx or cache.stem):
+            return None
+        dx = layers.unpatchify(dpatch, cache.x_shape, c.patch_size)
+        for stem in reversed(cache.stem):
+            dx, g[f"{stem.name}.weight"][...], g[f"{stem.name}.bias"][...] = \
+                layers.conv2d_backward(dx * stem.dgelu, stem.conv)
         return dx if need_dx else None

@@ -19,10 +19,13 @@ patches, N = P + 1 tokens (the class token first), D embedding width, h heads,
 d = D/h head width, F hidden width of the MLP.
 """
 
+import functools
 import math
 from types import SimpleNamespace as Cache
 
-from .backend import array_module, erf
+import numpy as np
+
+from .backend import array_module, erf, to_device
 
 
 # ----------------------------------------------------------------------------- linear
@@ -166,6 +169,61 @@ def token_embed_backward(dy, cache):
     dcls = dy[:, :1].sum(axis=0, keepdims=True)     # [1, 1, D]
     dpos = dy.sum(axis=0, keepdims=True)            # [1, N, D]
     return dx, dcls, dpos
+
+
+# --------------------------------- area resizing (low-resolution images, position embedding)
+
+@functools.lru_cache(maxsize=None)
+def area_weights(n_in, n_out):
+    """[n_out, n_in] host array: row i averages the inputs of cell i, [floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out)), as torch's adaptive average pooling (32 -> 16: pairs).
+    Built once per pair of sizes (read-only)."""
+    R = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        R[i, lo:hi] = 1.0 / (hi - lo)
+    R.flags.writeable = False
+    return R
+
+
+def area_resize_forward(x, size):
+    """Resize the last two axes of x [..., H, W] to [..., size, size] by area averaging:
+
+        y = R_h x R_w^T,   R_h = area_weights(H, size), R_w = area_weights(W, size)
+
+    one linear map per image and channel (a matrix product on each side)."""
+    xp = array_module(x)
+    Rh = to_device(area_weights(x.shape[-2], size), xp, x.dtype)     # [size, H]
+    Rw = to_device(area_weights(x.shape[-1], size), xp, x.dtype)     # [size, W]
+    return Rh @ x @ Rw.T, Cache(Rh=Rh, Rw=Rw)                         # [..., size, size]
+
+
+def area_resize_backward(dy, cache):
+    """y = R_h x R_w^T is linear in x, so dx = R_h^T dy R_w  [..., H, W]."""
+    return cache.Rh.T @ dy @ cache.Rw
+
+
+def pos_embed_resize_forward(pos_embed, grid):
+    """The position embedding [1, 1 + G*G, D] of a G x G patch grid for a grid x grid one
+    (smaller images): the class token's row as it is, the grid's rows area-resized as D
+    channels of a G x G image -> [1, 1 + grid*grid, D]."""
+    xp = array_module(pos_embed)
+    D = pos_embed.shape[2]
+    G = math.isqrt(pos_embed.shape[1] - 1)
+    img = pos_embed[0, 1:].T.reshape(1, D, G, G)                       # [1, D, G, G]
+    small, c_resize = area_resize_forward(img, grid)                   # [1, D, grid, grid]
+    rows = small.reshape(D, grid * grid).T[None]                       # [1, grid*grid, D]
+    return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, G=G)
+
+
+def pos_embed_resize_backward(dy, cache):
+    """The class token's row passes through; the grid's rows go back through the resize."""
+    xp = array_module(dy)
+    D, grid = dy.shape[2], math.isqrt(dy.shape[1] - 1)
+    dsmall = dy[0, 1:].T.reshape(1, D, grid, grid)                     # [1, D, grid, grid]
+    dimg = area_resize_backward(dsmall, cache.resize)                  # [1, D, G, G]
+    rows = dimg.reshape(D, cache.G * cache.G).T[None]                  # [1, G*G, D]
+    return xp.concatenate([dy[:, :1], rows], axis=1)                   # [1, 1 + G*G, D]
 
 
 # ------------------------------------------------------------------------- layernorm

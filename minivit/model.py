@@ -1,6 +1,7 @@
 """The Vision Transformer: the layers of layers.py put together, forward and backward.
 
     image [B, C, H, W]
+      -> stem          (optional: 3x3 convs + GELU)    [B, S, H/r, W/r]
       -> patch_embed   (conv p x p, stride p)          [B, P, D]
       -> vit_embed     (class token, position embed)   [B, N, D]
       -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
@@ -60,7 +61,7 @@ class ViT:
     initial weights depend only on it, whatever the backend).
 
     Initialization: every linear and conv weight, the class token and the position
-    embedding are drawn from a normal with std 0.02 truncated at 2 std (the stem's conv:
+    embedding are drawn from a normal with std 0.02 truncated at 2 std (the stem's convs:
     std 1/sqrt(fan in)); biases are 0; LayerNorm weights 1 and biases 0.
     """
 
@@ -81,9 +82,8 @@ class ViT:
         D, F, K = c.embed_dim, c.hidden, c.num_classes
         block = layers.block_param_shapes(D, F)
         shapes = {}
-        if c.stem_channels:
-            shapes.update({"stem.conv.weight": (c.stem_channels, c.in_chans, 3, 3),
-                           "stem.conv.bias": (c.stem_channels,)})
+        for name, c_in, c_out, _ in c.stem_convs:
+            shapes.update({f"{name}.weight": (c_out, c_in, 3, 3), f"{name}.bias": (c_out,)})
         shapes.update({
             "patch_embed.proj.weight": (D, c.patch_in_chans, c.patch_size, c.patch_size),
             "patch_embed.proj.bias": (D,),
@@ -107,7 +107,7 @@ class ViT:
                 host.append(np.ones(shape))
             elif name.endswith("bias"):
                 host.append(np.zeros(shape))
-            elif name == "stem.conv.weight":   # LeCun normal: unit-scale features for the GELU
+            elif name.startswith("stem."):     # LeCun normal: unit-scale features for the GELU
                 host.append(trunc_normal(rng, shape, std=1.0 / np.sqrt(np.prod(shape[1:]))))
             else:  # linear / conv weights, class token, position embedding
                 host.append(trunc_normal(rng, shape))
@@ -243,32 +243,43 @@ class ViT:
         """The stem (if any), the patch embedding, then the class token and position
         embedding: [B, N, D]."""
         p, c = self.params, self.config
-        c_stem = None
-        if c.stem_channels:                  # conv 3x3 + GELU: [B, S, H/s, W/s]
-            x, c_conv = layers.conv2d_forward(x, p["stem.conv.weight"], p["stem.conv.bias"],
-                                              stride=c.stem_stride, padding=1)
+        c_stem = []
+        for name, _, _, stride in c.stem_convs:
+            # conv 3x3 + GELU: [B, S, H/s, W/s]
+            x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
+                                              stride=stride, padding=1)
             gelu_forward, _ = layers.GELUS[c.gelu]
             x, c_gelu = gelu_forward(x)
-            c_stem = Cache(conv=c_conv, gelu=c_gelu)
+            c_stem.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
-        h, c_tok = layers.token_embed_forward(
-            h, p["vit_embed.cls_token"], p["vit_embed.pos_embed"])            # [B, N, D]
-        return h, Cache(stem=c_stem, patch=c_patch, token=c_tok)
+        pos, c_pos = self.pos_embed_for(x.shape[-1] // c.patch_size)          # [1, N, D]
+        h, c_tok = layers.token_embed_forward(h, p["vit_embed.cls_token"], pos)  # [B, N, D]
+        return h, Cache(stem=c_stem, patch=c_patch, token=c_tok, pos=c_pos)
+
+    def pos_embed_for(self, grid):
+        """The position embedding for a grid x grid patch grid: the parameter itself at
+        full resolution (cache None), area-resized for smaller images (progressive
+        resizing trains on them early)."""
+        pos = self.params["vit_embed.pos_embed"]
+        if grid == self.config.grid_size // self.config.patch_size:
+            return pos, None
+        return layers.pos_embed_resize_forward(pos, grid)
 
     def embed_backward(self, dh, cache, grads):
         dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
         grads["vit_embed.cls_token"] += dcls
-        grads["vit_embed.pos_embed"] += dpos
+        grads["vit_embed.pos_embed"] += dpos if cache.pos is None else \
+            layers.pos_embed_resize_backward(dpos, cache.pos)
         dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
         grads["patch_embed.proj.weight"] += dw
         grads["patch_embed.proj.bias"] += db
-        if cache.stem is not None:
-            _, gelu_backward = layers.GELUS[self.config.gelu]
-            dx = gelu_backward(dx, cache.stem.gelu)
-            dx, dw, db = layers.conv2d_backward(dx, cache.stem.conv)
-            grads["stem.conv.weight"] += dw
-            grads["stem.conv.bias"] += db
+        _, gelu_backward = layers.GELUS[self.config.gelu]
+        for stem in reversed(cache.stem):
+            dx = gelu_backward(dx, stem.gelu)
+            dx, dw, db = layers.conv2d_backward(dx, stem.conv)
+            grads[f"{stem.name}.weight"] += dw
+            grads[f"{stem.name}.bias"] += db
         return dx
 
     def head_forward(self, h):
@@ -326,8 +337,10 @@ class ViT:
             hint = " (channels last? use x.transpose(0, 3, 1, 2))" if shape[3] == C else ""
             raise ValueError(f"images have {shape[1]} channels, the model expects {C}: shape "
                              f"{shape}, expected {expected}{hint}")
-        if shape[2:] != (S, S):
-            raise ValueError(f"images are {shape[2]}x{shape[3]}, the model expects {S}x{S}: resize "
+        if shape[2:] != (S, S) and not self.takes_size(shape[2], shape[3]):
+            k = self.config.stem_reduction * self.config.patch_size
+            raise ValueError(f"images are {shape[2]}x{shape[3]}, the model expects {S}x{S} (or "
+                             f"smaller square images whose side is a multiple of {k}): resize "
                              f"them, or build the ViT with img_size={shape[2]} (square images)")
         dtype = np.dtype(x.dtype)
         if dtype == np.uint8:
@@ -342,6 +355,12 @@ class ViT:
             raise ValueError("images contain NaN or Inf values: check the data and its "
                              "normalization (a zero std divides by zero)")
         return to_device(x, xp, self.dtype)   # a NumPy batch is copied to the GPU for CuPy
+
+    def takes_size(self, h, w):
+        """Whether h x w images fit too: square, at most img_size, and cut into whole
+        patches (the position embedding is then area-resized: pos_embed_for)."""
+        c = self.config
+        return h == w <= c.img_size and h % (c.stem_reduction * c.patch_size) == 0
 
     def check_dlogits(self, dlogits, batch):
         expected = (batch, self.config.num_classes)

@@ -67,6 +67,33 @@ def draw_per_class(plt, y_true, y_pred):
     return fig
 
 
+def draw_time_curves(plt, runs):
+    """Validation accuracy against minutes of training, one line per run; runs: a list of
+    (label, metrics) with metrics as in metrics.jsonl -> a figure."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, metrics in runs:
+        points = [(m["train_seconds"] / 60, m["val_acc"]) for m in metrics if m.get("val_acc") is not None]
+        ax.plot([t for t, _ in points], [a for _, a in points], "o-", ms=3, label=label)
+    ax.axhline(CHANCE, color="gray", ls=":", label="chance")
+    ax.set(xlabel="minutes of training", ylabel="validation accuracy", ylim=(0, 1),
+           title="validation accuracy against training time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_time_curves(runs, path, log=print):
+    """Write draw_time_curves(runs) to path; returns the path, or None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        log("matplotlib is not installed, so no plot was drawn: `pip install -e .[plot]`")
+        return None
+    fig = draw_time_curves(plt, runs)
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_run(run_dir, log=print, out_dir=None):
     """Write curves.png, per_class.png, predictions.png and confusion.png into out_dir
     (default run_dir) from run_dir's metrics.jsonl and predictions.npz; returns the paths."""

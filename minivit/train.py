@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import augment, distributed, seeds
+from . import augment, distributed, layers, seeds
 from .backend import to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -82,6 +82,16 @@ def lr_at(cfg, step, steps_per_epoch, elapsed=0.0):
         done = min(1.0, (step - warmup) / max(1, total - warmup))
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - done)
     return warmup_cosine(step, total, cfg.lr, warmup, cfg.min_lr)
+
+
+def image_size_at(cfg, step, steps_per_epoch, elapsed=0.0):
+    """Progressive resizing: the image side of a step. low_res_size for the first low_res
+    share of training (of the time budget, or of all steps), img_size after."""
+    if cfg.low_res:
+        done = elapsed / cfg.time_budget if cfg.time_budget else step / (cfg.epochs * steps_per_epoch)
+        if done < cfg.low_res:
+            return cfg.low_res_size
+    return cfg.img_size
 
 
 def regularize(cfg, images, labels, epoch, i):
@@ -277,6 +287,9 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
         f"{cfg.preset}; {length}, {len(run.train_loader)} steps of batch {cfg.batch_size} an epoch.")
+    if cfg.low_res:
+        log(f"Progressive resizing: the first {cfg.low_res:.0%} of training on {cfg.low_res_size}x"
+            f"{cfg.low_res_size} images, then {cfg.img_size}x{cfg.img_size}.")
 
     last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
     end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
@@ -380,6 +393,9 @@ def train_epoch(run, stop):
             break
         run.opt.lr = lr_at(cfg, run.step, steps, elapsed)
         images, targets = regularize(cfg, images, labels, epoch, i)
+        size = image_size_at(cfg, run.step, steps, elapsed)
+        if size != cfg.img_size:                                     # [B, C, size, size]
+            images, _ = layers.area_resize_forward(images, size)
         rows, batch = world.part(len(labels)), len(labels)           # this rank's rows
         drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
         logits = net.forward(images, rng=drop_rng, rows=rows)

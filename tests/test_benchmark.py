@@ -21,3 +21,29 @@ def test_train_step_benchmark_prints_its_figures():
     assert re.search(r"peak memory minivit: \d+ MiB", out)
     rows = re.findall(r"^ +(\d+) +(\d+) +(\d+) +\d+\.\d +\d+\.\d+$", out, re.M)
     assert [int(r[2]) for r in rows] == [17, 65, 257, 1025]
+
+
+def test_accuracy_against_time_prints_each_run_and_draws_them(tmp_path):
+    import json
+    for name, accs in (("fast", [0.3, 0.5]), ("slow", [0.2])):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [dict(epoch=i + 1, train_seconds=60.0 * (i + 1), val_acc=a) for i, a in enumerate(accs)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    (tmp_path / "fast" / "summary.json").write_text(json.dumps(dict(test_acc=0.512, test_images=1017)))
+    script = os.path.join(ROOT, "benchmarks", "accuracy_vs_time.py")
+    out = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "fast"), str(tmp_path / "slow"),
+                           "--labels", "A", "B", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert "A: 51.2% on 1017 test images\n  validation: 1.0 min 30.0%  2.0 min 50.0%" in proc.stdout
+    assert "B: no test accuracy yet\n  validation: 1.0 min 20.0%" in proc.stdout
+    try:
+        import matplotlib  # noqa: F401
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert "matplotlib is not installed" in proc.stdout
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "fast"), "--labels", "A", "B"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and "1 runs but 2 labels: give one label per run" in proc.stderr

@@ -202,5 +202,64 @@ def test_model_with_a_conv_stem_gradchecks_and_runs_fast(backend, stride):
     assert report.passed, str(report)
     report = gradcheck.check_model(model, batch_size=3, max_checks=12, net=FastViT(model))
     assert report.passed, str(report)
-    with pytest.raises(ValueError, match="not divisible by patch_size 4 times stem_stride 2"):
+    with pytest.raises(ValueError, match="not divisible by patch_size 4 times the stem's reduction 2"):
         minivit.ViT(**{**cfg, "patch_size": 4, "img_size": 12, "stem_stride": 2})
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_a_two_conv_stem_gradchecks_and_runs_fast(backend, pool):
+    """stem_layers=2: conv (3 -> S, stem_stride) + GELU, conv (S -> 2S, stride 2) + GELU."""
+    from minivit.fast import FastViT
+    cfg = dict(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
+               num_classes=3, stem_channels=3, stem_layers=2, pool=pool)
+    model = minivit.ViT(**cfg, dtype="float64", backend=backend, seed=1)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(shapes)[:5] == ["stem.conv.weight", "stem.conv.bias", "stem.conv2.weight",
+                                "stem.conv2.bias", "patch_embed.proj.weight"]
+    assert shapes["stem.conv2.weight"] == (6, 3, 3, 3)
+    assert shapes["patch_embed.proj.weight"] == (8, 6, 2, 2)
+    assert shapes["vit_embed.pos_embed"] == (1, (8 // 2 // 2) ** 2 + 1, 8)
+    report = gradcheck.check_model(model, batch_size=2, max_checks=12)
+    assert report.passed, str(report)
+    report = gradcheck.check_model(model, batch_size=3, max_checks=12, net=FastViT(model))
+    assert report.passed, str(report)
+    # the fast path computes the reference's numbers, image gradient included
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8))
+    dlogits = np.random.default_rng(1).standard_normal((3, 3))
+    fast = FastViT(model, threads=2)
+    model.zero_grad()
+    ref_logits = model.forward(x)
+    ref_dx = model.backward(dlogits)
+    ref_grads = {k: to_host(v).copy() for k, v in model.grads().items()}
+    model.zero_grad()
+    logits = fast.forward(x)
+    dx = fast.backward(dlogits)
+    np.testing.assert_allclose(to_host(logits), to_host(ref_logits), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(to_host(dx), to_host(ref_dx), rtol=1e-9, atol=1e-12)
+    for k, g in model.grads().items():
+        np.testing.assert_allclose(to_host(g), ref_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    with pytest.raises(ValueError, match="not divisible by patch_size 3 times the stem's reduction 2"):
+        minivit.ViT(**{**cfg, "patch_size": 3})
+
+
+@pytest.mark.parametrize("stem", [0, 2])
+def test_smaller_images_take_an_area_resized_position_embedding(backend, stem):
+    """Progressive resizing: 4x4 images on a model built for 8x8 give a 2x2 (or 1x1) patch
+    grid; the position embedding is area-resized, and the gradients are still exact."""
+    from minivit.fast import FastViT
+    cfg = dict(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
+               num_classes=3, stem_channels=stem)
+    model = minivit.ViT(**cfg, dtype="float64", backend=backend, seed=2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    for net in (model, FastViT(model, threads=2)):
+        report = gradcheck.check_model(model, x=x, max_checks=12, net=net)
+        assert report.passed, str(report)
+    # a 4x4 image whose 2x2 blocks are constant is the 8x8 image area-resized
+    big = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
+    small, _ = minivit.layers.area_resize_forward(big, 4)
+    np.testing.assert_allclose(small, x, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"images are 5x5, the model expects 8x8 \(or smaller "
+                                         r"square images whose side is a multiple of 2\)"):
+        model.forward(np.zeros((1, 3, 5, 5)))
+    with pytest.raises(ValueError, match="images are 16x16, the model expects 8x8"):
+        model.forward(np.zeros((1, 3, 16, 16)))

@@ -136,6 +136,9 @@ def test_accuracy_helpers():
     (dict(epochs=0), "epochs must be a positive integer, got 0"), (dict(lr=-1.0), "lr must be a positive number"),
     (dict(optimizer="sgd"), "unknown optimizer 'sgd'"), (dict(patch_size=5), "patch_size 5"),
     (dict(dtype="int8"), "unknown dtype 'int8'"), (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(low_res=0.5, low_res_size=10), "low_res_size 10 does not fit the model: it must be at "
+     "most img_size 32 and a multiple of 4 .patch_size times the stem's reduction., e.g. 16"),
+    (dict(low_res=0.5, low_res_size=64), "low_res_size 64 does not fit"),
 ])
 def test_config_validation(over, message):
     with pytest.raises(ValueError, match=message):
@@ -174,6 +177,33 @@ def test_the_learning_rate_follows_the_clock():
     linear = TrainConfig.from_preset("default", time_budget=100.0, warmup_fraction=0.0,
                                      schedule="linear", lr=1.0, min_lr=0.0)
     assert lr_at(linear, 0, 10, elapsed=25.0) == pytest.approx(0.75)
+
+
+def test_progressive_resizing_trains_the_first_share_on_smaller_images(tmp_path, backend, monkeypatch):
+    from minivit.fast import FastViT
+    from minivit.train import image_size_at
+    clock = TrainConfig.from_preset("hybrid", time_budget=100.0, low_res=0.4, low_res_size=16)
+    assert [image_size_at(clock, 0, 10, elapsed=t) for t in (0.0, 39.9, 40.0, 99.0)] == [16, 16, 32, 32]
+    steps = TrainConfig.from_preset("hybrid", epochs=5, low_res=0.4, low_res_size=16)
+    assert [image_size_at(steps, s, 10) for s in (0, 19, 20, 49)] == [16, 16, 32, 32]
+    assert image_size_at(TrainConfig.from_preset("default"), 0, 10) == 32          # off
+    sizes = []
+    forward = FastViT.forward
+
+    def spy(self, x, keep_cache=True, rng=None, rows=None):
+        if keep_cache:                                # training steps, not evaluation
+            sizes.append(x.shape[-1])
+        return forward(self, x, keep_cache, rng, rows)
+
+    monkeypatch.setattr(FastViT, "forward", spy)
+    logs = []
+    cfg = TrainConfig.from_preset("sample", epochs=4, low_res=0.5, low_res_size=16, **TINY)
+    summary = train(cfg, out=tmp_path / "run", progress=False, plots=False, log=logs.append,
+                    backend=backend)
+    half = len(sizes) // 2                            # 4 epochs: the first 2 on small images
+    assert len(sizes) == 4 * read_metrics(tmp_path / "run")[0]["step"] and sizes == [16] * half + [32] * half
+    assert "Progressive resizing: the first 50% of training on 16x16 images, then 32x32." in logs
+    assert summary["test_images"] == 500              # evaluated at full resolution
 
 
 def test_without_a_validation_split_the_last_weights_are_the_model(tmp_path):
