@@ -10,9 +10,8 @@ so a field is described once.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from . import layers
 
@@ -124,7 +123,17 @@ class ViTConfig:
     @property
     def stem_reduction(self):
         """How many times smaller the stem's output is than the image (1: no stem)."""
-        return int(np.prod([s for *_, s in self.stem_convs]))
+        return math.prod(s for *_, s in self.stem_convs)
+
+    @property
+    def side_unit(self):
+        """Image sides must be multiples of this: one patch of the stem's output."""
+        return self.stem_reduction * self.patch_size
+
+    def takes_side(self, side):
+        """Whether side x side images fit: at most img_size and a whole number of patches
+        (smaller ones get an area-resized position embedding: progressive resizing)."""
+        return side <= self.img_size and side % self.side_unit == 0
 
     @property
     def grid_size(self):
@@ -203,8 +212,8 @@ class TrainConfig(ViTConfig):
         super().validate()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        unit = self.stem_reduction * self.patch_size
-        if self.low_res and (self.low_res_size > self.img_size or self.low_res_size % unit):
+        unit = self.side_unit
+        if self.low_res and not self.takes_side(self.low_res_size):
             raise ValueError(f"low_res_size {self.low_res_size} does not fit the model: it must be "
                              f"at most img_size {self.img_size} and a multiple of {unit} (patch_size "
                              f"times the stem's reduction), e.g. {max(unit, self.img_size // 2 // unit * unit)}")

@@ -174,15 +174,17 @@ def token_embed_backward(dy, cache):
 # --------------------------------- area resizing (low-resolution images, position embedding)
 
 @functools.lru_cache(maxsize=None)
-def area_weights(n_in, n_out):
-    """[n_out, n_in] host array: row i averages the inputs of cell i, [floor(i n_in / n_out),
+def area_weights(n_in, n_out, xp=np, dtype=np.float64):
+    """[n_out, n_in]: row i averages the inputs of cell i, [floor(i n_in / n_out),
     ceil((i + 1) n_in / n_out)), as torch's adaptive average pooling (32 -> 16: pairs).
-    Built once per pair of sizes (read-only)."""
+    Built, and copied to the backend xp, once per sizes and dtype (never written to)."""
     R = np.zeros((n_out, n_in))
     for i in range(n_out):
         lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
         R[i, lo:hi] = 1.0 / (hi - lo)
-    R.flags.writeable = False
+    R = to_device(R, xp, dtype)
+    if xp is np:
+        R.flags.writeable = False         # shared by every call: a write would be an error
     return R
 
 
@@ -193,8 +195,8 @@ def area_resize_forward(x, size):
 
     one linear map per image and channel (a matrix product on each side)."""
     xp = array_module(x)
-    Rh = to_device(area_weights(x.shape[-2], size), xp, x.dtype)     # [size, H]
-    Rw = to_device(area_weights(x.shape[-1], size), xp, x.dtype)     # [size, W]
+    Rh = area_weights(x.shape[-2], size, xp, x.dtype)                 # [size, H]
+    Rw = area_weights(x.shape[-1], size, xp, x.dtype)                 # [size, W]
     return Rh @ x @ Rw.T, Cache(Rh=Rh, Rw=Rw)                         # [..., size, size]
 
 

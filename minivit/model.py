@@ -243,12 +243,12 @@ class ViT:
         """The stem (if any), the patch embedding, then the class token and position
         embedding: [B, N, D]."""
         p, c = self.params, self.config
+        gelu_forward, _ = layers.GELUS[c.gelu]
         c_stem = []
         for name, _, _, stride in c.stem_convs:
             # conv 3x3 + GELU: [B, S, H/s, W/s]
             x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
                                               stride=stride, padding=1)
-            gelu_forward, _ = layers.GELUS[c.gelu]
             x, c_gelu = gelu_forward(x)
             c_stem.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
         h, c_patch = layers.patch_embed_forward(
@@ -337,8 +337,8 @@ class ViT:
             hint = " (channels last? use x.transpose(0, 3, 1, 2))" if shape[3] == C else ""
             raise ValueError(f"images have {shape[1]} channels, the model expects {C}: shape "
                              f"{shape}, expected {expected}{hint}")
-        if shape[2:] != (S, S) and not self.takes_size(shape[2], shape[3]):
-            k = self.config.stem_reduction * self.config.patch_size
+        if shape[2:] != (S, S) and not (shape[2] == shape[3] and self.config.takes_side(shape[2])):
+            k = self.config.side_unit
             raise ValueError(f"images are {shape[2]}x{shape[3]}, the model expects {S}x{S} (or "
                              f"smaller square images whose side is a multiple of {k}): resize "
                              f"them, or build the ViT with img_size={shape[2]} (square images)")
@@ -355,12 +355,6 @@ class ViT:
             raise ValueError("images contain NaN or Inf values: check the data and its "
                              "normalization (a zero std divides by zero)")
         return to_device(x, xp, self.dtype)   # a NumPy batch is copied to the GPU for CuPy
-
-    def takes_size(self, h, w):
-        """Whether h x w images fit too: square, at most img_size, and cut into whole
-        patches (the position embedding is then area-resized: pos_embed_for)."""
-        c = self.config
-        return h == w <= c.img_size and h % (c.stem_reduction * c.patch_size) == 0
 
     def check_dlogits(self, dlogits, batch):
         expected = (batch, self.config.num_classes)
