@@ -43,7 +43,7 @@ def check_gpu(cupy, cupy_erf):
         float(cupy_erf(a).sum())                  # a kernel compiled by NVRTC
     except Exception as e:
         return (f"the GPU works but CUDA libraries are missing or broken ({type(e).__name__}: "
-                f"{e}). Install them with `pip install 'cupy-cuda12x[ctk]'` (the [gpu] extra "
+                f"{e}). Install them with `pip install 'cupy-cuda12x[ctk]==14.2.0'` (the [gpu] extra "
                 f"does), or install the CUDA 12 toolkit; else use backend='numpy'.")
     return None
 
@@ -63,7 +63,7 @@ def _load_cupy():
         return None
     except Exception as e:  # a broken install raising anything
         _cupy_error = (f"CuPy failed to import ({type(e).__name__}: {e}). Reinstall it with "
-                       f"`pip install --force-reinstall 'cupy-cuda12x[ctk]'`, or use backend='numpy'.")
+                       f"`pip install --force-reinstall 'cupy-cuda12x[ctk]==14.2.0'`, or use backend='numpy'.")
         return None
     _cupy_error = check_gpu(cupy, cupy_erf)
     if _cupy_error is None:

@@ -46,24 +46,31 @@ def segments(params):
     return [(p.data.reshape(-1), p.grad.reshape(-1), [(p, 0)]) for p in params]
 
 
+# The update kernels take every term that depends on scalars alone (1 - b1, the step size,
+# ...) computed on the host: inside cupy.fuse an operation between two Python numbers is
+# typed by CuPy's first matching loop, float16, so `(1.0 - b2)` would round 0.001 to
+# 0.000977 on a GPU. Each operation in a kernel body has an array operand.
+
 @kernel
-def adam_update(xp, w, g, m, v, decay, ok, step_size, b1, b2, bias_correction2_sqrt, eps):
+def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                bias_correction2_sqrt, eps):
     """One Adam step on whole arrays (torch.optim.Adam's arithmetic): the L2 penalty
-    decay * w joins the gradient. ok (0 or 1) leaves everything as it was when 0."""
+    decay * w joins the gradient. ok (a device bool) leaves everything as it was when False."""
     g = g + decay * w
-    m += xp.where(ok, (1.0 - b1) * (g - m), 0.0)                  # m = b1 m + (1 - b1) g
-    v += xp.where(ok, (1.0 - b2) * (g * g - v), 0.0)              # v = b2 v + (1 - b2) g^2
+    m += xp.where(ok, one_minus_b1 * (g - m), 0.0)                # m = b1 m + (1 - b1) g
+    v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)            # v = b2 v + (1 - b2) g^2
     w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
     return w
 
 
 @kernel
-def adamw_update(xp, w, g, m, v, decay, ok, step_size, b1, b2, bias_correction2_sqrt, eps, lr):
-    """One AdamW step: the weight shrinks by lr * decay first, then the Adam step
+def adamw_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                 bias_correction2_sqrt, eps, lr):
+    """One AdamW step: the weight shrinks by lr * decay * w first, then the Adam step
     (without decay in the gradient)."""
-    w *= xp.where(ok, 1.0 - lr * decay, 1.0)
-    m += xp.where(ok, (1.0 - b1) * (g - m), 0.0)
-    v += xp.where(ok, (1.0 - b2) * (g * g - v), 0.0)
+    w -= xp.where(ok, lr * (decay * w), 0.0)                      # w = w (1 - lr decay)
+    m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
+    v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
     w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
     return w
 
@@ -108,20 +115,26 @@ class Adam:
                 self.v[p.name] = v[offset:offset + n].reshape(p.data.shape)
             decay = float(decay[0]) if len(set(decay.tolist())) == 1 else to_device(decay, xp, w.dtype)
             self._segments.append((w, grad, m, v, decay))
+        xp = array_module(self._segments[0][0])
+        self._flags = {True: xp.ones((), dtype=bool), False: xp.zeros((), dtype=bool)}
 
-    def step(self, ok=1.0):
+    def step(self, ok=None):
         """One update of every parameter from its .grad (clip or scale grads before).
-        ok: a 0-d array (or number) that is 0 to make this step change nothing, e.g. a
-        device flag that the gradients are finite, read without waiting for the device."""
+        ok: a 0-d device bool that is False to make this step change nothing, e.g. a flag
+        that the gradients are finite, read without waiting for the device. None or a
+        Python bool use a device flag made once (the kernels take no host number as ok)."""
+        if ok is None or isinstance(ok, (bool, int, float, np.generic)):
+            ok = self._flags[ok is None or bool(ok)]
         self.t += 1
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** self.t)
         bc2 = math.sqrt(1.0 - b2 ** self.t)
         for w, g, m, v, decay in self._segments:
             if self.decoupled:
-                adamw_update(w, g, m, v, decay, ok, step_size, b1, b2, bc2, self.eps, self.lr)
+                adamw_update(w, g, m, v, decay, ok, step_size, 1.0 - b1, 1.0 - b2, bc2,
+                             self.eps, self.lr)
             else:
-                adam_update(w, g, m, v, decay, ok, step_size, b1, b2, bc2, self.eps)
+                adam_update(w, g, m, v, decay, ok, step_size, 1.0 - b1, 1.0 - b2, bc2, self.eps)
 
     def zero_grad(self):
         for group in self.param_groups:
@@ -198,8 +211,8 @@ def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
 
 
 @kernel
-def _ema_update(xp, shadow, w, d):
-    shadow += (1.0 - d) * (w - shadow)          # shadow = d shadow + (1 - d) w
+def _ema_update(xp, shadow, w, one_minus_d):
+    shadow += one_minus_d * (w - shadow)        # shadow = d shadow + (1 - d) w
     return shadow
 
 
@@ -224,7 +237,8 @@ class EMA:
 
     def update(self):
         self.t += 1
-        _ema_update(self.shadow, self.model.flat_params, min(self.decay, (1.0 + self.t) / (10.0 + self.t)))
+        d = min(self.decay, (1.0 + self.t) / (10.0 + self.t))
+        _ema_update(self.shadow, self.model.flat_params, 1.0 - d)     # 1 - d on the host
 
     @contextlib.contextmanager
     def applied(self):

@@ -18,6 +18,10 @@ enforces, and it counts device operations and host syncs:
 - `fuse` turns a function into one counted operation, after running its body with the
   same strict arrays; inside it only elementwise work is allowed (what cupy.fuse compiles).
 
+`recording()` keeps every device operation as it runs (fused functions with their
+arguments, ufuncs with their operand types): tests/cupy_real.py replays them through real
+CuPy's type rules, code generator and compiler.
+
 COUNTS holds the totals: `ops` (kernel launches, host->device copies), `syncs` (reads of
 device data on the host). `install(monkeypatch)` makes minivit's backend use this module
 as CuPy until the test ends.
@@ -49,7 +53,35 @@ class Counts:
 
 
 COUNTS = Counts()
-_state = types.SimpleNamespace(fusing=0)
+_state = types.SimpleNamespace(fusing=0, record=None)
+
+
+class Record(types.SimpleNamespace):
+    """One device operation: kind "fuse" (func, args, outputs) or "ufunc" (name, args,
+    outputs). args / outputs: the values themselves for Python and NumPy scalars, else
+    (shape, dtype) of each device array."""
+
+
+def _spec(value):
+    if isinstance(value, (ndarray, np.ndarray)):
+        return ("array", value.shape, value.dtype)
+    return value
+
+
+def _record(kind, **fields):
+    if _state.record is not None and not (_state.fusing and kind == "ufunc"):
+        _state.record.append(Record(kind=kind, **fields))
+
+
+class recording:
+    """with recording() as ops: ... -> ops, every device operation run inside, in order."""
+
+    def __enter__(self):
+        self.previous, _state.record = _state.record, []
+        return _state.record
+
+    def __exit__(self, *exc):
+        _state.record = self.previous
 
 
 def _op(n=1):
@@ -212,14 +244,19 @@ class ndarray:
     def _binary(self, other, op, reflected=False):
         _no_host_arrays(other, f"cupy.ndarray {op}")
         a, b = self._a, _unwrap(other)
+        args = (other, self) if reflected else (self, other)
         if reflected:
             a, b = b, a
-        return _wrap(getattr(np, op)(a, b), ())
+        out = _wrap(getattr(np, op)(a, b), ())
+        if op != "matmul":
+            _record("ufunc", name=op, args=[_spec(x) for x in args], outputs=[_spec(out)])
+        return out
 
     def _inplace(self, other, op):
         _no_host_arrays(other, f"cupy.ndarray in-place {op}")
         getattr(np, op)(self._a, _unwrap(other), out=self._a)
         _op()
+        _record("ufunc", name=op, args=[_spec(self), _spec(other)], outputs=[_spec(self)])
         return self
 
     def __neg__(self):
@@ -333,12 +370,16 @@ def fuse(*args, kernel_name=None):
             if not any(isinstance(i, ndarray) for i in inputs):
                 raise TypeError("cupy.fuse: a fused function needs at least one device array")
             _no_host_arrays(inputs, f"the fused function {kernel_name or func.__name__}")
+            args = [_spec(i) for i in inputs]          # before the body changes them in place
             _state.fusing += 1
             try:
                 out = func(*inputs)
             finally:
                 _state.fusing -= 1
             _op()
+            outputs = out if isinstance(out, tuple) else (out,)
+            _record("fuse", name=kernel_name or func.__name__, func=func, args=args,
+                    outputs=[_spec(o) for o in outputs])
             return out
         fused.__name__ = kernel_name or func.__name__
         return fused
@@ -379,6 +420,9 @@ def _module_function(name):
             raise TypeError(f"cupy.{name} takes {spec['nin']} inputs")
         out = kwargs.get("out")
         result = np_func(*_unwrap(args), **_unwrap(kwargs))
+        if is_ufunc:
+            _record("ufunc", name=name, args=[_spec(a) for a in args[:spec["nin"]]],
+                    outputs=[_spec(out if out is not None else result)])
         if out is not None:
             _op()
             return out
