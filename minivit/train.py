@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import augment, distributed, layers, seeds
-from .backend import to_host
+from .backend import get_xp, to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
@@ -255,6 +255,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
 
     d = prepare_data(cfg, data, log)
     mean, std = channel_stats(d["x_train"])
+    world.use_local_gpu(get_xp(backend))          # each rank's own GPU, before any device array
     model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
     if init_from is not None and saved is None:
         start_from(model, init_from, log)

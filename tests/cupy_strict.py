@@ -185,7 +185,10 @@ class ndarray:
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "version": 3}
+        """The buffer, as CuPy shows it to CUDA-aware libraries; the memory here is the
+        host's, so an MPI library that is not CUDA-aware can read it in tests."""
+        return {"shape": self.shape, "typestr": self.dtype.str, "version": 3, "strides": None,
+                "data": (self._a.ctypes.data, False)}
 
     def __len__(self):
         return len(self._a)
@@ -222,7 +225,19 @@ class ndarray:
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         _sync()
+        if out is not None:                       # into a host array (pinned, say)
+            if not isinstance(out, np.ndarray) or out.shape != self.shape or out.dtype != self.dtype:
+                raise ValueError("cupy.ndarray.get: out must be a NumPy array of the same shape and dtype")
+            out[...] = self._a
+            return out
         return self._a.copy(order=order)
+
+    def set(self, arr, stream=None):
+        """Copy a host array in (CuPy's ndarray.set): one host -> device copy."""
+        if not isinstance(arr, np.ndarray) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError("cupy.ndarray.set: arr must be a NumPy array of the same shape and dtype")
+        self._a[...] = arr
+        _op()
 
     def tolist(self):
         _sync()
@@ -441,18 +456,35 @@ def __getattr__(name):
     return _module_function(name)
 
 
-# cupy.cuda: a device that exists, whose synchronize is a host sync
+# cupy.cuda: DEVICES devices (the last one made current is remembered), whose synchronize
+# is a host sync; a stream; pinned host memory
+DEVICES = 1
+CURRENT = types.SimpleNamespace(device=0)
+
+
 class _Device:
     def __init__(self, device=None):
-        pass
+        self.id = 0 if device is None else int(device)
+        if not 0 <= self.id < DEVICES:
+            raise ValueError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id} (CuPy stand-in)")
+
+    def use(self):
+        CURRENT.device = self.id
 
     def synchronize(self):
         _sync()
 
 
+class _Stream:
+    def synchronize(self):
+        _sync()
+
+
 cuda = types.SimpleNamespace(
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-    Device=_Device)
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: DEVICES),
+    Device=_Device,
+    get_current_stream=lambda: _Stream(),
+    alloc_pinned_memory=lambda nbytes: bytearray(nbytes))
 
 
 def _erf(x, out=None):

@@ -1,5 +1,6 @@
 """Run `minivit` in an MPI rank with a test's changes: FAIL_RANK=R makes rank R fail in
-epoch 3; CUPY_STRICT=1 installs the strict CuPy stand-in as CuPy; SIGNAL_RANK=R sends SIGTERM to
+epoch 3; CUPY_STRICT=1 installs the strict CuPy stand-in as CuPy (STRICT_DEVICES=N with N GPUs;
+REPORT_GPU=1 prints each rank's GPU and how its gradients were summed); SIGNAL_RANK=R sends SIGTERM to
 rank R alone at the end of epoch 1; REPORT_BLAS=1 prints
 each rank's BLAS thread count at the end."""
 
@@ -14,6 +15,7 @@ if os.environ.get("CUPY_STRICT"):
     class Setter:
         setattr = staticmethod(setattr)
     cupy_strict.install(Setter)
+    cupy_strict.DEVICES = int(os.environ.get("STRICT_DEVICES", "1"))
 
 if os.environ.get("FAIL_RANK"):
     real = train.train_epoch
@@ -36,6 +38,13 @@ if os.environ.get("SIGNAL_RANK"):
     train.end_of_epoch = signalled
 
 code = cli.main(sys.argv[1:])
+if os.environ.get("REPORT_GPU"):
+    import cupy_strict
+    world = distributed.world()
+    path = "device buffer" if world.cuda_aware else "pinned host buffer"
+    assert world.cuda_aware or world._host is not None
+    print(f"rank {world.rank}: GPU {cupy_strict.CURRENT.device}, gradients summed through the "
+          f"{path}", flush=True)
 if os.environ.get("REPORT_BLAS"):
     from threadpoolctl import threadpool_info
     blas = [p for p in threadpool_info() if p["user_api"] == "blas"]

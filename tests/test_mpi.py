@@ -120,16 +120,33 @@ def test_a_failing_rank_stops_the_job_and_keeps_the_checkpoint(tmp_path):
     assert meta["epoch"] in (1, 2) and weights             # through writing it before the stop
 
 
-def test_the_gpu_side_reduces_through_the_host(tmp_path):
-    """Two ranks on the strict CuPy stand-in (its host copy of the flat gradient) equal one
-    NumPy process."""
+@pytest.mark.parametrize("cuda_aware", ["0", "1"], ids=["pinned-host", "cuda-aware"])
+def test_the_gpu_side_sums_gradients_on_each_ranks_own_gpu(tmp_path, cuda_aware):
+    """Two ranks on the strict CuPy stand-in, with two GPUs: each rank takes its own GPU,
+    the gradients are summed through a pinned host buffer (MPI not CUDA-aware) or on the
+    device buffer itself (CUDA-aware MPI), and the weights equal one NumPy process's."""
     code, out, err = finish(mpirun(2, ["--epochs", "2", "--backend", "cupy", "--out",
                                        str(tmp_path / "mpi"), *ARGS], script=HERE / "mpi_helpers.py",
-                                   env={"CUPY_STRICT": "1"}))
+                                   env={"CUPY_STRICT": "1", "STRICT_DEVICES": "2", "REPORT_GPU": "1",
+                                        "MINIVIT_CUDA_AWARE_MPI": cuda_aware}))
     assert code == 0, err
     assert "on cupy on 2 processes" in out
+    path = "device buffer" if cuda_aware == "1" else "pinned host buffer"
+    for rank in (0, 1):
+        assert f"rank {rank}: GPU {rank}, gradients summed through the {path}" in out, out
     one_process(tmp_path / "one")
     assert_same_weights(tmp_path / "one" / "checkpoint.npz", tmp_path / "mpi" / "checkpoint.npz")
+
+
+def test_cuda_awareness_is_asked_of_the_mpi_library(monkeypatch):
+    from minivit.distributed import cuda_aware_mpi
+    monkeypatch.delenv("MINIVIT_CUDA_AWARE_MPI", raising=False)
+    assert cuda_aware_mpi() is False                 # the MPICH from the package index
+    monkeypatch.setenv("MINIVIT_CUDA_AWARE_MPI", "1")
+    assert cuda_aware_mpi() is True
+    monkeypatch.setenv("MINIVIT_CUDA_AWARE_MPI", "yes")
+    with pytest.raises(ValueError, match="set it to 1 .* or 0"):
+        cuda_aware_mpi()
 
 
 def test_two_ranks_with_a_progress_bar_and_a_time_budget(tmp_path):
