@@ -9,7 +9,10 @@ default ViT's arithmetic at batch 80 takes about a millisecond, so the number of
 operations per step is what decides the GPU step time. The strict CuPy stand-in of the
 test suite (tests/cupy_strict.py) runs the step exactly as the training loop does and
 counts: each kernel, each host -> device copy, and each read of device data on the host
-(a sync, which makes the host wait for the GPU). `--torch` counts the kernels PyTorch
+(a sync, which makes the host wait for the GPU), by real CuPy 14's rules where one call
+is several kernels (operands copied before a batched matmul, two-kernel CUB sums; see
+cupy_strict.extra_launches). The loader's batch (gather, normalize, the preset's
+augmentation) and the EMA update count too. `--torch` counts the kernels PyTorch
 dispatches for the same step (eager mode, multi-tensor AdamW as on CUDA), by recording
 every ATen operation that computes (views excluded).
 """
@@ -29,7 +32,7 @@ from minivit.fast import FastViT  # noqa: E402
 from minivit.optim import clip_grad_norm  # noqa: E402
 from minivit.train import NonFiniteGuard, make_optimizer  # noqa: E402
 
-PHASES = ("forward", "loss", "backward", "nan check", "clip", "optimizer")
+PHASES = ("loader", "forward", "loss", "backward", "grad norm", "nan check", "clip", "optimizer", "ema")
 
 
 def install_stand_in():
@@ -43,17 +46,25 @@ def install_stand_in():
 
 def count_step(cp, config, batch=80, steps=2, preset="default"):
     """{phase: (ops, syncs)} of the last of `steps` training steps of a ViT with config,
-    on the stand-in cp, with the recipe of `preset` (optimizer, clipping, smoothing)."""
+    on the stand-in cp, with the recipe of `preset` (loader augmentation, optimizer,
+    clipping, smoothing, EMA), as the training loop runs it."""
     import cupy_strict
+    from minivit.data import Loader
+    from minivit.optim import EMA, grad_norm_squared
     cfg = TrainConfig.from_preset(preset)
     model = minivit.ViT(config, backend="cupy")
     net = FastViT(model)
     opt = make_optimizer(cfg, model)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
     guard = NonFiniteGuard(model, steps_per_epoch=steps)
     rng = np.random.default_rng(0)
-    x = cp.asarray(rng.standard_normal((batch, config.in_chans, config.img_size, config.img_size))
-                   .astype(config.dtype))
-    y = cp.asarray(rng.integers(0, config.num_classes, batch))
+    pixels = rng.integers(0, 256, (batch * (steps + 1), config.in_chans, config.img_size, config.img_size),
+                          dtype=np.uint8)
+    loader = Loader(pixels, rng.integers(0, config.num_classes, len(pixels)), batch, cp,
+                    [0.5] * config.in_chans, [0.25] * config.in_chans, shuffle=True,
+                    augment=cfg.augment, randaugment=(cfg.randaugment, cfg.randaugment_magnitude),
+                    dtype=config.dtype, seed=0)
+    batches = loader.batches(1)
     counts = {}
 
     def phase(name, run):
@@ -64,12 +75,15 @@ def count_step(cp, config, batch=80, steps=2, preset="default"):
         return out
 
     for step in range(1, steps + 1):
+        x, y = phase("loader", lambda: next(batches))
         logits = phase("forward", lambda: net.forward(x))
         loss, dlogits = phase("loss", lambda: minivit.cross_entropy(logits, y, cfg.label_smoothing))
         phase("backward", lambda: (model.zero_grad(), net.backward(dlogits, need_dx=False)))
-        ok = phase("nan check", lambda: guard.watch(step, loss))
-        phase("clip", lambda: clip_grad_norm(model.parameters(), cfg.clip_grad) if cfg.clip_grad else None)
+        sum_sq = phase("grad norm", lambda: grad_norm_squared(model.parameters()))
+        ok = phase("nan check", lambda: guard.watch(step, loss, sum_sq))
+        phase("clip", lambda: clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq) if cfg.clip_grad else None)
         phase("optimizer", lambda: opt.step(ok))
+        phase("ema", lambda: ema.update() if ema is not None else None)
     return counts
 
 
@@ -135,8 +149,8 @@ def main(argv=None):
               f"{', clip' if cfg.clip_grad else ''}")
         for name in PHASES:
             ops, syncs = counts[name]
-            print(f"  {name:<10s} {ops:5d} ops  {syncs:3d} syncs")
-        print(f"  {'step':<10s} {sum(o for o, _ in counts.values()):5d} ops  "
+            print(f"  {name:<10s} {ops:5d} launches  {syncs:3d} syncs")
+        print(f"  {'step':<10s} {sum(o for o, _ in counts.values()):5d} launches  "
               f"{sum(s for _, s in counts.values()):3d} syncs")
         if args.torch:
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -17,20 +17,24 @@ from .backend import array_module
 def random_crop_flip(x, rng, padding=4, flip=True):
     """Augment a batch x [B, C, H, W] at once: pad every image by `padding` zeros, cut a
     random H x W window from each, and mirror about half of them left-right.
-    Offsets and flips come from the host generator rng."""
+    Offsets and flips come from the host generator rng; the host turns them into the
+    rows and columns each image reads (a mirrored image reads its columns backwards), so
+    the device gets one small upload and one gather."""
     xp = array_module(x)
     B, C, H, W = x.shape
+    dy = rng.integers(0, 2 * padding + 1, B) if padding else np.zeros(B, np.int64)
+    dx = rng.integers(0, 2 * padding + 1, B) if padding else np.zeros(B, np.int64)
+    mirror = rng.random(B) < 0.5 if flip else np.zeros(B, bool)
+    rows = dy[:, None] + np.arange(H)                                        # [B, H]
+    cols = dx[:, None] + np.where(mirror[:, None], np.arange(W)[::-1], np.arange(W))  # [B, W]
+    index = xp.asarray(np.concatenate([np.arange(B), np.arange(C), rows.ravel(), cols.ravel()]))
+    b, c = index[:B], index[B:B + C]                                         # one upload, four views
+    rows, cols = index[B + C:B + C + B * H].reshape(B, H), index[B + C + B * H:].reshape(B, W)
     if padding:
-        padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        dy = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        dx = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        rows = (dy[:, None] + xp.arange(H))[:, None, :, None]        # [B, 1, H, 1]
-        cols = (dx[:, None] + xp.arange(W))[:, None, None, :]        # [B, 1, 1, W]
-        x = padded[xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None], rows, cols]
-    if flip:
-        mirror = xp.asarray(rng.random(B) < 0.5)[:, None, None, None]
-        x = xp.where(mirror, x[..., ::-1], x)
-    return x
+        padded = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+        padded[:, :, padding:padding + H, padding:padding + W] = x
+        x = padded
+    return x[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, seeds
+from . import augment, kernels, seeds
 from .backend import array_module, to_device
 from .files import atomic_write
 
@@ -286,13 +286,17 @@ def channel_stats(x):
     return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
 
 
+def normalizer(mean, std, xp, dtype="float32", scale=1.0 / 255.0):
+    """(a, b), each [1, C, 1, 1] on xp, with x a + b = (x scale - mean) / std."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return (to_device((scale / std).reshape(1, -1, 1, 1), xp, dtype),
+            to_device((-mean / std).reshape(1, -1, 1, 1), xp, dtype))
+
+
 def normalize(images, mean, std, dtype="float32", scale=1.0 / 255.0):
     """uint8 [B, 3, H, W] on any backend -> (images/255 - mean) / std, as dtype.
     For float images already in [0, 1] pass scale=1."""
-    xp = array_module(images)
-    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
-    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
-    return (images.astype(dtype) * scale - m) / s
+    return kernels.scale_shift(images, *normalizer(mean, std, array_module(images), dtype, scale))
 
 
 class Loader:
@@ -323,6 +327,8 @@ class Loader:
         self.drop_last = drop_last
         self.randaugment = tuple(randaugment)   # (operations per image, magnitude); 0: off
         self.epoch = 0                          # epochs started by plain iteration
+        self._normalize = {scale: normalizer(mean, std, xp, dtype, scale)      # on the device once
+                           for scale in (1.0 / 255.0, 1.0)}
 
     def __len__(self):
         n = len(self.y)
@@ -345,9 +351,9 @@ class Loader:
                 pixels = self.x[idx].astype(self.dtype) * (1.0 / 255.0)
                 pixels = augment.rand_augment(pixels, seeds.generator(self.seed, epoch, i, "randaugment"),
                                               num_ops, magnitude)
-                images = normalize(pixels, self.mean, self.std, self.dtype, scale=1.0)
+                images = kernels.scale_shift(pixels, *self._normalize[1.0])
             else:
-                images = normalize(self.x[idx], self.mean, self.std, self.dtype)
+                images = kernels.scale_shift(self.x[idx], *self._normalize[1.0 / 255.0])
             if self.augment:
                 images = augment.random_crop_flip(images, seeds.generator(self.seed, epoch, i, "crop_flip"))
             yield images, self.y[idx]

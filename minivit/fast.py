@@ -51,11 +51,12 @@ def linear_backward(dy, c, gw, gb, need_dx=True):
 
 
 def layernorm(x, w, b, eps=1e-5):
-    mu = x.mean(axis=-1, keepdims=True)                                      # [..., 1]
-    var = kernels.squared_deviation(x, mu).mean(axis=-1, keepdims=True)      # [..., 1]
-    rstd = kernels.reciprocal_std(var, eps)                                  # [..., 1]
-    y, xhat = kernels.layernorm_apply(x, mu, rstd, w, b)                     # [..., D]
-    return y, Cache(xhat=xhat, rstd=rstd, w=w)
+    """layers.layernorm_forward: four kernels (two row sums, two elementwise)."""
+    inv_d = 1.0 / x.shape[-1]
+    x_sum = x.sum(axis=-1, keepdims=True)                                    # [..., 1]
+    var_sum = kernels.squared_deviation(x, x_sum, inv_d).sum(axis=-1, keepdims=True)  # [..., 1]
+    y, xhat = kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)   # [..., D]
+    return y, Cache(xhat=xhat, var_sum=var_sum, w=w, eps=eps)
 
 
 def layernorm_backward(dy, c, gw, gb, dres=0.0):
@@ -64,8 +65,9 @@ def layernorm_backward(dy, c, gw, gb, dres=0.0):
     g, gx, dyx = kernels.layernorm_backward_parts(dy, c.w, c.xhat)
     dyx.reshape(-1, D).sum(axis=0, out=gw)
     dy.reshape(-1, D).sum(axis=0, out=gb)
-    return kernels.layernorm_backward_dx(g, c.xhat, g.mean(axis=-1, keepdims=True),
-                                         gx.mean(axis=-1, keepdims=True), c.rstd, dres)
+    return kernels.layernorm_backward_dx(g, c.xhat, g.sum(axis=-1, keepdims=True),
+                                         gx.sum(axis=-1, keepdims=True), c.var_sum, 1.0 / D,
+                                         c.eps, dres)
 
 
 def sdpa(q, k, v):
@@ -77,20 +79,35 @@ def sdpa(q, k, v):
     return a @ v, Cache(q=q, k=k, v=v, a=a, scale=scale)
 
 
-def sdpa_backward(do, c):
+def sdpa_backward(do, c, dheads):
+    """layers.sdpa_backward, writing dq, dk, dv into dheads[0], [1], [2] ([B, h, N, d]
+    each; dq into its first Nq rows, the rest zero). do [B, h, Nq, d] contiguous."""
+    xp = array_module(do)
+    Nq = do.shape[2]
     da = do @ c.v.transpose(0, 1, 3, 2)                                      # [B, h, Nq, N]
-    dv = c.a.transpose(0, 1, 3, 2) @ do                                      # [B, h, N, d]
+    xp.matmul(c.a.transpose(0, 1, 3, 2), do, out=dheads[2])                  # dv = a^T do
     ds = kernels.softmax_backward_ds(da, c.a, (da * c.a).sum(axis=-1, keepdims=True), c.scale)
-    return ds @ c.k, ds.transpose(0, 1, 3, 2) @ c.q, dv
+    if Nq < dheads.shape[3]:                                                 # tokens that did not ask
+        dheads[0, :, :, Nq:] = 0
+    xp.matmul(ds, c.k, out=dheads[0, :, :, :Nq])                             # dq = ds k
+    xp.matmul(ds.transpose(0, 1, 3, 2), c.q, out=dheads[1])                  # dk = ds^T q
 
 
 def attention(x, p, num_heads, queries=None):
     """layers.attention_forward without the output bias (the residual kernel adds it).
-    queries: only the first `queries` tokens ask (the class-token block)."""
-    D = x.shape[-1]
-    qkv, c_in = linear(x, p["attn.in_proj_weight"])
-    qkv += p["attn.in_proj_bias"]                                            # [B, N, 3D]
-    q, k, v = (layers.split_heads(qkv[..., i * D:(i + 1) * D], num_heads) for i in range(3))
+    queries: only the first `queries` tokens ask (the class-token block).
+
+    The projection's output is laid out once as heads [3, B, h, N, d] (q, k, v, each
+    contiguous), its bias added in the same kernel: a batched matmul on CuPy first copies
+    every operand that is not C-contiguous, and split_heads' views are not."""
+    xp = array_module(x)
+    B, N, D = x.shape
+    h, d = num_heads, D // num_heads
+    qkv, c_in = linear(x, p["attn.in_proj_weight"])                          # [B, N, 3D]
+    heads = xp.empty((3, B, h, N, d), dtype=qkv.dtype)                       # [3, B, h, N, d]
+    xp.add(qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4),
+           p["attn.in_proj_bias"].reshape(3, 1, h, 1, d), out=heads)
+    q, k, v = heads[0], heads[1], heads[2]                                   # [B, h, N, d]
     if queries is not None:
         q = q[:, :, :queries]
     o, c_sdpa = sdpa(q, k, v)                                                # [B, h, Nq, d]
@@ -100,15 +117,12 @@ def attention(x, p, num_heads, queries=None):
 
 def attention_backward(dy, c, g, xp):
     do = linear_backward(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
-    dq, dk, dv = sdpa_backward(layers.split_heads(do, c.num_heads), c.sdpa)
-    B, H, N, d = dk.shape
-    dqkv = xp.empty((B, N, 3, H, d), dtype=dk.dtype)                         # [B, N, 3, h, d]
-    if dq.shape[2] < N:                                                      # tokens that did not ask
-        dqkv[:, dq.shape[2]:, 0] = 0
-    for i, grad in enumerate((dq, dk, dv)):
-        dqkv[:, :grad.shape[2], i] = grad.transpose(0, 2, 1, 3)
-    return linear_backward(dqkv.reshape(B, N, 3 * H * d), c.linear_in,
-                           g["attn.in_proj_weight"], g["attn.in_proj_bias"])
+    do = xp.ascontiguousarray(layers.split_heads(do, c.num_heads))          # [B, h, Nq, d]
+    B, h, N, d = c.sdpa.k.shape
+    dheads = xp.empty((3, B, h, N, d), dtype=do.dtype)                       # dq, dk, dv
+    sdpa_backward(do, c.sdpa, dheads)
+    dqkv = dheads.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * h * d)          # [B, N, 3D]: one copy
+    return linear_backward(dqkv, c.linear_in, g["attn.in_proj_weight"], g["attn.in_proj_bias"])
 
 
 GELUS = {"exact": kernels.gelu_bias, "tanh": kernels.gelu_tanh_bias}

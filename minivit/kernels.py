@@ -122,22 +122,22 @@ def blocked_gelu(x):
 
 
 # ------------------------------------------------------------------------- LayerNorm
+# Row means enter as row sums and inv_d = 1/D: a sum is one reduction kernel, a mean
+# through CuPy's CUB path is a sum and a division. rstd = 1/sqrt(var + eps) is recomputed
+# from the variance's sum wherever it is used, inside the kernel that uses it.
 
 @kernel
-def squared_deviation(xp, x, mu):
-    d = x - mu
+def squared_deviation(xp, x, x_sum, inv_d):
+    """(x - mean)^2, mean = x_sum / D."""
+    d = x - x_sum * inv_d
     return d * d
 
 
 @kernel
-def reciprocal_std(xp, var, eps):
-    return 1.0 / xp.sqrt(var + eps)
-
-
-@kernel
-def layernorm_apply(xp, x, mu, rstd, w, b):
-    """-> (y, xhat): xhat = (x - mu) rstd, y = xhat w + b."""
-    xhat = (x - mu) * rstd
+def layernorm_apply(xp, x, x_sum, var_sum, w, b, inv_d, eps):
+    """-> (y, xhat): xhat = (x - mean) / sqrt(var + eps), y = xhat w + b, with
+    mean = x_sum / D and var = var_sum / D."""
+    xhat = (x - x_sum * inv_d) / xp.sqrt(var_sum * inv_d + eps)
     return xhat * w + b, xhat
 
 
@@ -149,9 +149,11 @@ def layernorm_backward_parts(xp, dy, w, xhat):
 
 
 @kernel
-def layernorm_backward_dx(xp, g, xhat, mean_g, mean_gx, rstd, dres):
-    """dx = rstd (g - mean(g) - xhat mean(g xhat)), plus a residual gradient dres."""
-    return rstd * (g - mean_g - xhat * mean_gx) + dres
+def layernorm_backward_dx(xp, g, xhat, g_sum, gx_sum, var_sum, inv_d, eps, dres):
+    """dx = rstd (g - mean(g) - xhat mean(g xhat)) plus a residual gradient dres, with
+    rstd = 1 / sqrt(var_sum / D + eps) and the means as sums / D."""
+    rstd = 1.0 / xp.sqrt(var_sum * inv_d + eps)
+    return rstd * (g - g_sum * inv_d - xhat * (gx_sum * inv_d)) + dres
 
 
 # --------------------------------------------------------------------------- softmax
@@ -166,6 +168,27 @@ def scaled_exp(xp, s, s_max, scale):
 def softmax_backward_ds(xp, da, a, sum_da_a, scale):
     """ds of softmax(scale s): scale a (da - sum(da a))."""
     return a * (da - sum_da_a) * scale
+
+
+# --------------------------------------------------------------------- cross-entropy
+
+@kernel
+def smoothed_onehot(xp, labels, classes, on, off):
+    """Targets [B, K]: `on` where the label is the class, else `off` (label smoothing)."""
+    return xp.where(labels == classes, on, off)
+
+
+@kernel
+def shifted_exp(xp, z, z_max):
+    """-> (t, exp t) with t = z - max z (exp never overflows)."""
+    t = z - z_max
+    return t, xp.exp(t)
+
+
+@kernel
+def softmax_cross_entropy(xp, t, e, e_sum, q, inv_b):
+    """-> ((p - q) / B, -q log p / B) with p = e / e_sum and log p = t - log e_sum."""
+    return (e / e_sum - q) * inv_b, -(q * (t - xp.log(e_sum))) * inv_b
 
 
 # ------------------------------------------------------------------------------ GELU
@@ -214,3 +237,9 @@ def residual(xp, x, h, b, k):
 @kernel
 def scale(xp, x, k):
     return x * k
+
+
+@kernel
+def scale_shift(xp, x, a, b):
+    """x a + b, in the dtype of a and b (x may be uint8 pixels: normalizing)."""
+    return x * a + b

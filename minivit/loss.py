@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
 
 
@@ -30,6 +31,10 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
 
     Labels on the host are checked (type, shape, range); labels already on the GPU are
     checked for type and shape only, since reading their values would wait for the GPU.
+
+    As computed (a few kernels on the GPU): t = z - max z and e = exp t in one kernel,
+    then with S = sum_k e_k: p = e / S, log p = t - log S, and the loss is the sum of
+    -q log p / B over the batch.
     """
     xp = array_module(logits)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -54,8 +59,10 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         if on_host and B and (int(labels.min()) < 0 or int(labels.max()) >= K):
             raise ValueError(f"labels must lie in [0, {K}), got values from {int(labels.min())} "
                              f"to {int(labels.max())}")
-        q = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)  # [B, K]
-        q[xp.arange(B), labels] += 1.0 - label_smoothing
-    logp = log_softmax(logits)                                        # [B, K]
-    loss = -(q * logp).sum(axis=1).mean()
-    return loss, (xp.exp(logp) - q) / B
+        scalar = logits.dtype.type       # the run's dtype: fused, two bare Python floats are float16
+        q = kernels.smoothed_onehot(labels[:, None], xp.arange(K),           # [B, K]
+                                    scalar(1.0 - label_smoothing + label_smoothing / K),
+                                    scalar(label_smoothing / K))
+    t, e = kernels.shifted_exp(logits, logits.max(axis=-1, keepdims=True))  # [B, K]
+    dlogits, terms = kernels.softmax_cross_entropy(t, e, e.sum(axis=-1, keepdims=True), q, 1.0 / B)
+    return terms.sum(), dlogits

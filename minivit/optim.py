@@ -190,13 +190,16 @@ def grad_norm_squared(params):
     return total
 
 
-def clip_grad_norm(params, max_norm):
+def clip_grad_norm(params, max_norm, sum_sq=None):
     """Scale every gradient by min(1, max_norm / (||g|| + 1e-6)), ||g|| the norm of all
     gradients together (as torch.nn.utils.clip_grad_norm_). Returns ||g|| before clipping
-    as a 0-d array (no device sync). params: Params (their .grad is used)."""
-    norm, coef = _clip_coefficient(grad_norm_squared(params), float(max_norm))
+    as a 0-d array (no device sync). params: Params (their .grad is used); sum_sq:
+    grad_norm_squared(params) when the caller has it already."""
+    if sum_sq is None:
+        sum_sq = grad_norm_squared(params)
+    norm, coef = _clip_coefficient(sum_sq, float(max_norm))
     for _, g, _ in segments(params):
-        g *= coef.astype(g.dtype)
+        g *= coef.astype(g.dtype, copy=False)
     return norm
 
 

@@ -173,12 +173,12 @@ class NonFiniteGuard:
         self.bad_loss = xp.zeros((), dtype=model.dtype)
         self.bad_grads = xp.zeros_like(model.flat_grads)     # the first bad step's gradients
 
-    def watch(self, step, loss):
-        """After backward, before clipping: -> the flag for opt.step."""
+    def watch(self, step, loss, sum_sq):
+        """After backward, before clipping, with sum_sq = grad_norm_squared(params):
+        -> the flag for opt.step."""
         xp = self.model.xp
         self.ok, self.bad_step, self.bad_loss, first = _watch(
-            self.ok, loss, grad_norm_squared(self.model.parameters()), step, self.bad_step,
-            self.bad_loss)
+            self.ok, loss, sum_sq, step, self.bad_step, self.bad_loss)
         xp.copyto(self.bad_grads, self.model.flat_grads, where=first)
         return self.ok
 
@@ -405,9 +405,10 @@ def train_epoch(run, stop):
         model.zero_grad()
         net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
         world.sum_gradients(model.flat_grads)         # the whole batch's gradient, on every rank
-        ok = run.guard.watch(run.step + 1, loss)
+        sum_sq = grad_norm_squared(model.parameters())   # for the NaN guard and clipping
+        ok = run.guard.watch(run.step + 1, loss, sum_sq)
         if cfg.clip_grad:
-            clip_grad_norm(model.parameters(), cfg.clip_grad)
+            clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq)
         run.opt.step(ok)
         if run.ema is not None:
             run.ema.update()

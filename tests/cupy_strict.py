@@ -23,7 +23,11 @@ arguments, ufuncs with their operand types): tests/cupy_real.py replays them thr
 CuPy's type rules, code generator and compiler.
 
 COUNTS holds the totals: `ops` (kernel launches, host->device copies), `syncs` (reads of
-device data on the host). `install(monkeypatch)` makes minivit's backend use this module
+device data on the host). Launches follow real CuPy 14's rules where one call is several
+kernels (`extra_launches`): an N-d matmul copies each operand that is not C-contiguous
+before its batched GEMM; a full reduction through CUB is two kernels, a mean through CUB
+adds a division; vdot is a multiply and a CUB sum; indexing with integer arrays gathers
+or scatters through several kernels. `install(monkeypatch)` makes minivit's backend use this module
 as CuPy until the test ends.
 """
 
@@ -154,6 +158,56 @@ def _check_kwargs(name, params, kwargs):
                         f"{name} takes {params} (tests/cupy_api/cupy_api.json)")
 
 
+def extra_launches(name, args, kwargs):
+    """Kernels real CuPy 14.2 launches for cupy.NAME(*args, **kwargs) beyond the one the
+    stand-in counts (its _routines_linalg.pyx, cub.pyx and _routines_statistics.pyx)."""
+    arrays = [a._a if isinstance(a, ndarray) else a for a in args]
+    out = kwargs.get("out")
+    out = out._a if isinstance(out, ndarray) else out
+    if name == "matmul":
+        a, b = arrays[:2]
+        extra = 0
+        if max(a.ndim, b.ndim) <= 2:                 # dot: cuBLAS takes C or F order
+            extra += sum(x.ndim == 2 and not (x.flags.c_contiguous or x.flags.f_contiguous) for x in (a, b))
+            if out is not None and (np.shares_memory(out, a) or np.shares_memory(out, b)):
+                extra += 1                           # computed aside, then copied
+            return extra
+        extra += sum(x.ndim >= 2 and not x.flags.c_contiguous for x in (a, b))   # ascontiguousarray
+        if a.ndim >= 3 and b.ndim >= 3 and a.shape[:-2] != b.shape[:-2]:
+            extra += 3                               # broadcast batch: pointer arrays, then batched GEMM
+        if out is not None and not out.flags.c_contiguous:
+            extra += 1
+        return extra
+    if name == "vdot":
+        return 1 + _cub_full_reduction_extra(arrays[0])  # (a * b).sum(): multiply + CUB sum
+    if name in ("sum", "mean", "max", "min"):
+        x, axis = arrays[0], kwargs.get("axis", args[1] if len(args) > 1 else None)
+        axes = tuple(range(x.ndim)) if axis is None else tuple(
+            sorted(a % x.ndim for a in (axis if isinstance(axis, tuple) else (axis,))))
+        cub = (x.flags.c_contiguous and axes == tuple(range(x.ndim - len(axes), x.ndim))) or \
+              (x.flags.f_contiguous and axes == tuple(range(len(axes))))
+        if not cub or x.size == 0:
+            return 0                                 # CuPy's own reduction kernel: one
+        extra = _cub_full_reduction_extra(x) if len(axes) == x.ndim else 0
+        return extra + (name == "mean")              # the CUB sum, then a division
+    return 0
+
+
+CUB_TILE = 4096            # one thread block's items: a CUB sum of more takes two kernels
+
+
+def _cub_full_reduction_extra(x):
+    return int(x.size > CUB_TILE)
+
+
+def _index_launches(key):
+    """Kernels of an integer-array index beyond one (CuPy's indexing: the index arrays are
+    broadcast and raveled into one flat index, then gathered or scattered)."""
+    keys = key if isinstance(key, tuple) else (key,)
+    arrays = sum(isinstance(k, ndarray) and k.dtype.kind in "iu" for k in keys)
+    return 2 if arrays > 1 else 0
+
+
 ELEMENTWISE = {"where", "clip", "astype"}   # non-ufunc calls cupy.fuse accepts
 
 
@@ -263,7 +317,9 @@ class ndarray:
         if reflected:
             a, b = b, a
         out = _wrap(getattr(np, op)(a, b), ())
-        if op != "matmul":
+        if op == "matmul":
+            _op(extra_launches("matmul", (other, self) if reflected else (self, other), {}))
+        else:
             _record("ufunc", name=op, args=[_spec(x) for x in args], outputs=[_spec(out)])
         return out
 
@@ -296,6 +352,7 @@ class ndarray:
         _no_host_arrays(key, "cupy.ndarray indexing")
         if _state.fusing:
             raise TypeError("cupy.fuse: indexing is not supported inside a fused function")
+        _op(_index_launches(key))
         return _wrap(self._a[_unwrap(key)], (self._a,))
 
     def __setitem__(self, key, value):
@@ -304,7 +361,7 @@ class ndarray:
         if _state.fusing:
             raise TypeError("cupy.fuse: indexing is not supported inside a fused function")
         self._a[_unwrap(key)] = _unwrap(value)
-        _op()
+        _op(1 + _index_launches(key))
 
     # -------------------------------------------------------------- other methods
     def __getattr__(self, name):
@@ -325,6 +382,7 @@ class ndarray:
                 return None
             if name == "copy":
                 return _wrap(self._a.copy(*args, **kwargs))
+            _op(extra_launches(name, (self, *args), kwargs))
             return _wrap(target(*_unwrap(args), **_unwrap(kwargs)), (self._a,))
         return method
 
@@ -434,6 +492,7 @@ def _module_function(name):
         if is_ufunc and len(args) > spec["nin"] + spec["nout"]:
             raise TypeError(f"cupy.{name} takes {spec['nin']} inputs")
         out = kwargs.get("out")
+        _op(extra_launches(name, args, kwargs))
         result = np_func(*_unwrap(args), **_unwrap(kwargs))
         if is_ufunc:
             _record("ufunc", name=name, args=[_spec(a) for a in args[:spec["nin"]]],

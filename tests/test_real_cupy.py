@@ -127,12 +127,12 @@ def test_a_python_number_as_ok_is_caught(cupy_strict_module, monkeypatch):
 
 def test_a_float64_scalar_in_a_float32_run_is_caught(cupy_strict_module, monkeypatch, tmp_path):
     from minivit import fast
-    plant(monkeypatch, fast, "layernorm", "kernels.reciprocal_std(var, eps)",
-          "kernels.reciprocal_std(var, np.float64(eps))")
+    plant(monkeypatch, fast, "layernorm", "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)",
+          "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, np.float64(eps))")
     with cupy_strict.recording() as ops:
         _train(tmp_path, {})
     problems, _ = cupy_real.check(ops, "float32")
-    assert any("reciprocal_std" in p and "float64" in p for p in problems), problems
+    assert any("layernorm_apply" in p and "float64" in p for p in problems), problems
 
 
 def test_a_kernel_nvrtc_cannot_compile_is_caught():
