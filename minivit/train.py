@@ -269,7 +269,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         net=FastViT(model, threads=threads),
         opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
         epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step, guard=None,
-        train_seconds=0.0, out_of_time=False,
+        train_seconds=0.0, out_of_time=False, compiled=model.xp is np,   # a GPU compiles on step 1
         meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
                   mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)))
     if saved is not None:
@@ -288,6 +288,9 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
         f"{cfg.preset}; {length}, {len(run.train_loader)} steps of batch {cfg.batch_size} an epoch.")
+    if cfg.time_budget and not run.compiled:
+        log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
+            "(seconds to a minute, once: CuPy keeps them on disk).")
     if cfg.low_res:
         log(f"Progressive resizing: the first {cfg.low_res:.0%} of training on {cfg.low_res_size}x"
             f"{cfg.low_res_size} images, then {cfg.img_size}x{cfg.img_size}.")
@@ -385,7 +388,8 @@ def train_epoch(run, stop):
     i = base["batch"] - 1
     for i, (images, labels) in enumerate(run.train_loader.batches(epoch, base["batch"]), base["batch"]):
         # one step: nothing here reads the device, so the host never waits for the GPU
-        elapsed = run.train_seconds + time.perf_counter() - t0       # training time so far
+        step_start = time.perf_counter()
+        elapsed = run.train_seconds + step_start - t0                # training time so far
         if cfg.time_budget:
             elapsed = world.share(elapsed)       # rank 0's clock: one schedule for every rank
         if cfg.time_budget and elapsed >= cfg.time_budget:
@@ -412,6 +416,12 @@ def train_epoch(run, stop):
         run.opt.step(ok)
         if run.ema is not None:
             run.ema.update()
+        if not run.compiled:             # a GPU's first step compiled its kernels: wait for
+            float(loss)                  # it once, and leave it off the clock
+            spent = time.perf_counter() - step_start
+            t0 += spent
+            run.compiled = True
+            run.log(f"First step: {spent:.1f} s (it compiled the GPU kernels), not counted as training time.")
         run.step += 1
         run_loss += loss * len(logits)
         run_correct += (logits.argmax(axis=1) == labels[rows]).sum()

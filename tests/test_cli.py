@@ -167,7 +167,30 @@ def test_selftest_on_numpy_says_why_the_gpu_side_was_skipped(capsys, monkeypatch
 def test_selftest_on_the_cupy_stand_in_compares_with_numpy(cupy_strict_module, capsys):
     assert cli.main(["selftest", "--backend", "cupy"]) == 0
     out = capsys.readouterr().out
-    assert "cupy:" in out and "pass  3 training steps = NumPy's" in out and "FAIL" not in out
+    assert "cupy:" in out and "FAIL" not in out
+    for line in ("pass  3 float64 training steps = NumPy's",
+                 "pass  3 float32 steps = NumPy's (AdamW, EMA, clipping, drop path)",
+                 "pass  3 float32 steps = NumPy's (conv stem)",
+                 "pass  3 float32 steps = NumPy's (low-resolution batch)",
+                 "pass  loader, augmentation and regularizers = NumPy's",
+                 "(it compiles the GPU kernels), then"):
+        assert line in out, line
+    assert out.strip().splitlines()[-1] == "verdict: every check passed on numpy and cupy"
+
+
+def test_selftest_ends_with_a_verdict_when_a_gpu_check_raises(cupy_strict_module, capsys, monkeypatch):
+    from minivit import selftest
+
+    def broken(backend):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(selftest, "_batches", broken)
+    monkeypatch.setattr(selftest, "_step_times", lambda backend: (1.0, 0.5))
+    monkeypatch.setattr(selftest.gradcheck, "LAYERS", {})          # keep the test short
+    assert cli.main(["selftest", "--backend", "cupy"]) == 1
+    out = capsys.readouterr().out
+    assert ("FAIL  loader, augmentation and regularizers = NumPy's: raised RuntimeError: CUDA error: "
+            "an illegal memory access was encountered") in out
+    assert out.strip().splitlines()[-1].startswith("verdict: FAILED on cupy: cupy loader")
 
 
 def test_selftest_fails_loudly(monkeypatch, capsys):

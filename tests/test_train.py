@@ -1,6 +1,8 @@
 """Training: a short real run, checkpoints, exact resume, evaluation helpers."""
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -165,6 +167,29 @@ def test_a_time_budget_ends_on_time_with_the_rate_decayed_and_resumes(tmp_path, 
     train(None, out=tmp_path / "cut", resume=True, **kw)
     spent = read_metrics(tmp_path / "cut")[-1]["train_seconds"]
     assert 3.0 <= spent <= 3.0 + 2 * step_time + 0.05
+
+
+def test_on_a_gpu_the_time_budget_clock_starts_after_the_compiling_first_step(tmp_path, cupy_strict_module,
+                                                                             monkeypatch):
+    """The first step on a GPU compiles the kernels: a 2-second first step does not eat a
+    1.5-second budget, and the log says so."""
+    from minivit.fast import FastViT
+    forward, calls = FastViT.forward, []
+
+    def slow_first(self, x, keep_cache=True, rng=None, rows=None):
+        calls.append(keep_cache)
+        if len(calls) == 1:
+            time.sleep(2.0)                       # the stand-in does not compile: pretend
+        return forward(self, x, keep_cache, rng, rows)
+    monkeypatch.setattr(FastViT, "forward", slow_first)
+    logs = []
+    cfg = TrainConfig.from_preset("sample", time_budget=1.5, **TINY)
+    train(cfg, out=tmp_path / "run", progress=False, plots=False, log=logs.append, backend="cupy")
+    text = "\n".join(logs)
+    assert "Time budget: the clock starts after the first step, which compiles the GPU kernels" in text
+    assert re.search(r"First step: 2\.\d s \(it compiled the GPU kernels\), not counted", text), text
+    last = read_metrics(tmp_path / "run")[-1]
+    assert last["step"] > 1 and last["train_seconds"] < 3.0       # the 2 s first step is not in it
 
 
 def test_the_learning_rate_follows_the_clock():
