@@ -140,7 +140,7 @@ def main(argv=None):
     ap.add_argument("--torch", action="store_true", help="also count PyTorch eager's kernels")
     args = ap.parse_args(argv)
     cp = install_stand_in()
-    for preset in ("default", "seed"):
+    for preset in ("default", "seed", "hybrid"):
         cfg = TrainConfig.from_preset(preset)
         config = cfg.model_config()
         counts = count_step(cp, config, batch=args.batch_size, preset=preset)
