@@ -17,7 +17,9 @@ records to the installed CuPy, which needs no device until a kernel launches:
 
 `check(records, dtype)` returns the problems found, as sentences: a kernel CuPy cannot
 build, float16 in generated code, an output dtype other than the one the stand-in (NumPy's
-rules) produced, a compile error.
+rules) produced, a compile error (for compute_80 and compute_90), and any operation (a
+reduction, a matmul, ...) whose floating result is not the run's dtype although no input
+had that dtype and the code did not name it.
 """
 
 import functools
@@ -29,7 +31,7 @@ import cupy
 from cupy._core import _fusion_thread_local, _kernel, _scalar, fusion
 from cupy.cuda import compiler
 
-ARCH = "80"
+ARCHS = ("80", "90")        # Ampere and Hopper: NVRTC compiles for both, no GPU needed
 _next_address = [1 << 40]
 _ptx = {}                  # source -> PTX (or the compile error), for the whole session
 
@@ -44,9 +46,13 @@ def fake_array(shape, dtype):
     return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
 
+def _is_array(spec):
+    return isinstance(spec, tuple) and len(spec) == 3 and spec[0] == "array"
+
+
 def _real(spec):
     """A recorded argument as real CuPy takes it."""
-    if isinstance(spec, tuple) and len(spec) == 3 and spec[0] == "array":
+    if _is_array(spec):
         return fake_array(spec[1], spec[2])
     return spec
 
@@ -86,7 +92,7 @@ def kernel_source(kern, args):
     return headers + code, out_types
 
 
-def compile_ptx(source, arch=ARCH):
+def compile_ptx(source, arch=ARCHS[0]):
     """NVRTC: source -> PTX for compute_{arch}, with CuPy's headers and options. Raises
     compiler.CompileException on an error."""
     key = (source, arch)
@@ -134,15 +140,17 @@ def check_fused(record):
         problems.append(f"{where}: the generated code computes in float16 ({', '.join(found)}), "
                         f"e.g. `{lines[0].strip() if lines else found[0]}`: an operation between "
                         f"two Python numbers inside cupy.fuse; compute it on the host and pass it in")
-    wanted = [o[2] for o in record.outputs if isinstance(o, tuple)]
+    wanted = [o[2] for o in record.outputs if _is_array(o)]
     got = [np.dtype(t) for t in out_types]
     if wanted != got[:len(wanted)]:
         problems.append(f"{where}: real CuPy returns {[str(t) for t in got]}, the stand-in "
                         f"(NumPy's rules) {[str(t) for t in wanted]}")
-    try:
-        compile_ptx(source)
-    except compiler.CompileException as e:
-        problems.append(f"{where}: NVRTC cannot compile the generated code: {str(e)[:400]}")
+    for arch in ARCHS:
+        try:
+            compile_ptx(source, arch)
+        except compiler.CompileException as e:
+            problems.append(f"{where}: NVRTC cannot compile the generated code for compute_{arch}: "
+                            f"{str(e)[:400]}")
     return problems
 
 
@@ -161,7 +169,7 @@ def ufunc_out_types(name, args):
     ufunc = getattr(cupy, {"true_divide": "divide"}.get(name, name))
     in_types, weaks = [], []
     for a in args:
-        if isinstance(a, tuple):
+        if _is_array(a):
             in_types.append(np.dtype(a[2]))
             weaks.append(False)
         elif isinstance(a, (bool, int, float, complex)):
@@ -186,7 +194,7 @@ def check_ufunc(record):
         got = ufunc_out_types(record.name, record.args)
     except Exception as e:
         return [f"{where}: real CuPy cannot type it: {type(e).__name__}: {e}"]
-    wanted = [o[2] for o in record.outputs if isinstance(o, tuple)]
+    wanted = [o[2] for o in record.outputs if _is_array(o)]
     if wanted and got[0] != wanted[0]:
         return [f"{where}: real CuPy computes {got[0]}, the stand-in (NumPy's rules) {wanted[0]}"]
     return []
@@ -195,16 +203,16 @@ def check_ufunc(record):
 # -------------------------------------------------------------------------- checks
 
 def _describe(spec):
-    if isinstance(spec, tuple) and len(spec) == 3 and spec[0] == "array":
+    if _is_array(spec):
         return f"{spec[2]}{list(spec[1])}"
     return f"{type(spec).__name__} {spec!r}"
 
 
 def _key(record):
     """Records that real CuPy would type and compile alike."""
-    args = tuple((a[0], len(a[1]), str(a[2])) if isinstance(a, tuple) else type(a).__name__
+    args = tuple((a[0], len(a[1]), str(a[2])) if _is_array(a) else type(a).__name__
                  for a in record.args)
-    ident = record.func if record.kind == "fuse" else record.name
+    ident = record.func if record.kind == "fuse" else (record.name, getattr(record, "asked", None))
     if isinstance(ident, functools.partial):
         ident = ident.func
     return record.kind, ident, args
@@ -223,16 +231,20 @@ def check(records, dtype=None):
     one. -> (problems, counts {"fuse": n, "ufunc": n} of distinct operations checked)."""
     from minivit import backend
     from cupyx.scipy.special import erf
-    problems, counts = [], {"fuse": 0, "ufunc": 0}
+    problems, counts = [], {"fuse": 0, "ufunc": 0, "call": 0}
     saved, backend._cupy_erf = backend._cupy_erf, erf     # the fused GELU's erf: CuPy's own
     try:
         for record in unique(records):
             counts[record.kind] += 1
-            problems += check_fused(record) if record.kind == "fuse" else check_ufunc(record)
-            if dtype is not None:                   # a float dtype no input had: promoted
-                had = {a[2] for a in record.args if isinstance(a, tuple)}
+            if record.kind == "fuse":
+                problems += check_fused(record)
+            elif record.kind == "ufunc":
+                problems += check_ufunc(record)
+            if dtype is not None and not getattr(record, "asked", False):   # a float dtype
+                # that no input had and the code did not name: promoted
+                had = {a[2] for a in record.args if _is_array(a)}
                 for out in record.outputs:
-                    if isinstance(out, tuple) and out[2].kind == "f" and out[2] != np.dtype(dtype) \
+                    if _is_array(out) and out[2].kind == "f" and out[2] != np.dtype(dtype) \
                             and out[2] not in had:
                         problems.append(f"{record.kind} {record.name}({', '.join(_describe(a) for a in record.args)}) "
                                         f"gives {out[2]} in a {dtype} run")

@@ -61,15 +61,22 @@ _state = types.SimpleNamespace(fusing=0, record=None)
 
 
 class Record(types.SimpleNamespace):
-    """One device operation: kind "fuse" (func, args, outputs) or "ufunc" (name, args,
-    outputs). args / outputs: the values themselves for Python and NumPy scalars, else
-    (shape, dtype) of each device array."""
+    """One device operation: kind "fuse" (func, args, outputs), "ufunc" (name, args,
+    outputs) or "call" (any other function or method: name, args, outputs, and asked:
+    whether the call named a dtype). args / outputs: the values themselves for Python and
+    NumPy scalars, else ("array", shape, dtype) of each array."""
 
 
 def _spec(value):
     if isinstance(value, (ndarray, np.ndarray)):
         return ("array", value.shape, value.dtype)
     return value
+
+
+def _asks_dtype(args, kwargs):
+    """Whether a call names a dtype (dtype=..., or a dtype passed by position)."""
+    named = kwargs.get("dtype") is not None
+    return named or any(isinstance(a, (type, np.dtype, str)) for a in args)
 
 
 def _record(kind, **fields):
@@ -383,7 +390,10 @@ class ndarray:
             if name == "copy":
                 return _wrap(self._a.copy(*args, **kwargs))
             _op(extra_launches(name, (self, *args), kwargs))
-            return _wrap(target(*_unwrap(args), **_unwrap(kwargs)), (self._a,))
+            out = _wrap(target(*_unwrap(args), **_unwrap(kwargs)), (self._a,))
+            _record("call", name=f"ndarray.{name}", args=[_spec(self)] + [_spec(a) for a in args],
+                    outputs=[_spec(out)], asked=_asks_dtype(args, kwargs))
+            return out
         return method
 
 
@@ -503,7 +513,11 @@ def _module_function(name):
         if result is None:             # written in place (copyto)
             _op()
             return None
-        return _wrap(result, _flat_inputs(args))
+        wrapped = _wrap(result, _flat_inputs(args))
+        if not is_ufunc:
+            _record("call", name=name, args=[_spec(a) for a in args], outputs=[_spec(wrapped)],
+                    asked=_asks_dtype(args, kwargs))
+        return wrapped
     call.__name__ = name
     _cache[name] = call
     return call

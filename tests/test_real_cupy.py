@@ -80,7 +80,10 @@ def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_mod
     _check(ops, "float64")
 
 
-def test_selftest_builds_on_real_cupy(cupy_strict_module, capsys):
+def test_selftest_builds_on_real_cupy(cupy_strict_module, capsys, monkeypatch):
+    from minivit import selftest
+    timed = selftest._step_times                   # the default ViT, at a batch that runs fast here
+    monkeypatch.setattr(selftest, "_step_times", lambda backend: timed(backend, batch=8, repeats=1))
     with cupy_strict.recording() as ops:
         assert cli.main(["selftest", "--backend", "cupy"]) == 0
     _check(ops, None)                   # float64 checks and float32 steps, each typed as run
