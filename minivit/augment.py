@@ -11,6 +11,7 @@ for its random draws (so NumPy and CuPy runs with the same seed see the same dra
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
 
 
@@ -81,85 +82,97 @@ def _gray(x):
 def affine(x, matrix, fill=0.5):
     """Resample every image of x [B, C, H, W] through its own 2x3 matrix [B, 2, 3]: output
     pixel (row, col) reads input (r, c) = matrix @ (row, col, 1), relative to the image
-    centre, bilinearly; pixels read from outside the image are `fill`."""
+    centre, bilinearly; pixels read from outside the image are `fill`.
+
+    Each of the four neighbours is one fused kernel for its weights and flat indices, one
+    gather (take) and one fused accumulation."""
     xp = array_module(x)
     B, C, H, W = x.shape
     rows, cols = xp.meshgrid(xp.arange(H, dtype=x.dtype) - (H - 1) / 2,
                              xp.arange(W, dtype=x.dtype) - (W - 1) / 2, indexing="ij")
     grid = xp.stack([rows.ravel(), cols.ravel(), xp.ones(H * W, dtype=x.dtype)])   # [3, HW]
     src = xp.asarray(matrix, dtype=x.dtype) @ grid                                # [B, 2, HW]
-    r = src[:, 0] + (H - 1) / 2
-    c = src[:, 1] + (W - 1) / 2
+    r = src[:, None, 0] + (H - 1) / 2                                             # [B, 1, HW]
+    c = src[:, None, 1] + (W - 1) / 2
     r0, c0 = xp.floor(r), xp.floor(c)
+    plane = xp.asarray((np.arange(B * C) * (H * W)).reshape(B, C, 1))             # [B, C, 1]
     out = xp.zeros((B, C, H * W), dtype=x.dtype)
-    flat = x.reshape(B, C, H * W)
+    flat = x.ravel()
     for dr in (0, 1):                     # the four neighbours, weighted bilinearly
         for dc in (0, 1):
-            rr, cc = r0 + dr, c0 + dc
-            weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))                 # [B, HW]
-            inside = ((rr >= 0) & (rr <= H - 1) & (cc >= 0) & (cc <= W - 1)).astype(x.dtype)
-            index = (xp.clip(rr, 0, H - 1) * W + xp.clip(cc, 0, W - 1)).astype(xp.int64)
-            value = xp.take_along_axis(flat, index[:, None, :].repeat(C, axis=1), axis=2)
-            out += (weight * inside)[:, None] * value                       # [B, C, HW]
-            out += (weight * (1 - inside) * fill)[:, None]                  # outside: fill
+            inside, outside, index = kernels.bilinear_tap(r, c, r0 + dr, c0 + dc, H - 1, W - 1,
+                                                          W, plane, fill)
+            out = kernels.bilinear_add(out, inside, xp.take(flat, index), outside)  # [B, C, HW]
     return out.reshape(B, C, H, W)
 
 
-def _affine_op(kind):
-    def op(x, m, sign):
-        xp = array_module(x)
-        B, _, H, _ = x.shape
-        A = np.zeros((len(m), 2, 3))
-        A[:, 0, 0] = A[:, 1, 1] = 1.0
-        if kind == "rotate":                          # up to 30 degrees
-            t = np.deg2rad(30.0 * m / 10 * sign)
-            A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
-        elif kind == "shear_x":                       # up to 0.3
-            A[:, 1, 0] = 0.3 * m / 10 * sign
-        elif kind == "shear_y":
-            A[:, 0, 1] = 0.3 * m / 10 * sign
-        elif kind == "translate_x":                   # up to 45% of the image
-            A[:, 1, 2] = 0.45 * H * m / 10 * sign
-        else:                                         # translate_y
-            A[:, 0, 2] = 0.45 * H * m / 10 * sign
-        return affine(x, xp.asarray(A))
-    return op
+def _affine_matrices(kinds, m, sign, size):
+    """The 2x3 matrices [n, 2, 3] of the geometric operations `kinds` (one per image)."""
+    A = np.zeros((len(kinds), 2, 3))
+    A[:, 0, 0] = A[:, 1, 1] = 1.0
+    strength = m / 10 * sign
+    t = np.deg2rad(30.0 * strength)                               # rotate: up to 30 degrees
+    rot = kinds == "rotate"
+    A[rot, 0, 0], A[rot, 0, 1], A[rot, 1, 0], A[rot, 1, 1] = (np.cos(t[rot]), -np.sin(t[rot]),
+                                                              np.sin(t[rot]), np.cos(t[rot]))
+    for kind, row, col, scale in (("shear_x", 1, 0, 0.3), ("shear_y", 0, 1, 0.3),       # up to 0.3
+                                  ("translate_x", 1, 2, 0.45 * size), ("translate_y", 0, 2, 0.45 * size)):
+        picked = kinds == kind                                    # translate: up to 45% of the image
+        A[picked, row, col] = scale * strength[picked]
+    return A
 
 
-def _enhance_op(kind):
-    def op(x, m, sign):
-        xp = array_module(x)
-        factor = xp.asarray(1.0 + 0.9 * m / 10 * sign, dtype=x.dtype)   # 0.1 .. 1.9
-        if kind == "brightness":
-            other = xp.zeros_like(x)
-        elif kind == "color":
-            other = xp.broadcast_to(_gray(x), x.shape)
-        elif kind == "contrast":
-            other = xp.broadcast_to(_gray(x).mean(axis=(1, 2, 3), keepdims=True), x.shape)
-        else:                                         # sharpness: PIL's 3x3 smoothing filter
-            pad = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-            H, W = x.shape[2:]
-            other = sum(pad[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3))
-            other = (other + 4 * x) / 13.0
-        return _blend(x, other, factor)
-    return op
+def _geometric(x, kinds, m, sign):
+    """rotate, shear_x, shear_y, translate_x, translate_y: one affine resampling."""
+    return affine(x, array_module(x).asarray(_affine_matrices(kinds, m, sign, x.shape[2])))
 
 
-def _posterize(x, m, sign):
+def _enhance_other(kind, x):
+    """The image each enhancement blends away from (PIL's ImageEnhance)."""
+    xp = array_module(x)
+    if kind == "brightness":
+        return xp.zeros_like(x)
+    if kind == "color":
+        return xp.broadcast_to(_gray(x), x.shape)
+    if kind == "contrast":
+        return xp.broadcast_to(_gray(x).mean(axis=(1, 2, 3), keepdims=True), x.shape)
+    pad = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")      # sharpness: PIL's
+    H, W = x.shape[2:]                                                   # 3x3 smoothing filter
+    other = sum(pad[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3))
+    return (other + 4 * x) / 13.0
+
+
+def _enhance(x, kinds, m, sign):
+    """brightness, color, contrast, sharpness: one blend, factor 0.1 .. 1.9."""
+    xp = array_module(x)
+    factor = xp.asarray(1.0 + 0.9 * m / 10 * sign, dtype=x.dtype)
+    other = None
+    for kind in ENHANCEMENTS:                                            # each image its own
+        picked = kinds == kind
+        if picked.any():
+            this = _enhance_other(kind, x)
+            other = this if other is None else xp.where(xp.asarray(picked)[:, None, None, None], this, other)
+    return _blend(x, other, factor)
+
+
+ENHANCEMENTS = ("brightness", "color", "contrast", "sharpness")
+
+
+def _posterize(x, kinds, m, sign):
     """Keep 8 - bits of each 8-bit value, bits from 0 to 4."""
     xp = array_module(x)
     step = xp.asarray(2.0 ** np.floor(4 * m / 10), dtype=x.dtype)[:, None, None, None]
     return xp.floor(xp.round(x * 255) / step) * step / 255
 
 
-def _solarize(x, m, sign):
+def _solarize(x, kinds, m, sign):
     """Invert every value at or above a threshold (1 down to 0)."""
     xp = array_module(x)
     threshold = xp.asarray(1.0 - m / 10, dtype=x.dtype)[:, None, None, None]
     return xp.where(x >= threshold, 1.0 - x, x)
 
 
-def _autocontrast(x, m, sign):
+def _autocontrast(x, kinds, m, sign):
     """Stretch each channel's range to [0, 1] (channels with one value left alone)."""
     xp = array_module(x)
     lo = x.min(axis=(2, 3), keepdims=True)
@@ -168,18 +181,22 @@ def _autocontrast(x, m, sign):
     return xp.where(span > 0, (x - lo) / xp.where(span > 0, span, 1.0), x)
 
 
-def _identity(x, m, sign):
-    return x
+# each operation's family: the function that applies it (with the others of its family,
+# each image its own) to the images that drew any of them
+FAMILY = {"identity": None, "autocontrast": _autocontrast, "posterize": _posterize,
+          "solarize": _solarize, **{k: _enhance for k in ENHANCEMENTS},
+          **{k: _geometric for k in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")}}
 
 
-RAND_AUGMENT_OPS = {
-    "identity": _identity, "autocontrast": _autocontrast, "posterize": _posterize,
-    "solarize": _solarize, "brightness": _enhance_op("brightness"),
-    "color": _enhance_op("color"), "contrast": _enhance_op("contrast"),
-    "sharpness": _enhance_op("sharpness"), "rotate": _affine_op("rotate"),
-    "shear_x": _affine_op("shear_x"), "shear_y": _affine_op("shear_y"),
-    "translate_x": _affine_op("translate_x"), "translate_y": _affine_op("translate_y"),
-}
+def _single(name):
+    def op(x, m, sign):
+        """RandAugment's `name` on every image of x [B, C, H, W] (magnitudes m [B], signs [B])."""
+        return x if FAMILY[name] is None else FAMILY[name](x, np.full(len(x), name), m, sign)
+    op.__name__ = name
+    return op
+
+
+RAND_AUGMENT_OPS = {name: _single(name) for name in FAMILY}
 
 
 def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
@@ -187,7 +204,9 @@ def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
     image gets num_ops operations from `ops` (default: every RAND_AUGMENT_OPS entry),
     drawn independently per image from the host generator rng, at strength
     magnitude (0..10); symmetric operations (rotate, shear, translate, the enhancements)
-    take a random direction."""
+    take a random direction. Each round gathers the images of each family (geometric,
+    enhancement, posterize, solarize, autocontrast), transforms them together, each with
+    its own operation, and puts them back."""
     if not 0 <= magnitude <= 10:
         raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
     names = list(RAND_AUGMENT_OPS) if ops is None else list(ops)
@@ -198,15 +217,17 @@ def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
     xp = array_module(x)
     B = len(x)
     x = x.copy()
+    families = list(dict.fromkeys(FAMILY[n] for n in names if FAMILY[n] is not None))
     for _ in range(num_ops):
         choice = rng.integers(0, len(names), B)
         sign = np.where(rng.random(B) < 0.5, -1.0, 1.0)
-        for k, name in enumerate(names):
-            picked = np.nonzero(choice == k)[0]
-            if len(picked) and name != "identity":
+        chosen = np.array(names)[choice]
+        for family in families:
+            picked = np.nonzero([FAMILY[n] is family for n in chosen])[0]
+            if len(picked):
                 idx = xp.asarray(picked)
                 m = np.full(len(picked), float(magnitude))
-                x[idx] = RAND_AUGMENT_OPS[name](x[idx], m, sign[picked]).astype(x.dtype, copy=False)
+                x[idx] = family(x[idx], chosen[picked], m, sign[picked]).astype(x.dtype, copy=False)
     return x
 
 

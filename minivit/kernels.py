@@ -170,6 +170,26 @@ def softmax_backward_ds(xp, da, a, sum_da_a, scale):
     return a * (da - sum_da_a) * scale
 
 
+# ----------------------------------------------------------------- bilinear sampling
+
+@kernel
+def bilinear_tap(xp, r, c, rr, cc, r_max, c_max, width, plane, fill):
+    """One neighbour (rr, cc) of the source points (r, c) [B, 1, HW] -> (its weight where
+    it lies inside the image, else 0; weight * fill where it lies outside, else 0; its
+    flat index into x [B, C, H, W], clamped to the image: plane [B, C, 1] + rr W + cc)."""
+    weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))
+    inside = (rr >= 0) & (rr <= r_max) & (cc >= 0) & (cc <= c_max)
+    pixel = xp.minimum(xp.maximum(rr, 0), r_max) * width + xp.minimum(xp.maximum(cc, 0), c_max)
+    return (xp.where(inside, weight, 0.0), xp.where(inside, 0.0, weight * fill),
+            plane + pixel.astype(xp.int64))
+
+
+@kernel
+def bilinear_add(xp, out, inside, value, outside):
+    """out + inside value + outside: one neighbour's share of a bilinear sample."""
+    return out + inside * value + outside
+
+
 # --------------------------------------------------------------------- cross-entropy
 
 @kernel

@@ -82,6 +82,24 @@ def test_rand_augment_is_repeatable_and_per_image(images):
     assert images.dtype == a.dtype and images is not a   # the input is not modified
 
 
+def test_rand_augment_gives_each_image_its_own_operations(backend):
+    """The batch result equals each image augmented alone by the operations it drew (the
+    same draws): grouping images by family never mixes their operations."""
+    xp = get_xp(backend)
+    images = np.random.default_rng(2).random((24, 3, 8, 8)).astype(np.float32)
+    out = to_host(augment.rand_augment(xp.asarray(images), np.random.default_rng(7), num_ops=3, magnitude=7))
+    rng, names = np.random.default_rng(7), list(augment.RAND_AUGMENT_OPS)
+    ref = images.copy()
+    for _ in range(3):
+        choice = rng.integers(0, len(names), len(images))
+        sign = np.where(rng.random(len(images)) < 0.5, -1.0, 1.0)
+        for i in range(len(images)):
+            op = augment.RAND_AUGMENT_OPS[names[choice[i]]]
+            ref[i:i + 1] = op(ref[i:i + 1], np.array([7.0]), sign[i:i + 1])
+    assert len({names[k] for k in choice}) > 6             # many operations in one batch
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
 def test_rand_augment_rejects_bad_settings(images):
     with pytest.raises(ValueError, match="magnitude must be in"):
         augment.rand_augment(images, np.random.default_rng(0), magnitude=12)
