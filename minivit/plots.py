@@ -4,6 +4,7 @@ with their predicted and true labels, and the confusion matrix. Drawn with matpl
 breaks."""
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +33,58 @@ def _save(fig, path):
 CHANCE = 1 / len(CLASSES)        # the accuracy of guessing
 
 
-def draw_curves(plt, metrics):
-    """Loss, accuracy (with the chance line) and learning rate per epoch -> a figure."""
-    epochs = [m["epoch"] for m in metrics]
+def resolution_switch(metrics, config):
+    """Minutes of training at which progressive resizing (config's low_res) moved to full
+    size, or None: with a time budget at that share of it, else at that share of the
+    steps (placed in time through the epochs' steps and seconds)."""
+    if not config or not config.get("low_res") or not metrics:
+        return None
+    if config.get("time_budget"):
+        return config["low_res"] * config["time_budget"] / 60
+    steps_per_epoch = metrics[0]["step"] / metrics[0]["epoch"]
+    switch = config["low_res"] * config["epochs"] * steps_per_epoch
+    steps = [0] + [m["step"] for m in metrics]
+    seconds = [0.0] + [m["train_seconds"] for m in metrics]
+    return float(np.interp(switch, steps, seconds)) / 60 if switch <= steps[-1] else None
+
+
+def draw_curves(plt, metrics, config=None):
+    """Loss, accuracy (with the chance line) and learning rate -> a figure. Against
+    minutes of training when the records have them (epochs on a second axis above: a
+    time-budget schedule runs on the clock, and epochs differ in length), else against
+    epochs; progressive resizing's switch to full-size images (config: the run's
+    config.json) is marked on every panel."""
+    timed = all("train_seconds" in m for m in metrics)
+    x_of = (lambda m: m["train_seconds"] / 60) if timed else (lambda m: m["epoch"])
+    xs = [x_of(m) for m in metrics]
     validated = [m for m in metrics if m.get("val_acc") is not None]    # none without a split
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.8))
-    a1.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    a1.plot([m["epoch"] for m in validated], [m["val_loss"] for m in validated], "o-", label="validation")
-    a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    a1.legend()
-    a2.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
-    a2.plot([m["epoch"] for m in validated], [m["val_acc"] for m in validated], "o-", label="validation")
+    a1.plot(xs, [m["train_loss"] for m in metrics], "o-", label="train")
+    a1.plot([x_of(m) for m in validated], [m["val_loss"] for m in validated], "o-", label="validation")
+    a1.set(ylabel="cross-entropy", title="loss")
+    a2.plot(xs, [m["train_acc"] for m in metrics], "o-", label="train")
+    a2.plot([x_of(m) for m in validated], [m["val_acc"] for m in validated], "o-", label="validation")
     a2.axhline(CHANCE, color="gray", ls=":", label="chance")
-    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    a2.legend()
-    a3.plot(epochs, [m["lr"] for m in metrics], "o-", color="tab:green")
-    a3.set(xlabel="epoch", ylabel="learning rate", title="learning rate (at the epoch's end)")
+    a2.set(ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    a3.plot(xs, [m["lr"] for m in metrics], "o-", color="tab:green")
+    a3.set(ylabel="learning rate", title="learning rate (at the epoch's end)")
     a3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    switch = resolution_switch(metrics, config) if timed else None
+    for ax in (a1, a2, a3):
+        ax.set_xlabel("minutes of training" if timed else "epoch")
+        if switch is not None:
+            ax.axvline(switch, color="tab:purple", ls="--", lw=1,
+                       label=f"{config['low_res_size']}px -> {config['img_size']}px images")
+        if timed and len(metrics) > 1:                 # the epochs, above
+            minutes, epochs = [0.0] + xs, [0] + [m["epoch"] for m in metrics]
+            top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, minutes, epochs),
+                                                       lambda e: np.interp(e, epochs, minutes)))
+            top.set_xlabel("epoch", fontsize=8)
+            ax.set_title(ax.get_title(), pad=26)
+    if timed:
+        a3.yaxis.get_offset_text().set_x(-0.12)       # the 1e-3 clear of the epochs above
+    a1.legend()
+    a2.legend()
     return fig
 
 
@@ -109,7 +145,9 @@ def plot_run(run_dir, log=print, out_dir=None):
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")
     written = []
-    fig = draw_curves(plt, metrics)
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else None
+    fig = draw_curves(plt, metrics, config)
     _save(fig, out_dir / "curves.png")
     plt.close(fig)
     written.append(out_dir / "curves.png")

@@ -192,6 +192,27 @@ def test_plots_show_the_rate_chance_and_bar_values():
     plt.close(fig)
 
 
+def test_time_budget_curves_read_against_minutes_with_the_resolution_switch_marked():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from minivit import plots
+    metrics = [dict(epoch=e, step=100 * e, lr=1e-3 / e, train_loss=2.0 / e, train_acc=0.2 * e,
+                    val_loss=2.1 / e, val_acc=0.2 * e, train_seconds=s)
+               for e, s in ((1, 30.0), (2, 60.0), (3, 180.0), (4, 300.0))]   # short epochs at 16px
+    budget = dict(low_res=0.2, low_res_size=16, img_size=32, time_budget=300.0, epochs=50)
+    fig = plots.draw_curves(plt, metrics, budget)
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "minutes of training"
+        assert list(ax.lines[0].get_xdata()) == [0.5, 1.0, 3.0, 5.0]
+        switch = [l for l in ax.lines if l.get_label() == "16px -> 32px images"]
+        assert len(switch) == 1 and list(switch[0].get_xdata()) == [1.0, 1.0]   # 20% of 5 minutes
+    plt.close(fig)
+    by_epochs = dict(budget, time_budget=0.0, epochs=4, low_res=0.5)          # switch at step 200
+    fig = plots.draw_curves(plt, metrics, by_epochs)
+    switch = [l for l in fig.axes[2].lines if l.get_label() == "16px -> 32px images"]
+    assert list(switch[0].get_xdata()) == [1.0, 1.0]                          # step 200 = 60 s
+    plt.close(fig)
+
+
 def test_attention_maps_go_beside_their_checkpoint(finished, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
