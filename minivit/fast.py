@@ -14,7 +14,7 @@ The math is the reference's; what changes is how it is scheduled:
   (threads.py).
 
 One training step of the default ViT at batch 80 is about 400 device operations and no
-host sync on CuPy (benchmarks/launches.py counts them), against about 760 for the
+host sync on CuPy (benchmarks/launch_count.py counts them), against about 760 for the
 reference path.
 
     net = FastViT(model)                  # the model's parameters, run fast

@@ -29,7 +29,7 @@ import numpy as np
 from . import fast, kernels, layers
 from .backend import array_module, get_xp, to_device, to_host
 from .loss import cross_entropy
-from .model import ViT
+from .model import ViT, head_backward, head_forward
 
 # dtype -> (eps, relative-error pass mark)
 # (float32: eps 1e-2 let the curvature error of whole models reach 3e-2; 3e-3 balances the two)
@@ -303,6 +303,15 @@ def _soft_target_case(rng):
     return forward, backward, {"logits": 2 * rng.standard_normal((4, 5))}
 
 
+def _head_case(pool):
+    def case(rng):
+        return (lambda **kw: head_forward(**kw, pool=pool), head_backward,
+                {"h": rng.standard_normal((3, 5, 6)), "norm_weight": 1 + 0.3 * rng.standard_normal(6),
+                 "norm_bias": 0.1 * rng.standard_normal(6), "head_weight": 0.5 * rng.standard_normal((4, 6)),
+                 "head_bias": 0.1 * rng.standard_normal(4)})
+    return case
+
+
 def _gelu_case(kind):
     def case(rng):
         forward, backward = layers.GELUS[kind]
@@ -357,6 +366,8 @@ LAYERS = {
                         {"x": rng.standard_normal((2, 3, 6)),
                          "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
                          "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
+    "head": _head_case("cls"),
+    "head_mean": _head_case("mean"),
     "block": _block_case,
     "block_drop_path": lambda rng: _block_case(rng, drop_path=True),
     "block_cls_only": lambda rng: _block_case(rng, drop_path=True, cls_only=True),

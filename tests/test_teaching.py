@@ -92,6 +92,7 @@ def test_walkthrough_example_runs():
         assert f"== {piece}" in proc.stdout
     assert "FAIL" not in proc.stdout and "Every piece passed its gradient check." in proc.stdout
     assert "attention  (2, 2, 5, 5)" in proc.stdout
+    assert "the block is the pieces above, x1 + mlp(norm2(x1)): True" in proc.stdout
 
 
 def test_docs_link_to_real_functions_and_real_checks():
