@@ -17,7 +17,7 @@ PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learn_minivit.i
 CELLS = [
     ("md", """# Learning minivit: a Vision Transformer's gradients, by hand
 
-Run this notebook top to bottom (about a minute on a laptop CPU). On the way you will
+Run this notebook top to bottom (under a minute on a laptop CPU). On the way you will
 
 1. cut an image into patches and embed them, on numbers small enough to follow by eye,
    and see the conv stem's im2col;
