@@ -24,8 +24,10 @@ ap.add_argument("--batch", type=int, default=2)
 args = ap.parse_args()
 
 rng = np.random.default_rng(0)
-B, C, S, p, D, H = args.batch, 3, args.img_size, args.patch_size, args.embed_dim, args.heads
-P, N, F = (S // p) ** 2, (S // p) ** 2 + 1, 2 * D
+# the names of docs/gradients.md: B batch, C channels, H = W image side, p patch size,
+# D width, h heads, P patches, N tokens, F the MLP's hidden width
+B, C, H, p, D, h = args.batch, 3, args.img_size, args.patch_size, args.embed_dim, args.heads
+P, N, F = (H // p) ** 2, (H // p) ** 2 + 1, 2 * D
 
 
 def show(title, report, **shapes):
@@ -39,7 +41,7 @@ def show(title, report, **shapes):
 
 
 # 1. Patch embedding: a p x p conv with stride p is one matmul on the flattened patches.
-x = rng.standard_normal((B, C, S, S))
+x = rng.standard_normal((B, C, H, H))
 w_patch, b_patch = 0.2 * rng.standard_normal((D, C, p, p)), 0.1 * rng.standard_normal(D)
 tokens, cache = layers.patch_embed_forward(x, w_patch, b_patch)
 dx, dw, db = layers.patch_embed_backward(rng.standard_normal(tokens.shape), cache)
@@ -56,35 +58,41 @@ show("class token + position embedding",
      tokens=tokens.shape, embedded=embedded.shape)
 
 # 3. LayerNorm over the width of every token.
-g, b = 1 + 0.1 * rng.standard_normal(D), 0.1 * rng.standard_normal(D)
-normed, _ = layers.layernorm_forward(embedded, g, b)
+norm1_w, norm1_b = 1 + 0.1 * rng.standard_normal(D), 0.1 * rng.standard_normal(D)
+normed, _ = layers.layernorm_forward(embedded, norm1_w, norm1_b)
 show("layernorm", gradcheck.check(layers.layernorm_forward, layers.layernorm_backward,
-                                  {"x": embedded, "w": g, "b": b}), x=embedded.shape, y=normed.shape)
+                                  {"x": embedded, "w": norm1_w, "b": norm1_b}), x=embedded.shape, y=normed.shape)
 
 # 4. Multi-head self-attention with the fused qkv projection.
 attn = {"in_proj_weight": 0.4 * rng.standard_normal((3 * D, D)), "in_proj_bias": 0.1 * rng.standard_normal(3 * D),
         "out_proj_weight": 0.4 * rng.standard_normal((D, D)), "out_proj_bias": 0.1 * rng.standard_normal(D)}
-y, cache = layers.attention_forward(normed, *attn.values(), H)
+attended, cache = layers.attention_forward(normed, *attn.values(), h)
 q, a = cache.sdpa.q, cache.sdpa.a
 show("multi-head self-attention",
-     gradcheck.check(lambda **kw: layers.attention_forward(**kw, num_heads=H), layers.attention_backward,
+     gradcheck.check(lambda **kw: layers.attention_forward(**kw, num_heads=h), layers.attention_backward,
                      {"x": normed, **attn}),
-     x=normed.shape, q_k_v=q.shape, attention=a.shape, y=y.shape)
+     x=normed.shape, q_k_v=q.shape, attention=a.shape, y=attended.shape)
 print(f"   attention rows sum to one: {np.allclose(a.sum(-1), 1)}")
 
-# 5. The MLP: Linear -> GELU -> Linear.
+# 5. The residual stream, its second norm, then the MLP: Linear -> GELU -> Linear.
+x1 = embedded + attended                                 # x1 = x + attn(norm1(x))
+norm2_w, norm2_b = 1 + 0.1 * rng.standard_normal(D), 0.1 * rng.standard_normal(D)
+normed2, _ = layers.layernorm_forward(x1, norm2_w, norm2_b)        # norm2(x1)
 mlp = {"w1": 0.4 * rng.standard_normal((F, D)), "b1": 0.1 * rng.standard_normal(F),
        "w2": 0.4 * rng.standard_normal((D, F)), "b2": 0.1 * rng.standard_normal(D)}
-y, _ = layers.mlp_forward(normed, *mlp.values())
-show("MLP (GELU)", gradcheck.check(layers.mlp_forward, layers.mlp_backward, {"x": normed, **mlp}),
-     x=normed.shape, hidden=(B, N, F), y=y.shape)
+y_mlp, _ = layers.mlp_forward(normed2, *mlp.values())
+show("MLP (GELU)", gradcheck.check(layers.mlp_forward, layers.mlp_backward, {"x": normed2, **mlp}),
+     x=normed2.shape, hidden=(B, N, F), y=y_mlp.shape)
 
-# 6. A pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)).
-block = {"norm1.weight": g, "norm1.bias": b, "attn.in_proj_weight": attn["in_proj_weight"],
+# 6. A pre-norm transformer block: x1 = x + attn(norm1(x)), y = x1 + mlp(norm2(x1)).
+block = {"norm1.weight": norm1_w, "norm1.bias": norm1_b, "attn.in_proj_weight": attn["in_proj_weight"],
          "attn.in_proj_bias": attn["in_proj_bias"], "attn.out_proj.weight": attn["out_proj_weight"],
-         "attn.out_proj.bias": attn["out_proj_bias"], "norm2.weight": g.copy(), "norm2.bias": b.copy(),
+         "attn.out_proj.bias": attn["out_proj_bias"], "norm2.weight": norm2_w, "norm2.bias": norm2_b,
          "mlp.0.weight": mlp["w1"], "mlp.0.bias": mlp["b1"], "mlp.2.weight": mlp["w2"], "mlp.2.bias": mlp["b2"]}
-y, _ = layers.block_forward(embedded, block, H)
+y, _ = layers.block_forward(embedded, block, h)
+same = np.allclose(y, x1 + y_mlp, rtol=1e-12)
+print(f"\n   the block is the pieces above, x1 + mlp(norm2(x1)): {same}")
+assert same
 
 
 def block_backward(dy, cache):
@@ -92,11 +100,11 @@ def block_backward(dy, cache):
     return {"x": dx, **grads}
 
 
-show("transformer block", gradcheck.check(lambda x, **p: layers.block_forward(x, p, H), block_backward,
+show("transformer block", gradcheck.check(lambda x, **p: layers.block_forward(x, p, h), block_backward,
                                           {"x": embedded, **block}), x=embedded.shape, y=y.shape)
 
 # 7. The whole model, with the loss on top.
-model = minivit.ViT(img_size=S, patch_size=p, embed_dim=D, depth=2, num_heads=H, mlp_ratio=2.0,
+model = minivit.ViT(img_size=H, patch_size=p, embed_dim=D, depth=2, num_heads=h, mlp_ratio=2.0,
                     num_classes=3, dtype="float64")
 logits = model.forward(x)
 loss, dlogits = minivit.cross_entropy(logits, np.arange(B) % 3)

@@ -173,7 +173,8 @@ class TrainConfig(ViTConfig):
     # optimization
     optimizer: str = _field("adamw", choices=("adam", "adamw"), help="Adam, or AdamW (decoupled decay)")
     lr: float = _field(1e-3, "positive", help="peak learning rate")
-    weight_decay: float = _field(0.05, "nonneg", help="AdamW: on weight matrices only")
+    weight_decay: float = _field(0.05, "nonneg", help="adamw: decoupled, on weight matrices and conv kernels; "
+                                 "adam: an L2 term on every parameter")
     betas: tuple = (0.9, 0.999)
     batch_size: int = _field(128, "positive_int", help="images per step")
     epochs: int = _field(50, "positive_int", help="passes over the training images (ignored "
@@ -239,8 +240,8 @@ PRESETS = {
     "seed": dict(optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=80, epochs=30,
                  warmup_epochs=0.0, schedule="constant", clip_grad=0.0, label_smoothing=0.0,
                  augment=False),
-    # The same ViT with a modern recipe: AdamW with decay on weight matrices, warmup +
-    # cosine, label smoothing, gradient clipping, crop + flip augmentation.
+    # The same ViT with a modern recipe: AdamW with decay on weight matrices and conv
+    # kernels, warmup + cosine, label smoothing, gradient clipping, crop + flip augmentation.
     "default": dict(),
     # A small hybrid ViT for CPU time budgets (`--time-budget 30m`): a 3x3 conv stem (24
     # channels, GELU) at full resolution, then 4x4 patches: 64 tokens of width 96; 6 blocks

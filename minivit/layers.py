@@ -100,15 +100,15 @@ def patch_embed_backward(dy, cache):
 def conv2d_forward(x, w, b, stride=1, padding=1):
     """A k x k convolution with stride and zero padding, as torch.nn.Conv2d.
 
-    x [B, C, H, W], w [F, C, k, k], b [F] -> y [B, F, Ho, Wo], Ho = (H + 2 pad - k) // s + 1.
+    x [B, C, H, W], w [Co, C, k, k], b [Co] -> y [B, Co, Ho, Wo], Ho = (H + 2 pad - k) // s + 1.
     Every output pixel is a linear layer on the k x k window under it (im2col):
         cols[b, (ho, wo), (c, i, j)] = xpad[b, c, s ho + i, s wo + j]
-        y = cols W_flat^T + b,   W_flat = w.reshape(F, C k k)
+        y = cols W_flat^T + b,   W_flat = w.reshape(Co, C k k)
     cols is gathered with k*k strided slices of the padded image, one per kernel offset.
     """
     xp = array_module(x)
     B, C, H, W = x.shape
-    F, _, k, _ = w.shape
+    Co, _, k, _ = w.shape
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     xpad = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     cols = xp.empty((B, Ho, Wo, C, k, k), dtype=x.dtype)            # [B, Ho, Wo, C, k, k]
@@ -116,8 +116,8 @@ def conv2d_forward(x, w, b, stride=1, padding=1):
         for j in range(k):
             window = xpad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]  # [B, C, Ho, Wo]
             cols[:, :, :, :, i, j] = window.transpose(0, 2, 3, 1)
-    y, c_lin = linear_forward(cols.reshape(B, Ho * Wo, C * k * k), w.reshape(F, C * k * k), b)
-    y = y.reshape(B, Ho, Wo, F).transpose(0, 3, 1, 2)                # [B, F, Ho, Wo]
+    y, c_lin = linear_forward(cols.reshape(B, Ho * Wo, C * k * k), w.reshape(Co, C * k * k), b)
+    y = y.reshape(B, Ho, Wo, Co).transpose(0, 3, 1, 2)               # [B, Co, Ho, Wo]
     return y, Cache(linear=c_lin, x_shape=x.shape, w_shape=w.shape, stride=stride, padding=padding)
 
 
@@ -126,15 +126,15 @@ def conv2d_backward(dy, cache):
     its place in the padded image (windows overlap when k > s, so gradients sum: col2im),
     and the padding cut off:
 
-        dcols, dW_flat, db = linear_backward(dy as [B, Ho Wo, F])
+        dcols, dW_flat, db = linear_backward(dy as [B, Ho Wo, Co])
         dxpad[b, c, s ho + i, s wo + j] += dcols[b, (ho, wo), (c, i, j)]
     """
     xp = array_module(dy)
     B, C, H, W = cache.x_shape
-    F, _, k, _ = cache.w_shape
+    Co, _, k, _ = cache.w_shape
     s, pad = cache.stride, cache.padding
     Ho, Wo = dy.shape[2], dy.shape[3]
-    dy2 = dy.transpose(0, 2, 3, 1).reshape(B, Ho * Wo, F)            # [B, Ho Wo, F]
+    dy2 = dy.transpose(0, 2, 3, 1).reshape(B, Ho * Wo, Co)           # [B, Ho Wo, Co]
     dcols, dw, db = linear_backward(dy2, cache.linear)
     dcols = dcols.reshape(B, Ho, Wo, C, k, k)
     dxpad = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=dy.dtype)
@@ -206,16 +206,16 @@ def area_resize_backward(dy, cache):
 
 
 def pos_embed_resize_forward(pos_embed, grid):
-    """The position embedding [1, 1 + G*G, D] of a G x G patch grid for a grid x grid one
-    (smaller images): the class token's row as it is, the grid's rows area-resized as D
-    channels of a G x G image -> [1, 1 + grid*grid, D]."""
+    """The position embedding [1, 1 + full*full, D] of a full x full patch grid for a
+    grid x grid one (smaller images): the class token's row as it is, the grid's rows
+    area-resized as D channels of a full x full image -> [1, 1 + grid*grid, D]."""
     xp = array_module(pos_embed)
     D = pos_embed.shape[2]
-    G = math.isqrt(pos_embed.shape[1] - 1)
-    img = pos_embed[0, 1:].T.reshape(1, D, G, G)                       # [1, D, G, G]
+    full = math.isqrt(pos_embed.shape[1] - 1)
+    img = pos_embed[0, 1:].T.reshape(1, D, full, full)                 # [1, D, full, full]
     small, c_resize = area_resize_forward(img, grid)                   # [1, D, grid, grid]
     rows = small.reshape(D, grid * grid).T[None]                       # [1, grid*grid, D]
-    return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, G=G)
+    return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, full=full)
 
 
 def pos_embed_resize_backward(dy, cache):
@@ -223,9 +223,9 @@ def pos_embed_resize_backward(dy, cache):
     xp = array_module(dy)
     D, grid = dy.shape[2], math.isqrt(dy.shape[1] - 1)
     dsmall = dy[0, 1:].T.reshape(1, D, grid, grid)                     # [1, D, grid, grid]
-    dimg = area_resize_backward(dsmall, cache.resize)                  # [1, D, G, G]
-    rows = dimg.reshape(D, cache.G * cache.G).T[None]                  # [1, G*G, D]
-    return xp.concatenate([dy[:, :1], rows], axis=1)                   # [1, 1 + G*G, D]
+    dimg = area_resize_backward(dsmall, cache.resize)                  # [1, D, full, full]
+    rows = dimg.reshape(D, cache.full * cache.full).T[None]            # [1, full*full, D]
+    return xp.concatenate([dy[:, :1], rows], axis=1)                   # [1, 1 + full*full, D]
 
 
 # ------------------------------------------------------------------------- layernorm
@@ -338,8 +338,8 @@ def split_heads(t, num_heads):
 
 def merge_heads(t):
     """The inverse of split_heads: [B, h, N, d] -> [B, N, h*d]."""
-    B, H, N, d = t.shape
-    return t.transpose(0, 2, 1, 3).reshape(B, N, H * d)
+    B, h, N, d = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(B, N, h * d)
 
 
 def sdpa_forward(q, k, v):

@@ -283,28 +283,16 @@ class ViT:
         return dx
 
     def head_forward(self, h):
-        """Pool the tokens h [B, N, D] (the class token, or the mean of the patch tokens),
-        normalize, classify -> logits [B, K]."""
+        """The head on the tokens h [B, N, D] -> logits [B, K] (head_forward below)."""
         p = self.params
-        pooled = h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(axis=1)   # [B, D]
-        z, c_norm = layers.layernorm_forward(pooled, p["norm.weight"], p["norm.bias"])
-        logits, c_lin = layers.linear_forward(z, p["head.weight"], p["head.bias"])  # [B, K]
-        return logits, Cache(norm=c_norm, linear=c_lin, h_shape=h.shape)
+        return head_forward(h, p["norm.weight"], p["norm.bias"], p["head.weight"], p["head.bias"],
+                            self.config.pool)
 
     def head_backward(self, dlogits, cache, grads):
-        """-> dL/dh [B, N, D]: the class token's row gets the pooled gradient (pool "cls"),
-        or each of the P patch tokens 1/P of it (pool "mean")."""
-        dz, dw, db = layers.linear_backward(dlogits, cache.linear)
-        grads["head.weight"] += dw
-        grads["head.bias"] += db
-        dpooled, dw, db = layers.layernorm_backward(dz, cache.norm)            # [B, D]
-        grads["norm.weight"] += dw
-        grads["norm.bias"] += db
-        dh = self.xp.zeros(cache.h_shape, dtype=dpooled.dtype)                # [B, N, D]
-        if self.config.pool == "cls":
-            dh[:, 0] = dpooled
-        else:
-            dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
+        """-> dL/dh [B, N, D]; adds the norm's and the head's gradients into grads."""
+        dh, *head_grads = head_backward(dlogits, cache)
+        for name, g in zip(("norm.weight", "norm.bias", "head.weight", "head.bias"), head_grads):
+            grads[name] += g
         return dh
 
     def attention(self, x):
@@ -366,3 +354,31 @@ class ViT:
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items())
         return f"ViT({fields}, backend={self.backend!r}, params={self.num_parameters():,})"
+
+
+# ---------------------------------------------------------------------------- the head
+
+def head_forward(h, norm_weight, norm_bias, head_weight, head_bias, pool="cls"):
+    """Pool the tokens h [B, N, D], normalize, classify -> logits [B, K].
+
+        pooled = h[:, 0] (pool "cls")  or  the mean of the P patch tokens (pool "mean")
+        logits = LayerNorm(pooled) W^T + b
+    The norm comes after the pooling: with "mean" this is LN(mean of the tokens)."""
+    pooled = h[:, 0] if pool == "cls" else h[:, 1:].mean(axis=1)                 # [B, D]
+    z, c_norm = layers.layernorm_forward(pooled, norm_weight, norm_bias)        # [B, D]
+    logits, c_lin = layers.linear_forward(z, head_weight, head_bias)            # [B, K]
+    return logits, Cache(norm=c_norm, linear=c_lin, h_shape=h.shape, pool=pool)
+
+
+def head_backward(dlogits, cache):
+    """-> dh [B, N, D], dnorm_weight, dnorm_bias, dhead_weight, dhead_bias. The linear
+    and LayerNorm backwards give dpooled [B, D]; the class token's row gets all of it
+    (pool "cls"), or each of the P patch tokens 1/P of it (pool "mean"); the other rows 0."""
+    dz, dw, db = layers.linear_backward(dlogits, cache.linear)                 # [B, D]
+    dpooled, dnorm_w, dnorm_b = layers.layernorm_backward(dz, cache.norm)      # [B, D]
+    dh = array_module(dpooled).zeros(cache.h_shape, dtype=dpooled.dtype)       # [B, N, D]
+    if cache.pool == "cls":
+        dh[:, 0] = dpooled
+    else:
+        dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
+    return dh, dnorm_w, dnorm_b, dw, db

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from minivit import cli, data
+from minivit import cli, data, gradcheck
 
 TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-ratio", "2",
         "--batch-size", "32", "--limit-train", "200", "--no-progress"]
@@ -150,7 +150,8 @@ def test_every_command_runs_on_each_backend(tmp_path, backend, capsys):
     assert (tmp_path / "att.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["gradcheck", "--layer", "attention", *on]) == 0
     assert cli.main(["gradcheck", "--model", "--max-checks", "3", *on]) == 0
-    assert capsys.readouterr().out.strip().endswith("1 passed, 0 failed")
+    models = 2 * len(gradcheck.MODELS) + 1             # reference and fast, then the blocked GELU
+    assert capsys.readouterr().out.strip().endswith(f"{models} passed, 0 failed")
 
 
 def test_selftest_on_numpy_says_why_the_gpu_side_was_skipped(capsys, monkeypatch):

@@ -177,6 +177,10 @@ def test_area_resize_by_two_averages_2x2_blocks_and_keeps_the_class_token():
 def test_conv2d_with_kernel_equal_to_stride_is_the_patch_embedding():
     rng = np.random.default_rng(4)
     x, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((6, 3, 4, 4)), rng.standard_normal(6)
-    y, _ = layers.conv2d_forward(x, w, b, stride=4, padding=0)                 # [2, 6, 2, 2]
-    tokens, _ = layers.patch_embed_forward(x, w, b)                             # [2, 4, 6]
+    y, c_conv = layers.conv2d_forward(x, w, b, stride=4, padding=0)            # [2, 6, 2, 2]
+    tokens, c_patch = layers.patch_embed_forward(x, w, b)                       # [2, 4, 6]
     np.testing.assert_allclose(y.reshape(2, 6, 4).transpose(0, 2, 1), tokens, rtol=1e-12)
+    dtokens = rng.standard_normal(tokens.shape)                                 # and backward
+    dy = dtokens.transpose(0, 2, 1).reshape(y.shape)
+    for conv, patch in zip(layers.conv2d_backward(dy, c_conv), layers.patch_embed_backward(dtokens, c_patch)):
+        np.testing.assert_allclose(conv, patch, rtol=1e-12, atol=1e-14)

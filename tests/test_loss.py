@@ -54,3 +54,35 @@ def test_matches_torch_cross_entropy():
         ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
                                                 label_smoothing=eps)
         assert abs(float(loss) - ref.item()) < 1e-12
+
+
+def test_soft_targets_that_are_not_probabilities_are_refused_on_the_host():
+    logits = np.zeros((3, 4))
+    q = np.full((3, 4), 0.25)
+    q[1] *= 2                                           # row 1 sums to 2
+    with pytest.raises(ValueError, match=r"row 1 sums to 2: divide each row by its sum"):
+        minivit.cross_entropy(logits, q)
+    q[1] = [1.5, -0.5, 0.0, 0.0]                        # sums to 1, one entry negative
+    with pytest.raises(ValueError, match=r"row 1 has a negative entry \(-0.5\)"):
+        minivit.cross_entropy(logits, q)
+    q[1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        minivit.cross_entropy(logits, q)
+
+
+def test_soft_targets_on_the_device_are_not_read_and_dlogits_is_still_the_gradient(backend):
+    """Targets already on the device are not checked (that would wait for the GPU), so
+    dlogits must be the gradient of the returned loss for any rows: (sum q) p - q.
+    (Before, dlogits was p - q: relative error 0.8 against finite differences.)"""
+    xp = minivit.get_xp(backend)
+    rng = np.random.default_rng(3)
+    q = 3 * rng.random((4, 5)) - 0.5                    # rows summing to anything, some < 0
+    logits = xp.asarray(2 * rng.standard_normal((4, 5)))
+    if xp is np:                                        # NumPy targets are on the host: refused
+        with pytest.raises(ValueError, match="soft targets must be probabilities"):
+            minivit.cross_entropy(logits, q)
+        q = np.abs(q) / np.abs(q).sum(axis=1, keepdims=True)
+    q = xp.asarray(q)
+    report = gradcheck.check(lambda logits: minivit.cross_entropy(logits, q, 0.1),
+                             lambda dloss, dlogits: (dloss * dlogits,), {"logits": logits})
+    assert report.passed, str(report)

@@ -30,7 +30,7 @@ def test_readme_states_the_test_command_ci_runs():
         readme = f.read()
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci = f.read()
-    command = "pip install -e .[test] && python -m pytest -q"
+    command = "pip install -e .[test,notebook] && python -m pytest -q"
     assert command in readme and command in ci
 
 
@@ -65,7 +65,7 @@ def test_links_in_the_readme_and_docs_resolve():
 
 def test_readme_is_a_front_page():
     with open(os.path.join(ROOT, "README.md")) as f:
-        assert len(f.read().splitlines()) <= 160
+        assert len(f.read().splitlines()) <= 150
 
 
 def test_no_import_loops_between_minivit_modules():
@@ -89,3 +89,15 @@ def test_no_import_loops_between_minivit_modules():
             visit(dep, path + [mod])
     for mod in graph:
         visit(mod, [])
+
+
+def test_the_learning_path_comes_early_and_in_order():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    learning = readme.index("## Learning from it")
+    assert learning < readme.index("## On a GPU") and learning < readme.index("## On a cluster")
+    section = readme[learning:].split("\n## ")[0]
+    steps = ["examples/learn_minivit.ipynb", "docs/gradients.md", "minivit gradcheck",
+             "examples/overfit_one_batch.py", "examples/walkthrough.py"]
+    assert [section.index(s) for s in steps] == sorted(section.index(s) for s in steps)
+    assert "reference post" in section and "SimpleViT" in section

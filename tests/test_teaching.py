@@ -28,7 +28,8 @@ def test_gradcheck_command_prints_a_table(capsys):
 def test_gradcheck_command_model_and_float32_explanation(capsys):
     assert cli.main(["gradcheck", "--model", "--max-checks", "5"]) == 0
     out = capsys.readouterr().out
-    assert "ViT (depth 2, dim 8)" in out and "blocks.1.mlp.2.weight" in out
+    assert "model vit, reference: SimpleViT" in out and "blocks.1.mlp.2.weight" in out
+    assert out.strip().endswith(f"{2 * len(gradcheck.MODELS) + 1} passed, 0 failed")
     assert cli.main(["gradcheck", "--layer", "gelu", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "Why float32 needs looser marks" in out
@@ -91,6 +92,7 @@ def test_walkthrough_example_runs():
         assert f"== {piece}" in proc.stdout
     assert "FAIL" not in proc.stdout and "Every piece passed its gradient check." in proc.stdout
     assert "attention  (2, 2, 5, 5)" in proc.stdout
+    assert "the block is the pieces above, x1 + mlp(norm2(x1)): True" in proc.stdout
 
 
 def test_docs_link_to_real_functions_and_real_checks():
@@ -107,3 +109,40 @@ def test_docs_link_to_real_functions_and_real_checks():
     assert "minivit gradcheck --model" in doc
     sections = re.split(r"\n## ", doc)[2:]           # after the notation
     assert all("Check: `" in s for s in sections)    # each derivation ends with its command
+
+
+def test_gradcheck_model_checks_what_the_presets_train(capsys):
+    """One command covers every part the presets (and the training options) use: the
+    stem at stride 1 and 2, smaller images (the resized position embedding), drop path,
+    mean pooling, through the reference and the fast path, and the blocked GELU."""
+    from minivit.config import PRESETS
+    cases = [minivit.ViTConfig(**fields) for fields, _, _, _ in gradcheck.MODELS.values()]
+    low_res = [side < f["img_size"] for f, side, _, _ in gradcheck.MODELS.values()]
+    strides = {stride for c in cases for _, _, _, stride in c.stem_convs}
+    for preset in PRESETS.values():
+        if preset.get("stem_channels"):
+            assert preset.get("stem_stride", 1) in strides
+    assert strides == {1, 2} and any(low_res) and {c.pool for c in cases} == {"cls", "mean"}
+    assert any(c.drop_path > 0 and seed is not None
+               for c, (_, _, seed, _) in zip(cases, gradcheck.MODELS.values()))
+    assert cli.main(["gradcheck", "--model", "--max-checks", "3"]) == 0
+    out = capsys.readouterr().out
+    for name in gradcheck.MODELS:
+        assert f"model {name}, reference:" in out and f"model {name}, fast:" in out
+    for tensor in ("stem.conv.weight", "stem.conv2.weight", "input                          2x3x4x4"):
+        assert tensor in out
+    assert "blocked GELU (float32, 262,144 elements" in out
+    assert cli.main(["gradcheck", "--model", "--dtype", "float32", "--max-checks", "20"]) == 0
+
+
+def test_the_blocked_gelu_check_reaches_the_blocked_path_and_catches_an_error(monkeypatch):
+    from minivit import kernels
+    calls = []
+    real = kernels.blocked_gelu
+    monkeypatch.setattr(kernels, "blocked_gelu", lambda x: calls.append(x.size) or real(x))
+    assert gradcheck.check_blocked_gelu().passed
+    assert calls and calls[0] >= kernels.MIN_SIZE
+    real_cdf = kernels.normal_cdf
+    monkeypatch.setattr(kernels, "normal_cdf", lambda x, gauss: real_cdf(x, gauss) + np.float32(1e-5))
+    report = gradcheck.check_blocked_gelu()
+    assert not report["GELU(x)"].passed and not report["GELU'(x)"].passed
