@@ -28,10 +28,12 @@ from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_ci
                    is_sample, load_test, normalize)
 from .evaluate import score_checkpoint
 from .fast import FastViT
-from .files import read_json, write_json
+from .errors import MinivitError
+from .files import WriteError, read_json, write_json
+from .runlock import run_lock, write_failed
 from .train import train
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _number(kind, range_name):
@@ -276,8 +278,8 @@ def cmd_train(args, parser):
                   f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))} "
                   f"(to train a finished run further with new settings: --init-from "
                   f"{os.path.join(args.out, 'checkpoint.npz')})", file=sys.stderr)
-        train(None, data=args.data, out=args.out, resume=True, backend=args.backend,
-              progress=not args.no_progress, plots=not args.no_plots)
+        train_locked(None, data=args.data, out=args.out, resume=True, backend=args.backend,
+                     progress=not args.no_progress, plots=not args.no_plots)
         return 0
     cfg = config_for(args, parser)
     created = False
@@ -291,13 +293,24 @@ def cmd_train(args, parser):
     if world.main:
         print(f"Run folder: {out}")
     try:
-        train(cfg, data=args.data, out=out, init_from=args.init_from, backend=args.backend,
-              progress=not args.no_progress, plots=not args.no_plots)
+        train_locked(cfg, data=args.data, out=out, init_from=args.init_from, backend=args.backend,
+                     progress=not args.no_progress, plots=not args.no_plots)
     except BaseException:
         if created and world.main and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)                        # a failed start leaves no empty folder
         raise
     return 0
+
+
+def train_locked(cfg, out, **kw):
+    """train(), holding the run folder (a second process on it is refused); a failed write
+    (a full disk, a read-only or deleted folder) ends with one line saying what is intact."""
+    world = distributed.world()
+    try:
+        with run_lock(out, world):
+            return train(cfg, out=out, **kw)
+    except WriteError as e:
+        raise MinivitError(write_failed(e, out)) from None
 
 
 def checkpoint_or_shipped(args, parser):
@@ -465,6 +478,7 @@ def cmd_download(args, parser):
 
 
 def _write_json_file(path, obj):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)
     print(f"wrote {path}")
 
@@ -493,6 +507,9 @@ def main(argv=None):
     except Exception as e:
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
+        if isinstance(e, MinivitError):              # a full disk, a run in use, ...
+            print(f"minivit {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
         if not isinstance(e, (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError,
                               ValueError, RuntimeError, FloatingPointError)):
             raise
