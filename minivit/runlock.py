@@ -19,9 +19,11 @@ import contextlib
 import errno
 import os
 
+from pathlib import Path
+
 from . import checkpoint as ckpt
 from .errors import MinivitError
-from .files import remove_leftovers
+from .files import read_json, remove_leftovers
 
 try:
     import fcntl
@@ -74,12 +76,25 @@ def holder(folder):
     return None
 
 
+def unsaved_run(folder):
+    """For --resume of a run stopped before its first checkpoint (only config.json,
+    metrics.jsonl or best.npz written): its configuration (a dict, from config.json),
+    after removing those files so that it starts again; None for any other folder. Call
+    it holding the run's lock."""
+    folder = Path(folder)
+    if (folder / "checkpoint.npz").exists() or not (folder / "config.json").is_file():
+        return None
+    cfg = read_json(folder / "config.json")
+    for name in ("metrics.jsonl", "best.npz", "config.json"):
+        (folder / name).unlink(missing_ok=True)
+    return cfg
+
+
 def write_failed(error, folder):
     """The message for a run whose write failed (a files.WriteError): the file and the
     cause, the last good checkpoint (atomic writes keep it whole) and how to go on."""
     if not os.path.isdir(folder):
-        return (f"{error}; the run folder {folder} is gone, so nothing of the run is left "
-                f"to continue: start the run again")
+        return f"{error}; nothing of the run is left to continue from: start it again"
     kept = [(p, m) for p, m in ckpt.intact(folder) if p.name == "checkpoint.npz"]
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space on that disk"
@@ -89,7 +104,7 @@ def write_failed(error, folder):
         fix = "fix that"
     if not kept:
         return (f"{error}; no checkpoint had been written yet: {fix}, then start the run again "
-                f"with another --out (or empty {folder} first)")
+                f"(into a new or empty --out)")
     path, meta = kept[0]
     where = (f"epoch {meta.get('epoch')}" if not meta.get("in_epoch") else
              f"epoch {meta.get('epoch', 0) + 1}, batch {meta['in_epoch'].get('batch')}")
