@@ -14,7 +14,7 @@ A tiny run on the shipped sample (3 epochs of 4 steps) meets:
   temporary file written, before the rename, after it), each followed by `--resume`,
   until the run ends: its weights must equal an uninterrupted run's bit for bit, and
   after every kill every file in the run folder must be whole.
-It prints the figures recorded in benchmarks/RELIABILITY.md: faults injected, runs
+It prints the figures recorded in benchmarks/RESULTS.md (Reliability): faults injected, runs
 resumed, files lost or damaged (the goal: 0). tests/test_faults.py runs the same
 machinery, on fewer kill points, plus CuPy, MPI, signals and lock cases.
 
@@ -209,8 +209,9 @@ def kill_chain(out, rng, kills, span, args=ARGS, mpirun=None, **fault):
     events), then --resume and kill again, `kills` times or until the run ends; then
     --resume to the end. (A run killed before it wrote config.json is started again with
     the same command, as its message says.) After each kill every file must be whole -> dict(kills: the events
-    killed at, resumes, damaged: [(file, why)], code: the last exit status, stderr)."""
-    done = dict(kills=[], resumes=0, damaged=[])
+    killed at, resumes: --resume processes, starts: processes that started the run anew,
+    damaged: [(file, why)], code: the last exit status, stderr)."""
+    done = dict(kills=[], resumes=0, starts=0, damaged=[])
     start = [*args, "--out", str(out)]
     resume = ["--resume", "--out", str(out), "--no-progress", *(["--no-plots"] if "--no-plots" in args else []),
               *(args[args.index("--backend"):][:2] if "--backend" in args else [])]
@@ -219,15 +220,16 @@ def kill_chain(out, rng, kills, span, args=ARGS, mpirun=None, **fault):
         at = int(rng.integers(1, span + 1))
         started = (out / "config.json").exists() or (out / "checkpoint.npz").exists()
         proc = run_child(resume if started else start, mpirun=mpirun, FAULT_AT=at, **fault)
+        done["resumes" if started else "starts"] += 1
         if proc.returncode == 0:                 # it ended before event `at`
             break
         if fault_of(proc) is None:
             raise RuntimeError(f"the run failed by itself (exit {proc.returncode}):\n{proc.stderr}")
         done["kills"].append(fault_of(proc))
         done["damaged"] += damaged_files(out)
-        done["resumes"] += started
     else:
         proc = run_child(resume, mpirun=mpirun, **fault)
+        done["resumes"] += 1
     done.update(code=proc.returncode, stderr=proc.stderr)
     done["damaged"] += damaged_files(out) + [(name, "left over") for name in leftovers(out)]
     return done
@@ -303,12 +305,15 @@ def disk_full_sweep(folder, straight, points=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=30, help="kill -9 points (default 30)")
+    ap.add_argument("--writes", type=int, default=None,
+                    help="a full disk at only the first WRITES writes (default: at every one)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sweep = disk_full_sweep(tmp / "sweep", tmp / "straight")
+        sweep = disk_full_sweep(tmp / "sweep", tmp / "straight",
+                                points=range(1, args.writes + 1) if args.writes else None)
         clear = [r for r in sweep if r["code"] == 1 and r["message"].count("\n") == 0
                  and "cannot write" in r["message"]]
         print(f"full disk: {len(sweep)} writes failed ({', '.join(sorted({r['file'] for r in sweep}))}); "
@@ -320,7 +325,7 @@ def main():
         straight = run_child([*ARGS, "--no-plots", "--out", str(tmp / "straight-kill")])
         assert straight.returncode == 0, straight.stderr
         rng = np.random.default_rng(args.seed)
-        kills, resumes, damaged, differ, chains = [], 0, [], 0, 0
+        kills, resumes, damaged, differ, chains, restarts = [], 0, [], 0, 0, 0
         while len(kills) < args.kills:
             out = tmp / f"chain-{chains}"
             c = kill_chain(out, rng, min(10, args.kills - len(kills)), events_of(straight) // 2,
@@ -328,14 +333,16 @@ def main():
             chains += 1
             assert c["code"] == 0, c["stderr"]
             kills += c["kills"]
-            resumes += c["resumes"] + 1
+            resumes += c["resumes"]
+            restarts += c["starts"] - 1
             damaged += c["damaged"]
             differ += bool(differences(tmp / "straight-kill", out))
         kinds = {k.split(",")[0]: 0 for k in kills}
         for k in kills:
             kinds[k.split(",")[0]] += 1
         print(f"kill -9: {len(kills)} kills in {chains} runs ({', '.join(f'{v} at {k}' for k, v in kinds.items())}); "
-              f"{resumes} resumes; {chains - differ} of {chains} runs end with the uninterrupted "
+              f"{resumes} resumes (and {restarts} runs started again, killed before writing "
+              f"config.json); {chains - differ} of {chains} runs end with the uninterrupted "
               f"run's weights bit for bit; files damaged: {len(damaged)}")
     print(f"({time.time() - t0:.0f} s)")
 

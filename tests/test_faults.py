@@ -3,7 +3,7 @@ the CuPy stand-in, two MPI ranks), signals during a save, a read-only or deleted
 folder, two processes on one run, a damaged checkpoint, a cut line in metrics.jsonl.
 After each: one clear line, and no file lost; after --resume: the uninterrupted run's
 weights, bit for bit. The machinery is benchmarks/fault_injection.py (which prints the
-figures of benchmarks/RELIABILITY.md)."""
+figures in benchmarks/RESULTS.md, Reliability)."""
 
 import errno
 import os
@@ -301,3 +301,12 @@ def test_a_cut_last_line_of_metrics_is_read_around(straight, tmp_path, capsys):
     code, said, err = main(["plot", str(out)], capsys)
     assert code == 1 and err.startswith(f"minivit plot: error: {out}/metrics.jsonl: line 2 is not a "
                                         f"JSON record ("), err
+
+
+def test_the_fault_injection_script_prints_its_figures():
+    proc = subprocess.run([sys.executable, str(fi.ROOT / "benchmarks" / "fault_injection.py"), "--kills",
+                           "2", "--writes", "5"], capture_output=True, text=True, timeout=300,
+                          env=fi.child_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "full disk: 5 writes failed (" in proc.stdout and "files lost or damaged: 0" in proc.stdout
+    assert "kill -9: 2 kills in 1 runs (" in proc.stdout and "files damaged: 0" in proc.stdout
