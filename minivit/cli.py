@@ -29,9 +29,8 @@ from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_ci
 from .evaluate import score_checkpoint
 from .fast import FastViT
 from .errors import MinivitError
-from .files import WriteError, read_json, write_json
-from .runlock import run_lock, unsaved_run, write_failed
-from .train import train
+from .files import read_json, write_json
+from .runlock import train_locked
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -300,24 +299,6 @@ def cmd_train(args, parser):
             os.rmdir(out)                        # a failed start leaves no empty folder
         raise
     return 0
-
-
-def train_locked(cfg, out, resume=False, **kw):
-    """train(), holding the run folder (a second process on it is refused); --resume of a
-    run stopped before its first checkpoint starts it again; a failed write (a full disk,
-    a read-only or deleted folder) ends with one line saying what is intact."""
-    world = distributed.world()
-    try:
-        with run_lock(out, world):
-            unsaved = world.share(unsaved_run(out) if resume and world.main else None)
-            if unsaved is not None:
-                cfg, resume = TrainConfig.from_dict(unsaved), False
-                if world.main:
-                    print(f"{out} holds no checkpoint yet (the run stopped in its first epoch): "
-                          f"starting it again from its config.json")
-            return train(cfg, out=out, resume=resume, **kw)
-    except WriteError as e:
-        raise MinivitError(write_failed(e, out)) from None
 
 
 def checkpoint_or_shipped(args, parser):

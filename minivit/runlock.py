@@ -1,8 +1,10 @@
 """One process at a time in a run folder, and what a failed write there leaves.
 
-    with run_lock("runs/try"):
-        train(cfg, out="runs/try")
+    train_locked(cfg, out="runs/try")    # what `minivit train` runs
+    with run_lock("runs/try"):           # the lock alone
+        ...
 
+train_locked runs train() holding the run's lock, and says a failed write in one line.
 The lock is flock() on the run folder itself. The operating system releases it when its
 holder ends in any way (even kill -9), so a lock never outlives its process and no lock
 file is left behind; a second process is refused, naming the holder's PID (read from
@@ -18,12 +20,14 @@ the command that goes on.
 import contextlib
 import errno
 import os
-
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from . import distributed
+from .config import TrainConfig
 from .errors import MinivitError
-from .files import read_json, remove_leftovers
+from .files import WriteError, read_json, remove_leftovers
+from .train import train
 
 try:
     import fcntl
@@ -110,3 +114,21 @@ def write_failed(error, folder):
              f"epoch {meta.get('epoch', 0) + 1}, batch {meta['in_epoch'].get('batch')}")
     return (f"{error}; the last good checkpoint {path} ({where}) is intact: "
             f"{fix}, then continue with: minivit train --resume --out {folder}")
+
+
+def train_locked(cfg, out, resume=False, **kw):
+    """train(), holding the run folder (a second process on it is refused); --resume of a
+    run stopped before its first checkpoint starts it again; a failed write (a full disk,
+    a read-only or deleted folder) ends with one line saying what is intact."""
+    world = distributed.world()
+    try:
+        with run_lock(out, world):
+            unsaved = world.share(unsaved_run(out) if resume and world.main else None)
+            if unsaved is not None:
+                cfg, resume = TrainConfig.from_dict(unsaved), False
+                if world.main:
+                    print(f"{out} holds no checkpoint yet (the run stopped before its first "
+                          f"one): starting it again from its config.json")
+            return train(cfg, out=out, resume=resume, **kw)
+    except WriteError as e:
+        raise MinivitError(write_failed(e, out)) from None
