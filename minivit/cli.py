@@ -26,9 +26,9 @@ from .backend import to_host
 from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
                    is_sample, load_test, normalize)
+from .errors import MinivitError
 from .evaluate import score_checkpoint
 from .fast import FastViT
-from .errors import MinivitError
 from .files import read_json, write_json
 from .runlock import train_locked
 
