@@ -35,7 +35,12 @@ OPTIM_PREFIX = "optim."
 
 
 class CheckpointError(Exception):
-    """A checkpoint file is missing, damaged, or not a minivit checkpoint."""
+    """A checkpoint file is missing, damaged, or not a minivit checkpoint. problem: the
+    message without its advice (for callers that give their own)."""
+
+    def __init__(self, problem, fix=None):
+        self.problem = problem
+        super().__init__(f"{problem}: {fix}" if fix else problem)
 
 
 def save(path, model, meta, optimizer=None, dtype=None, ema=None):
@@ -67,16 +72,16 @@ def load(path):
     unpickles anything; a damaged or foreign file raises CheckpointError."""
     fix = "point --checkpoint at a checkpoint.npz or best.npz written by `minivit train`"
     if Path(path).is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file: {fix} (e.g. "
-                              f"{Path(path) / 'best.npz'})")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file",
+                              f"{fix} (e.g. {Path(path) / 'best.npz'})")
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is truncated or damaged, or not a .npz checkpoint at all "
-                              f"(it is not a whole zip archive): {fix}")
+                              f"(it is not a whole zip archive)", fix)
     try:
         with np.load(path, allow_pickle=False) as f:
             if META_KEY not in f.files:
                 raise CheckpointError(f"{path} is not a minivit checkpoint (it has no "
-                                      f"{META_KEY} entry): {fix}")
+                                      f"{META_KEY} entry)", fix)
             meta = json.loads(bytes(f[META_KEY]).decode())
             weights, optim = {}, {}
             for k in f.files:
@@ -85,16 +90,60 @@ def load(path):
                 elif k != META_KEY:
                     weights[k] = f[k]
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist: {fix}") from None
+        raise CheckpointError(f"checkpoint {path} does not exist", fix) from None
     except CheckpointError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or damaged ({type(e).__name__}: "
-                              f"{e}); use another checkpoint (best.npz and checkpoint.npz are "
-                              f"written separately)") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}: {fix}")
+                              f"{e})", "use another checkpoint (best.npz and checkpoint.npz are "
+                              "written separately)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT!r}", fix)
     return weights, optim, meta
+
+
+RUN_CHECKPOINTS = ("checkpoint.npz", "best.npz", "final.npz")    # what a run folder keeps
+
+
+def intact(folder):
+    """The checkpoints of a run folder that load whole -> [(path, meta)], in the order
+    checkpoint.npz, best.npz, final.npz."""
+    found = []
+    for name in RUN_CHECKPOINTS:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                found.append((path, load(path)[2]))
+            except CheckpointError:
+                pass
+    return found
+
+
+def load_to_resume(path):
+    """load() for --resume: a damaged checkpoint.npz raises CheckpointError saying which of
+    the run's other checkpoints are intact and the command that goes on from one."""
+    try:
+        return load(path)
+    except CheckpointError as e:
+        folder = Path(path).parent
+        others = [(p, m) for p, m in intact(folder) if p.name != Path(path).name]
+        config = folder / "config.json"
+        start = ["minivit", "train"] + (["--config", str(config)] if config.is_file() else [])
+        if not others:
+            raise CheckpointError(f"{e.problem}, and no other checkpoint of {folder} is intact",
+                                  "start the run again: " + " ".join(start)) from None
+        path, meta = max(others, key=lambda pm: pm[1].get("epoch") or 0)    # the latest
+        cfg = meta.get("train") or {}
+        left = (cfg.get("epochs") or 0) - (meta.get("epoch") or 0)
+        start += ["--init-from", str(path)]
+        start += ["--epochs", str(left)] if left > 0 and not cfg.get("time_budget") else []
+        start += ["--data", meta["data_arg"]] if meta.get("data_arg") else []
+        kept = ", ".join(f"{p} (epoch {m.get('epoch')})" for p, m in others)
+        raise CheckpointError(
+            f"{e.problem}, so the run cannot resume exactly; still intact: {kept}",
+            f"go on from the latest in a new run folder (its weights; the optimizer state and "
+            f"the place in the schedule were in checkpoint.npz): {' '.join(start)}") from None
 
 
 def load_weights(path):
@@ -138,4 +187,5 @@ def export(src, dst):
     meta["data_arg"] = None
     model = ViT(ViTConfig.from_dict(meta["model"]))
     model.load_state_dict(weights)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
     save(dst, model, {k: v for k, v in meta.items() if k not in ("format", "model")})

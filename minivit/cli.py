@@ -26,12 +26,13 @@ from .backend import to_host
 from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
                    is_sample, load_test, normalize)
+from .errors import MinivitError
 from .evaluate import score_checkpoint
 from .fast import FastViT
 from .files import read_json, write_json
-from .train import train
+from .runlock import train_locked
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _number(kind, range_name):
@@ -281,8 +282,8 @@ def cmd_train(args, parser):
                   f"{', '.join('--' + k.replace('_', '-') for k in sorted(overrides))} "
                   f"(to train a finished run further with new settings: --init-from "
                   f"{os.path.join(args.out, 'checkpoint.npz')})", file=sys.stderr)
-        train(None, data=args.data, out=args.out, resume=True, backend=args.backend,
-              progress=not args.no_progress, plots=not args.no_plots)
+        train_locked(None, data=args.data, out=args.out, resume=True, backend=args.backend,
+                     progress=not args.no_progress, plots=not args.no_plots)
         return 0
     cfg = config_for(args, parser)
     created = False
@@ -296,8 +297,8 @@ def cmd_train(args, parser):
     if world.main:
         print(f"Run folder: {out}")
     try:
-        train(cfg, data=args.data, out=out, init_from=args.init_from, backend=args.backend,
-              progress=not args.no_progress, plots=not args.no_plots)
+        train_locked(cfg, data=args.data, out=out, init_from=args.init_from, backend=args.backend,
+                     progress=not args.no_progress, plots=not args.no_plots)
     except BaseException:
         if created and world.main and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)                        # a failed start leaves no empty folder
@@ -461,6 +462,7 @@ def cmd_download(args, parser):
 
 
 def _write_json_file(path, obj):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)
     print(f"wrote {path}")
 
@@ -489,6 +491,9 @@ def main(argv=None):
     except Exception as e:
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
+        if isinstance(e, MinivitError):              # a full disk, a run in use, ...
+            print(f"minivit {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
         if not isinstance(e, (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError,
                               ValueError, RuntimeError, FloatingPointError)):
             raise

@@ -114,6 +114,7 @@ def write_batch(path, images, labels, batch_label="minivit"):
     d = {b"batch_label": batch_label.encode(), b"labels": [int(v) for v in labels],
          b"data": images.reshape(len(images), -1),
          b"filenames": [f"{batch_label}_{i:05d}.png".encode() for i in range(len(images))]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: pickle.dump(d, f, protocol=4))
 
 

@@ -125,6 +125,7 @@ def plot_time_curves(runs, path, log=print):
         log("matplotlib is not installed, so no plot was drawn: `pip install -e .[plot]`")
         return None
     fig = draw_time_curves(plt, runs)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     _save(fig, Path(path))
     plt.close(fig)
     return Path(path)
@@ -140,7 +141,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         log("matplotlib is not installed, so no plots were drawn: `pip install -e .[plot]`, "
             f"then `minivit plot {run_dir}`")
         return []
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl", log)
     if not metrics:
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")

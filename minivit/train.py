@@ -239,7 +239,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
                                     f"without --resume, or point --out at an earlier run folder")
-        saved = ckpt.load(last_path)
+        saved = ckpt.load_to_resume(last_path)      # damaged: names what is intact
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
     elif last_path.exists():
@@ -345,7 +345,7 @@ def restore(run, weights, optim_state, meta):
     # forget metrics of epochs after the checkpoint (from a run killed after writing them)
     if run.world.main:
         write_jsonl(run.out / "metrics.jsonl",
-                    [m for m in read_jsonl(run.out / "metrics.jsonl") if m["epoch"] <= run.epoch])
+                    [m for m in read_jsonl(run.out / "metrics.jsonl", run.log) if m["epoch"] <= run.epoch])
     where = f"epoch {run.epoch + 1} batch {run.totals['batch']}" if run.totals["batch"] else f"epoch {run.epoch}"
     run.log(f"Resuming {run.out} after {where} (step {run.step}).")
 
