@@ -66,11 +66,12 @@ class ViT:
     """
 
     def __init__(self, config=None, *, backend=None, seed=0, **fields):
-        config = ViTConfig(**fields) if config is None else config.model_config()
-        self.config = dataclasses.replace(config, **fields).validate()
+        # fields given beside a config override it; everything below reads self.config
+        base = ViTConfig() if config is None else config.model_config()
+        self.config = dataclasses.replace(base, **fields).validate()
         self.xp = get_xp(backend)
         self.backend = backend_name(self.xp)
-        self.dtype = self.xp.dtype(config.dtype)
+        self.dtype = self.xp.dtype(self.config.dtype)
         self._init_params(seed)
         self._cache = None
 

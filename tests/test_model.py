@@ -68,6 +68,16 @@ def test_invalid_configurations_raise_clear_errors(cfg, message):
         minivit.ViT(**cfg)
 
 
+def test_fields_given_beside_a_config_override_it_everywhere():
+    """ViT(config, field=...): the model is built as self.config says, dtype included."""
+    model = minivit.ViT(minivit.ViTConfig(**tiny_config()), dtype="float64", depth=1)
+    assert model.config.dtype == "float64" and model.config.depth == 1
+    assert model.dtype == np.float64
+    assert all(v.dtype == np.float64 for v in model.state_dict().values())
+    assert model.forward(np.zeros((1, 3, 8, 8))).dtype == np.float64
+    assert "blocks.1.norm1.weight" not in model.state_dict()
+
+
 def test_same_seed_same_model_and_outputs():
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8))
     a, b = minivit.ViT(**tiny_config(), seed=7), minivit.ViT(**tiny_config(), seed=7)
