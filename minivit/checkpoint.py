@@ -24,6 +24,7 @@ import numpy as np
 
 from .backend import to_host
 from .config import ViTConfig
+from .errors import MinivitError
 from .files import atomic_write
 from .model import ViT
 
@@ -34,7 +35,7 @@ META_KEY = "minivit.meta"
 OPTIM_PREFIX = "optim."
 
 
-class CheckpointError(Exception):
+class CheckpointError(MinivitError):
     """A checkpoint file is missing, damaged, or not a minivit checkpoint."""
 
 

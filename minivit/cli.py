@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,14 @@ from .backend import to_host
 from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
 from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
                    is_sample, load_test, normalize)
+from .errors import MinivitError
 from .evaluate import score_checkpoint
 from .fast import FastViT
 from .files import read_json, write_json
 from .train import train
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+DEBUG_ENV_VAR = "MINIVIT_DEBUG"
 
 
 def _number(kind, range_name):
@@ -179,6 +182,8 @@ def build_parser():
     d.add_argument("--data", metavar="DIR", default=str(DEFAULT_ROOT))
     for name, sp in sub.choices.items():
         sp.set_defaults(parser=sp)   # errors name the subcommand: "minivit train: error: ..."
+        sp.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of minivit's own errors too (also: {DEBUG_ENV_VAR}=1)")
     return ap
 
 
@@ -446,7 +451,7 @@ def cmd_attention(args, parser):
     try:
         am.draw(image, heads, roll, out, title)
     except ImportError:
-        raise RuntimeError("matplotlib is not installed: `pip install -e .[plot]` to draw "
+        raise MinivitError("matplotlib is not installed: `pip install -e .[plot]` to draw "
                            "attention maps") from None
     print(f"{title}\nwrote {out}")
     return 0
@@ -491,10 +496,15 @@ def main(argv=None):
             pass
         return 0
     except Exception as e:
+        # minivit's own errors (the user can fix them) are one line; anything else is a bug,
+        # in minivit or in code of one's own, and keeps its traceback
+        debug = args.debug or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
+        show_traceback = debug or not isinstance(e, MinivitError)
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
+            if show_traceback:
+                traceback.print_exc()
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
-        if not isinstance(e, (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError,
-                              ValueError, RuntimeError, FloatingPointError)):
+        if show_traceback:
             raise
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

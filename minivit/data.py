@@ -27,6 +27,7 @@ import numpy as np
 
 from . import augment, seeds
 from .backend import array_module, to_device
+from .errors import MinivitError
 from .files import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -43,7 +44,7 @@ SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"
 SAMPLE_FOLDER = SAMPLE_ROOT / FOLDER
 
 
-class DataError(Exception):
+class DataError(MinivitError):
     """A data set folder or file is missing or damaged; the message says how to fix it."""
 
 

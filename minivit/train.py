@@ -31,6 +31,7 @@ from . import augment, distributed, layers, seeds
 from .backend import to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .errors import MinivitError
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
 from .evaluate import evaluate, score_checkpoint
 from .fast import FastViT
@@ -183,13 +184,13 @@ class NonFiniteGuard:
         return self.ok
 
     def check(self, last_path, world=None):
-        """Raise FloatingPointError if a watched step was bad (one read of the device); with
+        """Raise MinivitError if a watched step was bad (one read of the device); with
         several ranks, every rank raises when any saw a bad step."""
         bad_here = not bool(self.ok)
         if not (world.any(bad_here) if world is not None else bad_here):
             return
         if not bad_here:
-            raise FloatingPointError("another rank saw NaN or Inf in its loss; no weight "
+            raise MinivitError("another rank saw NaN or Inf in its loss; no weight "
                                      "changed from that step on")
         step = int(self.bad_step)
         epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
@@ -203,7 +204,7 @@ class NonFiniteGuard:
             bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
         kept = (f"the last good checkpoint {last_path} is intact" if last_path.exists()
                 else "no checkpoint had been written yet")
-        raise FloatingPointError(
+        raise MinivitError(
             f"step {step} (epoch {epoch}, batch {batch}): {bad}. No weight changed from that "
             f"step on; {kept}. Lower --lr or set --clip-grad, then start again (or --resume)")
 
@@ -237,17 +238,17 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
     saved = None
     if resume:
         if not last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
+            raise MinivitError(f"--resume: no checkpoint at {last_path}; start a new run "
                                     f"without --resume, or point --out at an earlier run folder")
         saved = ckpt.load(last_path)
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
     elif last_path.exists():
-        raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
+        raise MinivitError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                               f"continue it, or choose another --out")
     elif world.main and out.is_dir() and any(out.iterdir()):    # (rank 0 writes there soon)
         held = sorted(p.name for p in out.iterdir())
-        raise FileExistsError(f"{out} is not empty (it holds {', '.join(held[:4])}"
+        raise MinivitError(f"{out} is not empty (it holds {', '.join(held[:4])}"
                               f"{', ...' if len(held) > 4 else ''}): a new run needs a new or "
                               f"empty folder, so that no two runs mix their files; choose another --out")
     cfg.validate()
@@ -321,7 +322,7 @@ def start_from(model, path, log=print):
     theirs, ours = meta["model"], dataclasses.asdict(model.config)
     differ = ckpt.model_differences(theirs, ours)
     if differ:
-        raise ValueError(f"--init-from {path}: its model has " + ", ".join(
+        raise MinivitError(f"--init-from {path}: its model has " + ", ".join(
             f"{k} {theirs[k]!r}" for k in differ) + " but this run asks for " + ", ".join(
             f"{k} {ours[k]!r}" for k in differ) + "; drop those options (the checkpoint's "
             "model is used), or start from scratch")

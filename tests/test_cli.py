@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from minivit import cli, data
+from minivit.errors import MinivitError
 
 TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-ratio", "2",
         "--batch-size", "32", "--limit-train", "200", "--no-progress"]
@@ -128,6 +129,30 @@ def test_missing_data_and_checkpoint_errors(tmp_path, capsys):
     assert "does not exist: pass --data" in capsys.readouterr().err
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_and_minivit_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """A ValueError from code of one's own (here a broken linear layer) is not turned into
+    a one-line message: it propagates with its traceback. minivit's own errors are one line
+    and exit 2, unless --debug (or MINIVIT_DEBUG=1) asks for the traceback."""
+    from minivit import layers
+
+    def broken_linear(x, w, b):
+        return x.reshape(-1, 7), None           # a student's reshape gone wrong
+    monkeypatch.setattr(layers, "linear_forward", broken_linear)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        cli.main(["gradcheck", "--layer", "linear"])
+    monkeypatch.undo()
+
+    missing = ["eval", "--checkpoint", str(tmp_path / "none.npz")]
+    assert cli.main(missing) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minivit eval: error: checkpoint") and len(err.splitlines()) == 1
+    with pytest.raises(MinivitError, match="does not exist"):
+        cli.main(missing + ["--debug"])
+    monkeypatch.setenv("MINIVIT_DEBUG", "1")
+    with pytest.raises(MinivitError, match="does not exist"):
+        cli.main(missing)
 
 
 def test_every_command_runs_on_each_backend(tmp_path, backend, capsys):

@@ -7,6 +7,7 @@ from scipy.special import erf
 
 import minivit
 from minivit import fast, gradcheck, kernels, layers, threads
+from minivit.errors import MinivitError
 from minivit.fast import FastViT
 
 from conftest import tiny_config
@@ -185,7 +186,7 @@ def test_thread_count_setting(monkeypatch):
     assert FastViT(minivit.ViT(**tiny_config())).threads == 3
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("MINIVIT_THREADS", bad)
-        with pytest.raises(ValueError, match="MINIVIT_THREADS"):
+        with pytest.raises(MinivitError, match="MINIVIT_THREADS"):
             threads.cpu_threads()
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         FastViT(minivit.ViT(**tiny_config()), threads=0)

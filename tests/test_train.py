@@ -8,6 +8,7 @@ import pytest
 import minivit
 from minivit import checkpoint as ckpt
 from minivit.config import TrainConfig
+from minivit.errors import MinivitError
 from minivit.evaluate import confusion_matrix, per_class_accuracy
 from minivit.files import read_jsonl
 from minivit.train import decay_groups, train
@@ -60,9 +61,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, backend):
 def test_a_finished_run_is_not_overwritten(tmp_path):
     cfg = TrainConfig.from_preset("sample", epochs=1, **TINY)
     train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
-    with pytest.raises(FileExistsError, match="already holds a run .*pass --resume"):
+    with pytest.raises(MinivitError, match="already holds a run .*pass --resume"):
         train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at"):
+    with pytest.raises(MinivitError, match="--resume: no checkpoint at"):
         train(None, out=tmp_path / "other", resume=True, log=quiet)
 
 
