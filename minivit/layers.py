@@ -284,7 +284,9 @@ def softmax_backward(da, cache):
 
 # ------------------------------------------------------------------------------ GELU
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# the tanh approximation's constants, here once (kernels.py imports them)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_COEF = 0.044715
 
 
 def gelu_forward(x):
@@ -307,20 +309,20 @@ def gelu_backward(dy, cache):
 def gelu_tanh_forward(x):
     """GELU with the tanh approximation (torch.nn.GELU(approximate="tanh")):
 
-        Phi(x) ~ (1 + t) / 2,   t = tanh(u),   u = sqrt(2/pi) (x + 0.044715 x^3)
+        Phi(x) ~ (1 + t) / 2,   t = tanh(u),   u = sqrt(2/pi) (x + c x^3),   c = 0.044715
     """
     xp = array_module(x)
-    t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+    t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x ** 3))
     return x * 0.5 * (1.0 + t), Cache(x=x, t=t)
 
 
 def gelu_tanh_backward(dy, cache):
-    """With tanh' = 1 - t^2 and du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2):
+    """With tanh' = 1 - t^2 and du/dx = sqrt(2/pi) (1 + 3 c x^2):
 
-        GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 c x^2)
     """
     x, t = cache.x, cache.t
-    du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    du = SQRT_2_OVER_PI * (1.0 + 3 * GELU_TANH_COEF * x * x)
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
 
 

@@ -62,7 +62,7 @@ def test_gelu_kernels_agree_with_the_reference(big, kind):
 def test_small_and_float64_arrays_skip_the_blocked_gelu(monkeypatch):
     assert not kernels.applies(np.zeros(10, np.float32))
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float64))
-    monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_FAST=1)
+    monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_BLOCKED_GELU=1)
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float32))
 
 
