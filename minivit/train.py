@@ -27,14 +27,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import augment, distributed, layers, seeds
+from . import augment, distributed, resize, seeds
 from .backend import to_host
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .errors import MinivitError
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
 from .evaluate import evaluate, score_checkpoint
-from .fast import FastViT
+from .fast import FastViT, kept_area_weights
 from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .loss import cross_entropy
 from .model import ViT
@@ -396,7 +396,7 @@ def train_epoch(run, stop):
         images, targets = regularize(cfg, images, labels, epoch, i)
         size = image_size_at(cfg, run.step, steps, elapsed)
         if size != cfg.img_size:                                     # [B, C, size, size]
-            images, _ = layers.area_resize_forward(images, size)
+            images, _ = resize.area_resize_forward(images, size, kept_area_weights)
         rows, batch = world.part(len(labels)), len(labels)           # this rank's rows
         drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
         logits = net.forward(images, rng=drop_rng, rows=rows)

@@ -46,14 +46,14 @@ def test_blocked_gelu_is_accurate_at_the_extremes():
 def test_gelu_kernels_agree_with_the_reference(big, kind):
     x, dy = big
     b = np.linspace(-1, 1, x.shape[-1]).astype(np.float32)
-    y, dgelu = fast.GELUS[kind](x, b)                      # blocked for exact float32 NumPy
+    y, dgelu = fast.GELU_BIAS_KERNELS[kind](x, b)                      # blocked for exact float32 NumPy
     forward, backward = layers.GELUS[kind]
     y_ref, cache = forward(x + b)
     assert y.dtype == dgelu.dtype == np.float32
     np.testing.assert_allclose(y, y_ref, rtol=2e-6, atol=2e-6)
     np.testing.assert_allclose(dy * dgelu, backward(dy, cache), rtol=2e-6, atol=2e-6)
     x64 = x[:50].astype(np.float64)                        # float64: the plain body, exact
-    y, dgelu = fast.GELUS[kind](x64, b.astype(np.float64))
+    y, dgelu = fast.GELU_BIAS_KERNELS[kind](x64, b.astype(np.float64))
     y_ref, cache = forward(x64 + b)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(dgelu, backward(np.ones_like(x64), cache), rtol=1e-12, atol=1e-13)
@@ -75,14 +75,14 @@ def test_fast_block_equals_the_reference_block(drop_path, cls_only):
     keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
             if drop_path else None)
     y_ref, c_ref = layers.block_forward(x, p, 2, keep=keep)
-    y, c = fast.block(x, p, 2, keep=keep, cls_only=cls_only)
+    y, c = fast.block_fused(x, p, 2, keep=keep, cls_only=cls_only)
     rows = 1 if cls_only else x.shape[1]
     np.testing.assert_allclose(y, y_ref[:, :rows], rtol=1e-12, atol=1e-14)
     dy = np.zeros_like(y_ref)
     dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
     dx_ref, g_ref = layers.block_backward(dy, c_ref)
     g = {k: np.full_like(v, np.nan) for k, v in g_ref.items()}   # every entry must be written
-    dx = fast.block_backward(dy[:, :rows], c, g, np)
+    dx = fast.block_backward_into(dy[:, :rows], c, g, np)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     for k in g_ref:
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
