@@ -13,7 +13,8 @@ from .loss import cross_entropy
 from .config import TrainConfig, ViTConfig
 from .errors import MinivitError
 from .model import ViT, Param
-from .optim import EMA, Adam, AdamW, clip_grad_norm, warmup_cosine
+from .optim import EMA, Adam, AdamW, clip_grad_norm
+from .schedule import warmup_cosine
 
 __version__ = "0.1.0"
 

@@ -248,13 +248,10 @@ def config_for(args, parser):
                   "to choose another)", file=sys.stderr)
     if args.init_from:
         model = ckpt.load(args.init_from)[2]["model"]
-        given = _overrides(args)
-        clash = ckpt.model_differences(model, given)
-        if clash:
-            parser.error(f"--init-from {args.init_from}: its model has " + ", ".join(
-                f"{k} {model[k]!r}" for k in clash) + "; drop " + ", ".join(
-                "--" + k.replace("_", "-") for k in clash) + " (the model's shape comes from the checkpoint)")
-        base.update({k: v for k, v in model.items() if k != "drop_path"})
+        problem = ckpt.init_from_mismatch(args.init_from, model, _overrides(args))
+        if problem:
+            parser.error(problem)
+        base.update(ckpt.model_shape(model))
     try:
         return TrainConfig.from_preset(preset, **{**{k: v for k, v in base.items() if k != "preset"},
                                                   **_overrides(args, skip=("preset",))}).validate()

@@ -191,7 +191,7 @@ def load_cifar10(folder):
     x_test, y_test = read_batch(folder / TEST_FILE)
     return {"x_train": np.concatenate([p[0] for p in parts]),
             "y_train": np.concatenate([p[1] for p in parts]),
-            "x_test": x_test, "y_test": y_test, "folder": str(folder)}
+            "x_test": x_test, "y_test": y_test}
 
 
 def load_test(folder):

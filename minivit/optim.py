@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import array_module, to_device, to_host
 from .kernels import kernel
+from .schedule import warmup_cosine  # noqa: F401  (minivit.warmup_cosine; schedule.py holds every schedule)
 
 
 def _groups(params, weight_decay):
@@ -185,16 +186,6 @@ def clip_grad_norm(params, max_norm):
     for _, g, _ in segments(params):
         g *= coef.astype(g.dtype)
     return norm
-
-
-def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
-    """The learning rate for step (0-based): linear warmup from base_lr/warmup_steps to
-    base_lr over warmup_steps steps, then a half cosine from base_lr down to min_lr at
-    total_steps (and min_lr after)."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 @kernel
