@@ -14,33 +14,36 @@ import numpy as np
 from .backend import array_module
 
 
-def random_crop_flip(x, rng, padding=4, flip=True):
-    """Augment a batch x [B, C, H, W] at once: pad every image by `padding` zeros, cut a
+CROP_PADDING = 4                   # random_crop_flip: zeros around each image before the cut
+ERASE_AREA = (0.02, 1 / 3)         # random_erase: the box's share of the image, drawn in this range
+ERASE_ASPECT = (0.3, 3.3)          # ... and its height / width, log-uniform in this range
+
+
+def random_crop_flip(x, rng):
+    """Augment a batch x [B, C, H, W] at once: pad every image by CROP_PADDING zeros, cut a
     random H x W window from each, and mirror about half of them left-right.
     Offsets and flips come from the host generator rng."""
     xp = array_module(x)
     B, C, H, W = x.shape
-    if padding:
-        padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        dy = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        dx = xp.asarray(rng.integers(0, 2 * padding + 1, B))
-        rows = (dy[:, None] + xp.arange(H))[:, None, :, None]        # [B, 1, H, 1]
-        cols = (dx[:, None] + xp.arange(W))[:, None, None, :]        # [B, 1, 1, W]
-        x = padded[xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None], rows, cols]
-    if flip:
-        mirror = xp.asarray(rng.random(B) < 0.5)[:, None, None, None]
-        x = xp.where(mirror, x[..., ::-1], x)
-    return x
+    pad = CROP_PADDING
+    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dy = xp.asarray(rng.integers(0, 2 * pad + 1, B))
+    dx = xp.asarray(rng.integers(0, 2 * pad + 1, B))
+    rows = (dy[:, None] + xp.arange(H))[:, None, :, None]            # [B, 1, H, 1]
+    cols = (dx[:, None] + xp.arange(W))[:, None, None, :]            # [B, 1, 1, W]
+    x = padded[xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None], rows, cols]
+    mirror = xp.asarray(rng.random(B) < 0.5)[:, None, None, None]
+    return xp.where(mirror, x[..., ::-1], x)
 
 
-def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):
+def random_erase(x, rng, prob=0.25):
     """Random erasing on a whole batch: with probability prob an image gets one random
-    rectangle (area fraction and aspect ratio drawn from the ranges) set to 0, the data
-    set's mean after normalization. Boxes come from the host generator rng."""
+    rectangle (area share and aspect ratio drawn from ERASE_AREA and ERASE_ASPECT) set to
+    0, the data set's mean after normalization. Boxes come from the host generator rng."""
     xp = array_module(x)
     B, C, H, W = x.shape
-    frac = rng.uniform(*area, B)
-    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), B))
+    frac = rng.uniform(*ERASE_AREA, B)
+    ratio = np.exp(rng.uniform(np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1]), B))
     h = np.clip(np.round(np.sqrt(frac * H * W * ratio)), 1, H).astype(np.int64)
     w = np.clip(np.round(np.sqrt(frac * H * W / ratio)), 1, W).astype(np.int64)
     y0 = (rng.random(B) * (H - h + 1)).astype(np.int64)
@@ -206,7 +209,7 @@ def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
     return x
 
 
-def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5):
+def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0):
     """Mixup or CutMix on a whole batch -> (images, soft targets [B, num_classes]).
 
     Each image is paired with the image at a random permutation of the batch and
@@ -214,11 +217,11 @@ def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, sw
     pastes a box of the partner, covering about 1 - lam of the image (one box for the
     batch), and lam becomes the share left uncovered. The targets mix the same way:
     lam onehot(y) + (1 - lam) onehot(y[perm]). With both alphas set, CutMix is chosen
-    with probability switch_prob."""
+    for a batch with probability 1/2."""
     xp = array_module(x)
     B, C, H, W = x.shape
     onehot = xp.eye(num_classes, dtype=x.dtype)[labels]                     # [B, K]
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     if alpha <= 0:
         return x, onehot

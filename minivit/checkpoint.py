@@ -39,14 +39,10 @@ class CheckpointError(MinivitError):
     """A checkpoint file is missing, damaged, or not a minivit checkpoint."""
 
 
-def save(path, model, meta, optimizer=None, dtype=None, ema=None):
-    """Write model weights (+ optimizer state) and the meta dict to path, atomically:
-    a crash while writing leaves the previous file intact. dtype (e.g. "float16") stores
-    the weights smaller; they are cast back to the model's dtype on loading."""
-    arrays = {}
-    for name, value in model.state_dict().items():
-        value = to_host(value)
-        arrays[name] = value.astype(dtype) if dtype else value
+def save(path, model, meta, optimizer=None, ema=None):
+    """Write model weights (+ optimizer state and the weight average) and the meta dict to
+    path, atomically: a crash while writing leaves the previous file intact."""
+    arrays = {name: to_host(value) for name, value in model.state_dict().items()}
     meta = dict(meta, format=FORMAT, model=dataclasses.asdict(model.config))
     if optimizer is not None:
         state = optimizer.state_dict()

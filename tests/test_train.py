@@ -84,14 +84,6 @@ def test_checkpoint_round_trip_and_torch_names(tmp_path, backend):
         assert f["blocks.1.attn.in_proj_weight"].shape == (72, 24)
 
 
-def test_float16_checkpoint_storage(tmp_path):
-    model = minivit.ViT(embed_dim=24, depth=1, num_heads=3)
-    ckpt.save(tmp_path / "half.npz", model, {}, dtype="float16")
-    loaded, _ = ckpt.load_model(tmp_path / "half.npz")
-    assert loaded.dtype == np.float32
-    np.testing.assert_allclose(loaded.params["head.weight"], model.params["head.weight"], atol=1e-4)
-
-
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     model = minivit.ViT(embed_dim=24, depth=1, num_heads=3)
     ckpt.save(tmp_path / "good.npz", model, {})
