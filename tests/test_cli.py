@@ -228,9 +228,28 @@ def test_eval_predict_and_attention_use_the_shipped_model_without_a_checkpoint(r
     assert "no --checkpoint given and no model ships" in capsys.readouterr().err
 
 
-def test_eval_with_flip_averaging(run_dir, capsys, backend):
-    assert cli.main(["eval", "--checkpoint", str(run_dir / "best.npz"), "--flip", "--backend", backend]) == 0
+def test_eval_with_flip_averaging(capsys, backend, tmp_path):
+    """eval --flip scores the mean of the model's logits on each test image and on its
+    mirror image (a model with random weights, so that mirroring matters)."""
+    import numpy as np
+    from minivit import ViT, checkpoint, cross_entropy, to_host
+    model = ViT(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, seed=0)
+    model.flat_params[...] = np.random.default_rng(0).normal(0.0, 1.0, model.flat_params.shape)
+    meta = dict(mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], epoch=0, data_arg=None)
+    checkpoint.save(tmp_path / "random.npz", model, meta)
+    scores = {}
+    for flip in ([], ["--flip"]):
+        out = tmp_path / f"eval{len(flip)}.json"
+        assert cli.main(["eval", "--checkpoint", str(tmp_path / "random.npz"), "--backend", backend,
+                         "--out", str(out), *flip]) == 0
+        scores[bool(flip)] = json.loads(out.read_text())
     assert "(with flipped copies)" in capsys.readouterr().out
+    x_test, y_test = data.load_test(data.SAMPLE_FOLDER)
+    images = data.normalize(x_test, meta["mean"], meta["std"])
+    logits = 0.5 * (to_host(model.forward(images)) + to_host(model.forward(images[..., ::-1])))
+    assert scores[True]["loss"] == pytest.approx(float(cross_entropy(logits, y_test)[0]), rel=1e-4)
+    assert scores[True]["accuracy"] == pytest.approx(float((logits.argmax(axis=1) == y_test).mean()), abs=0.005)
+    assert abs(scores[True]["loss"] - scores[False]["loss"]) > 1e-2     # mirroring matters here
 
 
 def test_version_broken_pipe_plot_exit_code_and_file_modes(run_dir, tmp_path, capsys, monkeypatch):

@@ -56,6 +56,19 @@ def test_shipped_sample():
     assert np.all(np.abs(mean - [0.49, 0.48, 0.45]) < 0.03)   # real CIFAR-10 statistics
 
 
+def test_channel_stats_are_each_channels_mean_and_std_on_the_0_1_scale():
+    x = np.zeros((4, 3, 2, 2), np.uint8)
+    x[:2, 0] = 255                       # channel 0: half the pixels 1, half 0
+    x[:, 1] = 51                         # channel 1: every pixel 0.2
+    x[:, 2, :, 0] = 102                  # channel 2: half 0.4, half 0
+    mean, std = data.channel_stats(x)
+    np.testing.assert_allclose(mean, [0.5, 0.2, 0.2], rtol=1e-12)
+    np.testing.assert_allclose(std, [0.5, 0.0, 0.2], rtol=1e-12, atol=1e-15)   # population std
+    sample = data.load_cifar10(data.SAMPLE_FOLDER)["x_train"]
+    mean, std = data.channel_stats(sample)
+    assert np.all(np.abs(std - [0.247, 0.243, 0.261]) < 0.02)      # real CIFAR-10 statistics
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[:5000]), "is truncated or not a CIFAR-10 batch"),
     (lambda p: p.write_text("hello, I am not a pickle"), "is truncated or not a CIFAR-10 batch"),

@@ -120,6 +120,24 @@ def test_fast_model_equals_the_reference_model_on_each_backend(backend, pool):
     _assert_same(ref, _host(_step(FastViT(model), model, x, labels, rng_seed=2)))
 
 
+@pytest.mark.parametrize("pool, stem", [("cls", 0), ("mean", 4)])
+def test_fast_model_equals_the_reference_with_every_parameter_random(backend, pool, stem):
+    """A freshly built model has zero biases and unit LayerNorm weights, which hide a bias
+    added in the wrong place (say, outside a residual kernel's stochastic-depth mask): here
+    every parameter is random, stochastic depth is on, and smaller images take the resized
+    position embedding."""
+    model = minivit.ViT(**tiny_config(depth=3, drop_path=0.4, pool=pool, stem_channels=stem),
+                        dtype="float64", backend=backend)
+    rng = np.random.default_rng(3)
+    model.flat_params[...] = model.xp.asarray(rng.normal(0.0, 0.5, model.flat_params.shape))
+    assert min(float(abs(model.params[k]).min()) for k in ("head.bias", "blocks.2.mlp.2.bias")) > 0
+    for side in (8, 4):
+        x = rng.standard_normal((5, 3, side, side))
+        labels = np.arange(5) % 3
+        ref = _host(_step(model, model, x, labels, rng_seed=2))
+        _assert_same(ref, _host(_step(FastViT(model, threads=2), model, x, labels, rng_seed=2)))
+
+
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 7])
 def test_fast_model_equals_the_reference_model(n_threads):
     x = np.random.default_rng(0).standard_normal((7, 3, 8, 8))
