@@ -27,9 +27,16 @@ def test_unknown_backend_names_the_choices():
         minivit.ViT(backend="torch")
 
 
-def test_auto_falls_back_to_numpy_without_gpu():
-    expected = "cupy" if backend.gpu_available() else "numpy"
-    assert backend.resolve_backend("auto") == expected
+def test_auto_is_cupy_with_a_usable_gpu_and_numpy_without(monkeypatch):
+    import sys
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)                  # CuPy not installed
+    assert backend.resolve_backend("auto") == "numpy" and backend.get_xp("auto") is np
+    _fake_cupy(monkeypatch, devices=0)                              # CuPy, but no GPU
+    assert backend.resolve_backend("auto") == "numpy"
+    _fake_cupy(monkeypatch)                                         # a usable GPU
+    assert backend.resolve_backend("auto") == "cupy" and backend.get_xp("auto") is sys.modules["cupy"]
 
 
 @pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
