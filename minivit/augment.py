@@ -7,10 +7,12 @@ for its random draws (so NumPy and CuPy runs with the same seed see the same dra
     random_erase       blank a random box in some images
     rand_augment       RandAugment: N of 13 operations per image at strength M
     mix_batch          mixup or CutMix with soft targets
+    regularize         the batch-level ones a TrainConfig asks for, as training runs them
 """
 
 import numpy as np
 
+from . import seeds
 from .backend import array_module
 
 
@@ -239,3 +241,15 @@ def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0):
     else:
         x = lam * x + (1.0 - lam) * x[perm]
     return x, lam * onehot + (1.0 - lam) * onehot[perm]
+
+
+def regularize(cfg, images, labels, epoch, i):
+    """The batch-level regularizers of TrainConfig cfg on batch i of epoch: random erasing,
+    then mixup or cutmix -> (images, targets); targets are the labels, or soft targets
+    [B, num_classes] when mixing. Draws: the named streams of (seed, epoch, i) (seeds.py)."""
+    if cfg.random_erase:
+        images = random_erase(images, seeds.generator(cfg.seed, epoch, i, "erase"), cfg.random_erase)
+    if cfg.mixup or cfg.cutmix:
+        return mix_batch(images, labels, cfg.num_classes, seeds.generator(cfg.seed, epoch, i, "mix"),
+                         cfg.mixup, cfg.cutmix)
+    return images, labels

@@ -64,18 +64,6 @@ def make_optimizer(cfg, model):
     return AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
 
-def regularize(cfg, images, labels, epoch, i):
-    """The batch-level regularizers of cfg: random erasing, then mixup or cutmix
-    -> (images, targets); targets are the labels, or soft targets when mixing."""
-    if cfg.random_erase:
-        images = augment.random_erase(images, seeds.generator(cfg.seed, epoch, i, "erase"),
-                                      cfg.random_erase)
-    if cfg.mixup or cfg.cutmix:
-        return augment.mix_batch(images, labels, len(CLASSES), seeds.generator(cfg.seed, epoch, i, "mix"),
-                                 cfg.mixup, cfg.cutmix)
-    return images, labels
-
-
 def prepare_data(cfg, data, log=None):
     """Load the splits -> dict of x/y train, val, test. data=None takes the full CIFAR-10
     when found, else the shipped sample (saying so through log)."""
@@ -183,7 +171,7 @@ def train_step(run, images, labels, epoch, i, elapsed):
     cfg, model, world = run.cfg, run.model, run.world
     steps = len(run.train_loader)
     run.opt.lr = lr_at(cfg, run.step, steps, elapsed)
-    images, targets = regularize(cfg, images, labels, epoch, i)
+    images, targets = augment.regularize(cfg, images, labels, epoch, i)
     size = image_size_at(cfg, run.step, steps, elapsed)
     if size != cfg.img_size:                                         # [B, C, size, size]
         images, _ = resize.area_resize_forward(images, size, kept_area_weights)
