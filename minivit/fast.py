@@ -37,7 +37,9 @@ from .threads import cpu_threads, parallel_map, shards
 # The reference's math under names of their own, since the contracts differ: a forward
 # may leave its bias to the next kernel (linear_nobias, attention_nobias), and each
 # *_backward_into writes its parameter gradients into the arrays it is given (grads[name]
-# with `out=`) instead of returning them. The caches use the reference's field names.
+# with `out=`) instead of returning them. The caches use the reference's field names for
+# what both keep (linear_in, sdpa, norm1, mlp.linear1, k1, ...); where the reference keeps
+# GELU's cache, the fast path keeps its derivative, dgelu.
 
 def linear_nobias(x, w):
     """x [..., Din] @ w^T -> [..., Dout], the bias left to the next kernel."""
