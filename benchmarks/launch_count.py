@@ -30,7 +30,8 @@ import minivit  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
 from minivit.optim import clip_grad_norm  # noqa: E402
-from minivit.train import NonFiniteGuard, make_optimizer  # noqa: E402
+from minivit.guards import NonFiniteGuard  # noqa: E402
+from minivit.train import make_optimizer  # noqa: E402
 
 PHASES = ("loader", "forward", "loss", "backward", "grad norm", "nan check", "clip", "optimizer", "ema")
 

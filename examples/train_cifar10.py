@@ -4,7 +4,7 @@ with the library's pieces).
 
     python examples/train_cifar10.py                       # full CIFAR-10 if found, else the sample
     python examples/train_cifar10.py --data ~/cifar10 --backend cupy --epochs 30
-    python examples/train_cifar10.py --epochs 1 --limit 400 --embed-dim 48 --depth 2   # a quick look
+    python examples/train_cifar10.py --epochs 2 --limit 1000 --embed-dim 48 --depth 2  # a quick look
 """
 
 import argparse

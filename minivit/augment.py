@@ -7,45 +7,50 @@ for its random draws (so NumPy and CuPy runs with the same seed see the same dra
     random_erase       blank a random box in some images
     rand_augment       RandAugment: N of 13 operations per image at strength M
     mix_batch          mixup or CutMix with soft targets
+    regularize         the batch-level ones a TrainConfig asks for, as training runs them
 """
 
 import numpy as np
 
-from . import kernels
+from . import kernels, seeds
 from .backend import array_module
 
 
-def random_crop_flip(x, rng, padding=4, flip=True):
-    """Augment a batch x [B, C, H, W] at once: pad every image by `padding` zeros, cut a
+CROP_PADDING = 4                   # random_crop_flip: zeros around each image before the cut
+ERASE_AREA = (0.02, 1 / 3)         # random_erase: the box's share of the image, drawn in this range
+ERASE_ASPECT = (0.3, 3.3)          # ... and its height / width, log-uniform in this range
+
+
+def random_crop_flip(x, rng):
+    """Augment a batch x [B, C, H, W] at once: pad every image by CROP_PADDING zeros, cut a
     random H x W window from each, and mirror about half of them left-right.
     Offsets and flips come from the host generator rng; the host turns them into the
     rows and columns each image reads (a mirrored image reads its columns backwards), so
     the device gets one small upload and one gather."""
     xp = array_module(x)
     B, C, H, W = x.shape
-    dy = rng.integers(0, 2 * padding + 1, B) if padding else np.zeros(B, np.int64)
-    dx = rng.integers(0, 2 * padding + 1, B) if padding else np.zeros(B, np.int64)
-    mirror = rng.random(B) < 0.5 if flip else np.zeros(B, bool)
+    pad = CROP_PADDING
+    dy = rng.integers(0, 2 * pad + 1, B)
+    dx = rng.integers(0, 2 * pad + 1, B)
+    mirror = rng.random(B) < 0.5
     rows = dy[:, None] + np.arange(H)                                        # [B, H]
     cols = dx[:, None] + np.where(mirror[:, None], np.arange(W)[::-1], np.arange(W))  # [B, W]
     index = xp.asarray(np.concatenate([np.arange(B), np.arange(C), rows.ravel(), cols.ravel()]))
     b, c = index[:B], index[B:B + C]                                         # one upload, four views
     rows, cols = index[B + C:B + C + B * H].reshape(B, H), index[B + C + B * H:].reshape(B, W)
-    if padding:
-        padded = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
-        padded[:, :, padding:padding + H, padding:padding + W] = x
-        x = padded
-    return x[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    padded = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    padded[:, :, pad:pad + H, pad:pad + W] = x
+    return padded[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_erase(x, rng, prob=0.25, area=(0.02, 1 / 3), aspect=(0.3, 3.3)):
+def random_erase(x, rng, prob=0.25):
     """Random erasing on a whole batch: with probability prob an image gets one random
-    rectangle (area fraction and aspect ratio drawn from the ranges) set to 0, the data
-    set's mean after normalization. Boxes come from the host generator rng."""
+    rectangle (area share and aspect ratio drawn from ERASE_AREA and ERASE_ASPECT) set to
+    0, the data set's mean after normalization. Boxes come from the host generator rng."""
     xp = array_module(x)
     B, C, H, W = x.shape
-    frac = rng.uniform(*area, B)
-    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), B))
+    frac = rng.uniform(*ERASE_AREA, B)
+    ratio = np.exp(rng.uniform(np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1]), B))
     h = np.clip(np.round(np.sqrt(frac * H * W * ratio)), 1, H).astype(np.int64)
     w = np.clip(np.round(np.sqrt(frac * H * W / ratio)), 1, W).astype(np.int64)
     y0 = (rng.random(B) * (H - h + 1)).astype(np.int64)
@@ -231,7 +236,7 @@ def rand_augment(x, rng, num_ops=2, magnitude=9.0, ops=None):
     return x
 
 
-def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5):
+def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0):
     """Mixup or CutMix on a whole batch -> (images, soft targets [B, num_classes]).
 
     Each image is paired with the image at a random permutation of the batch and
@@ -239,11 +244,11 @@ def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, sw
     pastes a box of the partner, covering about 1 - lam of the image (one box for the
     batch), and lam becomes the share left uncovered. The targets mix the same way:
     lam onehot(y) + (1 - lam) onehot(y[perm]). With both alphas set, CutMix is chosen
-    with probability switch_prob."""
+    for a batch with probability 1/2."""
     xp = array_module(x)
     B, C, H, W = x.shape
     onehot = xp.eye(num_classes, dtype=x.dtype)[labels]                     # [B, K]
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     if alpha <= 0:
         return x, onehot
@@ -261,3 +266,15 @@ def mix_batch(x, labels, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0, sw
     else:
         x = lam * x + (1.0 - lam) * x[perm]
     return x, lam * onehot + (1.0 - lam) * onehot[perm]
+
+
+def regularize(cfg, images, labels, epoch, i):
+    """The batch-level regularizers of TrainConfig cfg on batch i of epoch: random erasing,
+    then mixup or cutmix -> (images, targets); targets are the labels, or soft targets
+    [B, num_classes] when mixing. Draws: the named streams of (seed, epoch, i) (seeds.py)."""
+    if cfg.random_erase:
+        images = random_erase(images, seeds.generator(cfg.seed, epoch, i, "erase"), cfg.random_erase)
+    if cfg.mixup or cfg.cutmix:
+        return mix_batch(images, labels, cfg.num_classes, seeds.generator(cfg.seed, epoch, i, "mix"),
+                         cfg.mixup, cfg.cutmix)
+    return images, labels

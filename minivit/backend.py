@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from .errors import MinivitError
+
 BACKENDS = ("numpy", "cupy", "auto")
 ENV_VAR = "MINIVIT_BACKEND"
 
@@ -87,7 +89,7 @@ def resolve_backend(name=None):
     if name is None:
         name = os.environ.get(ENV_VAR, "").strip().lower() or "numpy"
     if not isinstance(name, str) or name.lower() not in BACKENDS:
-        raise ValueError(
+        raise MinivitError(
             f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)} "
             f"(or set {ENV_VAR} to one of them)"
         )
@@ -95,7 +97,7 @@ def resolve_backend(name=None):
     if name == "auto":
         return "cupy" if gpu_available() else "numpy"
     if name == "cupy" and not gpu_available():
-        raise RuntimeError(f"backend 'cupy' was requested but {_cupy_error}")
+        raise MinivitError(f"backend 'cupy' was requested but {_cupy_error}")
     return name
 
 

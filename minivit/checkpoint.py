@@ -24,6 +24,7 @@ import numpy as np
 
 from .backend import to_host
 from .config import ViTConfig
+from .errors import MinivitError
 from .files import atomic_write
 from .model import ViT
 
@@ -34,7 +35,7 @@ META_KEY = "minivit.meta"
 OPTIM_PREFIX = "optim."
 
 
-class CheckpointError(Exception):
+class CheckpointError(MinivitError):
     """A checkpoint file is missing, damaged, or not a minivit checkpoint. problem: the
     message without its advice (for callers that give their own)."""
 
@@ -43,14 +44,10 @@ class CheckpointError(Exception):
         super().__init__(f"{problem}: {fix}" if fix else problem)
 
 
-def save(path, model, meta, optimizer=None, dtype=None, ema=None):
-    """Write model weights (+ optimizer state) and the meta dict to path, atomically:
-    a crash while writing leaves the previous file intact. dtype (e.g. "float16") stores
-    the weights smaller; they are cast back to the model's dtype on loading."""
-    arrays = {}
-    for name, value in model.state_dict().items():
-        value = to_host(value)
-        arrays[name] = value.astype(dtype) if dtype else value
+def save(path, model, meta, optimizer=None, ema=None):
+    """Write model weights (+ optimizer state and the weight average) and the meta dict to
+    path, atomically: a crash while writing leaves the previous file intact."""
+    arrays = {name: to_host(value) for name, value in model.state_dict().items()}
     meta = dict(meta, format=FORMAT, model=dataclasses.asdict(model.config))
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -162,11 +159,27 @@ def load_model(path, backend=None):
     return model, meta
 
 
-def model_differences(saved, wanted):
-    """The model fields in which a checkpoint's model (its meta["model"]) and a wanted
-    configuration (a dict) differ, so that its weights would not fit (drop_path aside: a
-    training setting, not a shape)."""
-    return [k for k in saved if k != "drop_path" and k in wanted and wanted[k] != saved[k]]
+# model fields that are training settings, not shapes: weights fit a model that differs in them
+NOT_SHAPE = ("drop_path",)
+
+
+def model_shape(saved):
+    """A checkpoint's model (its meta["model"]) without NOT_SHAPE: what fixes its weights."""
+    return {k: v for k, v in saved.items() if k not in NOT_SHAPE}
+
+
+def init_from_mismatch(path, saved, wanted):
+    """None when the weights of checkpoint path, whose model is saved (its meta["model"]),
+    fit a model with the fields of wanted (a dict; fields it lacks are not compared);
+    else the message for --init-from: what differs, and the fix."""
+    shape = model_shape(saved)
+    differ = [k for k in shape if k in wanted and wanted[k] != shape[k]]
+    if not differ:
+        return None
+    return (f"--init-from {path}: its model has " + ", ".join(f"{k} {shape[k]!r}" for k in differ)
+            + "; drop " + ", ".join("--" + k.replace("_", "-") for k in differ)
+            + " (the model's shape comes from the checkpoint; this run asks for "
+            + ", ".join(f"{k} {wanted[k]!r}" for k in differ) + ")")
 
 
 def shipped_summary():

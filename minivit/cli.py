@@ -1,4 +1,5 @@
-"""The `minivit` command: train, eval, predict, plot, download.
+"""The `minivit` command: train, eval, predict, plot, download (options.py holds the
+options, this file what each command does).
 
     minivit train                       # full CIFAR-10 if found, else the shipped sample
     minivit train --preset seed --data ~/cifar10 --backend cupy
@@ -11,181 +12,28 @@
     minivit attention --checkpoint runs/.../best.npz --index 3
 """
 
-import argparse
-import dataclasses
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import __version__, distributed, gradcheck
+from . import distributed, gradcheck
 from .backend import to_host
-from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
-from .data import (CLASSES, DEFAULT_ROOT, DataError, data_or_sample, download_cifar10, find_cifar10,
-                   is_sample, load_test, normalize)
+from .config import TrainConfig
+from .data import (CLASSES, DataError, data_or_sample, download_cifar10, find_cifar10, is_sample,
+                   load_test, normalize)
 from .errors import MinivitError
 from .evaluate import score_checkpoint
 from .fast import FastViT
 from .files import read_json, write_json
+from .options import DEBUG_ENV_VAR, build_parser
 from .runlock import train_locked
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def _number(kind, range_name):
-    """An argparse type for a number in one of config.RANGES."""
-    field = dataclasses.field(metadata={"range": range_name})
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {RANGES[range_name][1]}, got {text!r}") from None
-        problem = range_problem(value, field)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
-        return value
-    return parse
-
-
-def _duration(text):
-    try:
-        return parse_duration(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 90s or 1h, got {text!r}") from None
-
-
-# TrainConfig fields that are not options: the preset has its own, the rest is fixed by CIFAR-10
-_NOT_OPTIONS = ("preset", "betas", "img_size", "in_chans", "num_classes")
-
-
-def add_config_options(group):
-    """One option per TrainConfig field (--embed-dim for embed_dim), its type, range,
-    choices and help taken from the field; left out, the preset's value holds."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_OPTIONS:
-            continue
-        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        help_ = meta.get("help", "")
-        if f.type is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif meta.get("parse") == "duration":
-            group.add_argument(flag, type=_duration, default=None, help=help_, metavar="TIME")
-        elif "choices" in meta:
-            group.add_argument(flag, choices=list(meta["choices"]), default=None, help=help_)
-        else:
-            kind = int if f.type is int else float
-            group.add_argument(flag, type=_number(kind, meta["range"]), default=None, help=help_,
-                               metavar=f.name.upper())
-
-
-def _common(p, data=True, out_help="output folder"):
-    p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default=None,
-                   help="array backend (default: $MINIVIT_BACKEND, else numpy)")
-    if data:
-        p.add_argument("--data", metavar="DIR", default=None,
-                       help="folder holding cifar-10-batches-py (default: $MINIVIT_DATA, "
-                            "~/.cache/minivit, else the shipped sample)")
-    p.add_argument("--out", metavar="PATH", default=None, help=out_help)
-
-
-def build_parser():
-    ap = argparse.ArgumentParser(prog="minivit", description="A Vision Transformer with "
-                                 "hand-derived gradients, on NumPy or CuPy.")
-    ap.add_argument("--version", action="version", version=f"minivit {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    t = sub.add_parser("train", help="train a ViT on CIFAR-10",
-                       description="Train a ViT on CIFAR-10. With no options: the 'default' "
-                       "preset on the full CIFAR-10 when found, else the 'sample' preset on the "
-                       "small sample shipped with minivit (under a minute on a CPU). On several "
-                       "processes or machines: mpirun -n N minivit train ... (or srun), after "
-                       f"{distributed.INSTALL_HINT}.")
-    _common(t, out_help="run folder (default: runs/PRESET-DATE-TIME)")
-    t.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="seed: the reference recipe (Adam 3e-4, batch 80, 30 epochs); default: "
-                        "AdamW, warmup + cosine, label smoothing, crop + flip; sample: a small "
-                        "ViT for a quick CPU run")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (default: the latest run under runs/)")
-    t.add_argument("--init-from", metavar="CHECKPOINT", default=None,
-                   help="start a new run from these weights (fine-tune, or train a finished run "
-                        "further on a new schedule); the model's shape comes from the checkpoint")
-    t.add_argument("--config", metavar="JSON", default=None,
-                   help="a run's config.json: repeat that run (options given here override it)")
-    add_config_options(t.add_argument_group("overrides of the preset"))
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--no-plots", action="store_true", help="draw no plots at the end")
-
-    e = sub.add_parser("eval", help="score a checkpoint on the test set",
-                       description="Overall and per-class accuracy of a checkpoint on the test set.")
-    e.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
-    e.add_argument("--batch-size", type=_number(int, "positive_int"), default=500)
-    e.add_argument("--flip", action="store_true",
-                   help="average each image's logits with its mirror image's (test-time augmentation)")
-    _common(e, out_help="also write the results as JSON to this file")
-
-    p = sub.add_parser("predict", help="classify image files",
-                       description="Top classes for PNG/JPEG images (resized to the model's input).")
-    p.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top", type=_number(int, "positive_int"), default=3, help="classes to show (default 3)")
-    _common(p, data=False, out_help="also write the predictions as JSON to this file")
-
-    pl = sub.add_parser("plot", help="draw the plots of a run folder",
-                        description="Learning curves, per-class accuracy, predictions and the "
-                                    "confusion matrix of a run, as PNG files in the run folder.")
-    pl.add_argument("run_dir", metavar="RUN_DIR")
-    pl.add_argument("--out", metavar="DIR", default=None,
-                    help="folder for the PNG files (default: the run folder)")
-
-    gc = sub.add_parser("gradcheck", help="check hand-derived gradients numerically",
-                        description="Compare analytic gradients with centered finite differences "
-                                    "and print a table per tensor. With neither --layer nor --model: "
-                                    "every layer, then a small model.")
-    what = gc.add_mutually_exclusive_group()
-    what.add_argument("--layer", choices=list(gradcheck.LAYERS), help="check one layer")
-    what.add_argument("--model", action="store_true",
-                      help="check whole (small) ViTs as the presets train them: the plain ViT, the "
-                           "conv stem at stride 1 and 2, low-res images, drop path, mean pooling, "
-                           "each through the reference and the fast path; and the blocked GELU")
-    gc.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                    help="float64 (default, strict) or float32 (to see why it needs looser marks)")
-    gc.add_argument("--max-checks", type=_number(int, "positive_int"), default=None,
-                    help="check at most this many elements per tensor (default: all)")
-    gc.add_argument("--backend", choices=["numpy", "cupy", "auto"], default=None)
-
-    at = sub.add_parser("attention", help="draw attention maps of a trained model",
-                        description="Per-head attention of the class token in one layer and the "
-                                    "attention rollout across layers, over the image, as a PNG.")
-    at.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
-    at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
-    at.add_argument("--index", type=_number(int, "nonneg_int"), default=0, help="test image index when no IMAGE")
-    at.add_argument("--layer", type=int, default=-1, help="block whose heads to show (default: last)")
-    _common(at, out_help="PNG file to write (default: attention-IMAGE.png beside the checkpoint; "
-                         "runs/shipped-model/ for the shipped model)")
-
-    st = sub.add_parser("selftest", help="check the GPU path (or the CPU) on this machine",
-                        description="Gradient-check every layer and the model in float64, check the "
-                                    "fast path, compare training steps (float64 and float32: AdamW, "
-                                    "EMA, clipping, stem, low resolution) and the loader's batches "
-                                    "with NumPy's, and time a step (the first, compiling, apart), on "
-                                    "NumPy and on the GPU when one is usable; prints a pass/fail line "
-                                    "per check and a verdict.")
-    st.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="auto",
-                    help="cupy or auto: the GPU side too, when a GPU is usable (default auto)")
-
-    d = sub.add_parser("download", help="download the full CIFAR-10",
-                       description=f"Fetch the official archive (md5-checked) into --data "
-                                   f"(default {DEFAULT_ROOT}).")
-    d.add_argument("--data", metavar="DIR", default=str(DEFAULT_ROOT))
-    for name, sp in sub.choices.items():
-        sp.set_defaults(parser=sp)   # errors name the subcommand: "minivit train: error: ..."
-    return ap
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def _check_writable(parser, folder):
@@ -249,13 +97,10 @@ def config_for(args, parser):
                   "to choose another)", file=sys.stderr)
     if args.init_from:
         model = ckpt.load(args.init_from)[2]["model"]
-        given = _overrides(args)
-        clash = ckpt.model_differences(model, given)
-        if clash:
-            parser.error(f"--init-from {args.init_from}: its model has " + ", ".join(
-                f"{k} {model[k]!r}" for k in clash) + "; drop " + ", ".join(
-                "--" + k.replace("_", "-") for k in clash) + " (the model's shape comes from the checkpoint)")
-        base.update({k: v for k, v in model.items() if k != "drop_path"})
+        problem = ckpt.init_from_mismatch(args.init_from, model, _overrides(args))
+        if problem:
+            parser.error(problem)
+        base.update(ckpt.model_shape(model))
     try:
         return TrainConfig.from_preset(preset, **{**{k: v for k, v in base.items() if k != "preset"},
                                                   **_overrides(args, skip=("preset",))}).validate()
@@ -443,7 +288,7 @@ def cmd_attention(args, parser):
     try:
         am.draw(image, heads, roll, out, title)
     except ImportError:
-        raise RuntimeError("matplotlib is not installed: `pip install -e .[plot]` to draw "
+        raise MinivitError("matplotlib is not installed: `pip install -e .[plot]` to draw "
                            "attention maps") from None
     print(f"{title}\nwrote {out}")
     return 0
@@ -477,9 +322,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         world = distributed.world()
-    except RuntimeError as e:
+    except MinivitError as e:
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_status
     try:
         return COMMANDS[args.command](args, args.parser)
     except BrokenPipeError:             # e.g. `minivit eval | head`: the reader left
@@ -489,16 +334,18 @@ def main(argv=None):
             pass
         return 0
     except Exception as e:
+        # minivit's own errors (the user can fix them) are one line; anything else is a bug,
+        # in minivit or in code of one's own, and keeps its traceback
+        debug = args.debug or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
+        show_traceback = debug or not isinstance(e, MinivitError)
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
+            if show_traceback:
+                traceback.print_exc()
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
-        if isinstance(e, MinivitError):              # a full disk, a run in use, ...
-            print(f"minivit {args.command}: error: {e}", file=sys.stderr)
-            return EXIT_ERROR
-        if not isinstance(e, (DataError, ckpt.CheckpointError, FileExistsError, FileNotFoundError,
-                              ValueError, RuntimeError, FloatingPointError)):
+        if show_traceback:
             raise
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_status                 # 2, or 1 when a run could not go on
     except KeyboardInterrupt:
         print(f"\nminivit {args.command}: interrupted; every checkpoint on disk is complete "
               f"(continue a training run with: minivit train --resume --out RUN_DIR)", file=sys.stderr)

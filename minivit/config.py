@@ -2,7 +2,7 @@
 builds on it), with every check in one place and the presets.
 
 Each field says in its metadata what values it takes ("range" or "choices") and what it
-means ("help"); `validate()` and the command line's options (cli.py) both come from that,
+means ("help"); `validate()` and the command line's options (options.py) both come from that,
 so a field is described once.
 
     cfg = TrainConfig.from_preset("sample", epochs=3)

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import augment, kernels, seeds
 from .backend import array_module, to_device
+from .errors import MinivitError
 from .files import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -43,7 +44,7 @@ SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"
 SAMPLE_FOLDER = SAMPLE_ROOT / FOLDER
 
 
-class DataError(Exception):
+class DataError(MinivitError):
     """A data set folder or file is missing or damaged; the message says how to fix it."""
 
 
@@ -191,7 +192,7 @@ def load_cifar10(folder):
     x_test, y_test = read_batch(folder / TEST_FILE)
     return {"x_train": np.concatenate([p[0] for p in parts]),
             "y_train": np.concatenate([p[1] for p in parts]),
-            "x_test": x_test, "y_test": y_test, "folder": str(folder)}
+            "x_test": x_test, "y_test": y_test}
 
 
 def load_test(folder):

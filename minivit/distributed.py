@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 from .backend import array_module
+from .errors import MinivitError
 
 # set by MPI launchers (MPICH/Intel MPI, Open MPI, PMIx, MVAPICH) in every process they start
 LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
@@ -164,7 +165,7 @@ def world():
             try:
                 from mpi4py import MPI
             except ImportError as e:
-                raise RuntimeError(f"started by an MPI launcher, but mpi4py cannot be imported "
+                raise MinivitError(f"started by an MPI launcher, but mpi4py cannot be imported "
                                    f"({e}): {INSTALL_HINT}") from None
             _world = World(MPI.COMM_WORLD)
         else:

@@ -4,18 +4,20 @@ and one function that scores a checkpoint on the test set (for `train` and `eval
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import distributed
 from .backend import to_host
 from .data import CLASSES, Loader, data_or_sample, load_test
-from .distributed import World
 from .loss import cross_entropy
 
 
 def evaluate(net, loader, world=None, flip=False):
     """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept.
-    net: a ViT or anything with its forward (fast.FastViT). world (distributed.World):
-    each rank scores its rows of every batch, and the results are combined. flip: average
-    the logits of each image and its mirror image (test-time augmentation)."""
-    world = world or World()
+    net: a ViT or anything with its forward (fast.FastViT). world: a distributed.World
+    (default distributed.world(), as everywhere: every rank of an MPI job, else this
+    process alone); each rank scores its rows of every batch, and the results are
+    combined. flip: average the logits of each image and its mirror image (test-time
+    augmentation)."""
+    world = world or distributed.world()
     loss_sum, preds = 0.0, []
     for images, labels in loader:
         rows = world.part(len(labels))

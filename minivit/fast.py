@@ -21,27 +21,32 @@ by real CuPy's rules and no host sync (benchmarks/launch_count.py counts them).
     net.backward(dlogits)                 # adds into model.grads(), like model.backward
 """
 
+import functools
 import math
 from types import SimpleNamespace as Cache
 
 import numpy as np
 
-from . import kernels, layers
+from . import kernels, layers, resize
 from .backend import array_module
 from .threads import cpu_threads, parallel_map, shards
 
 
 # ----------------------------------------------------------------------- fast layers
-# Each backward writes its parameter gradients into the arrays it is given (grads[name]
-# with `out=`), instead of returning them.
+# The reference's math under names of their own, since the contracts differ: a forward
+# may leave its bias to the next kernel (linear_nobias, attention_nobias), and each
+# *_backward_into writes its parameter gradients into the arrays it is given (grads[name]
+# with `out=`) instead of returning them. The caches use the reference's field names for
+# what both keep (linear_in, sdpa, norm1, mlp.linear1, k1, ...); where the reference keeps
+# GELU's cache, the fast path keeps its derivative, dgelu.
 
-def linear(x, w):
+def linear_nobias(x, w):
     """x [..., Din] @ w^T -> [..., Dout], the bias left to the next kernel."""
     x2 = x.reshape(-1, x.shape[-1])
     return (x2 @ w.T).reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
 
 
-def linear_backward(dy, c, gw, gb, need_dx=True):
+def linear_backward_into(dy, c, gw, gb, need_dx=True):
     """layers.linear_backward, writing dW into gw and db into gb; -> dx (or None)."""
     dy2 = dy.reshape(-1, c.w.shape[0])
     array_module(dy2).matmul(dy2.T, c.x2, out=gw)               # dW = dy^T x
@@ -49,8 +54,10 @@ def linear_backward(dy, c, gw, gb, need_dx=True):
     return (dy2 @ c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
 
 
-def layernorm(x, w, b, eps=1e-5):
-    """layers.layernorm_forward: four kernels (two row sums, two elementwise)."""
+def layernorm_fused(x, w, b, eps=1e-5):
+    """layers.layernorm_forward in four kernels (two row sums, two elementwise). Its cache
+    keeps the variance's row sum, var_sum, where the reference keeps rstd: the kernels
+    that need 1/sqrt(var + eps) compute it."""
     inv_d = 1.0 / x.shape[-1]
     x_sum = x.sum(axis=-1, keepdims=True)                                    # [..., 1]
     var_sum = kernels.squared_deviation(x, x_sum, inv_d).sum(axis=-1, keepdims=True)  # [..., 1]
@@ -58,8 +65,9 @@ def layernorm(x, w, b, eps=1e-5):
     return y, Cache(xhat=xhat, var_sum=var_sum, w=w, eps=eps)
 
 
-def layernorm_backward(dy, c, gw, gb, dres=0.0):
-    """layers.layernorm_backward; dres (a residual gradient) is added to dx."""
+def layernorm_backward_into(dy, c, gw, gb, dres=0.0):
+    """layers.layernorm_backward, writing dw into gw and db into gb; -> dx, plus dres (a
+    residual gradient)."""
     D = c.w.shape[0]
     g, gx, dyx = kernels.layernorm_backward_parts(dy, c.w, c.xhat)
     dyx.reshape(-1, D).sum(axis=0, out=gw)
@@ -69,7 +77,7 @@ def layernorm_backward(dy, c, gw, gb, dres=0.0):
                                          c.eps, dres)
 
 
-def sdpa(q, k, v):
+def sdpa_fused(q, k, v):
     """layers.sdpa_forward: softmax(q k^T / sqrt d) v; q may have fewer rows than k."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = q @ k.transpose(0, 1, 3, 2)                                          # [B, h, Nq, N]
@@ -78,9 +86,10 @@ def sdpa(q, k, v):
     return a @ v, Cache(q=q, k=k, v=v, a=a, scale=scale)
 
 
-def sdpa_backward(do, c, dheads):
-    """layers.sdpa_backward, writing dq, dk, dv into dheads[0], [1], [2] ([B, h, N, d]
-    each; dq into its first Nq rows, the rest zero). do [B, h, Nq, d] contiguous."""
+def sdpa_fused_backward(do, c, dheads):
+    """layers.sdpa_backward, the softmax's backward in one kernel, writing dq, dk, dv into
+    dheads[0], [1], [2] ([B, h, N, d] each; dq into its first Nq rows, the rest zero).
+    do [B, h, Nq, d] contiguous."""
     xp = array_module(do)
     Nq = do.shape[2]
     da = do @ c.v.transpose(0, 1, 3, 2)                                      # [B, h, Nq, N]
@@ -92,7 +101,7 @@ def sdpa_backward(do, c, dheads):
     xp.matmul(ds.transpose(0, 1, 3, 2), c.q, out=dheads[1])                  # dk = ds^T q
 
 
-def attention(x, p, num_heads, queries=None):
+def attention_nobias(x, p, num_heads, queries=None):
     """layers.attention_forward without the output bias (the residual kernel adds it).
     queries: only the first `queries` tokens ask (the class-token block).
 
@@ -102,61 +111,74 @@ def attention(x, p, num_heads, queries=None):
     xp = array_module(x)
     B, N, D = x.shape
     h, d = num_heads, D // num_heads
-    qkv, c_in = linear(x, p["attn.in_proj_weight"])                          # [B, N, 3D]
+    qkv, c_in = linear_nobias(x, p["attn.in_proj_weight"])                   # [B, N, 3D]
     heads = xp.empty((3, B, h, N, d), dtype=qkv.dtype)                       # [3, B, h, N, d]
     xp.add(qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4),
            p["attn.in_proj_bias"].reshape(3, 1, h, 1, d), out=heads)
     q, k, v = heads[0], heads[1], heads[2]                                   # [B, h, N, d]
     if queries is not None:
         q = q[:, :, :queries]
-    o, c_sdpa = sdpa(q, k, v)                                                # [B, h, Nq, d]
-    y, c_out = linear(layers.merge_heads(o), p["attn.out_proj.weight"])      # [B, Nq, D]
+    o, c_sdpa = sdpa_fused(q, k, v)                                          # [B, h, Nq, d]
+    y, c_out = linear_nobias(layers.merge_heads(o), p["attn.out_proj.weight"])  # [B, Nq, D]
     return y, Cache(linear_in=c_in, sdpa=c_sdpa, linear_out=c_out, num_heads=num_heads)
 
 
-def attention_backward(dy, c, g, xp):
-    do = linear_backward(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
+def attention_backward_into(dy, c, g, xp):
+    """layers.attention_backward, writing the four gradients into g (keyed like
+    layers.BLOCK_PARAM_NAMES); -> dx [B, N, D]."""
+    do = linear_backward_into(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
     do = xp.ascontiguousarray(layers.split_heads(do, c.num_heads))          # [B, h, Nq, d]
     B, h, N, d = c.sdpa.k.shape
     dheads = xp.empty((3, B, h, N, d), dtype=do.dtype)                       # dq, dk, dv
-    sdpa_backward(do, c.sdpa, dheads)
+    sdpa_fused_backward(do, c.sdpa, dheads)
     dqkv = dheads.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * h * d)          # [B, N, 3D]: one copy
-    return linear_backward(dqkv, c.linear_in, g["attn.in_proj_weight"], g["attn.in_proj_bias"])
+    return linear_backward_into(dqkv, c.linear_in, g["attn.in_proj_weight"], g["attn.in_proj_bias"])
 
 
-GELUS = {"exact": kernels.gelu_bias, "tanh": kernels.gelu_tanh_bias}
+# a model's `gelu` setting -> its kernel: (h, b) -> (GELU(h + b), GELU'(h + b))
+GELU_BIAS_KERNELS = {"exact": kernels.gelu_bias, "tanh": kernels.gelu_tanh_bias}
 
 
-def block(x, p, num_heads, gelu="exact", keep=None, cls_only=False):
+def block_fused(x, p, num_heads, gelu="exact", keep=None, cls_only=False):
     """layers.block_forward (cls_only: only the class token's output row, [B, 1, D])."""
-    k1, k2 = keep if keep is not None else (1.0, 1.0)
-    h, c_n1 = layernorm(x, p["norm1.weight"], p["norm1.bias"])
-    h, c_attn = attention(h, p, num_heads, queries=1 if cls_only else None)
-    x1 = kernels.residual(x[:, :1] if cls_only else x, h, p["attn.out_proj.bias"], k1)
-    h, c_n2 = layernorm(x1, p["norm2.weight"], p["norm2.bias"])
-    h, c_fc1 = linear(h, p["mlp.0.weight"])
-    h, dgelu = GELUS[gelu](h, p["mlp.0.bias"])
-    h, c_fc2 = linear(h, p["mlp.2.weight"])
-    y = kernels.residual(x1, h, p["mlp.2.bias"], k2)
-    return y, Cache(norm1=c_n1, attn=c_attn, norm2=c_n2, fc1=c_fc1, dgelu=dgelu, fc2=c_fc2,
-                    keep=keep, cls_only=cls_only)
+    k1, k2 = keep if keep is not None else (None, None)
+    h, c_n1 = layernorm_fused(x, p["norm1.weight"], p["norm1.bias"])
+    h, c_attn = attention_nobias(h, p, num_heads, queries=1 if cls_only else None)
+    x1 = kernels.residual(x[:, :1] if cls_only else x, h, p["attn.out_proj.bias"],
+                          1.0 if k1 is None else k1)
+    h, c_n2 = layernorm_fused(x1, p["norm2.weight"], p["norm2.bias"])
+    h, c_fc1 = linear_nobias(h, p["mlp.0.weight"])
+    h, dgelu = GELU_BIAS_KERNELS[gelu](h, p["mlp.0.bias"])
+    h, c_fc2 = linear_nobias(h, p["mlp.2.weight"])
+    y = kernels.residual(x1, h, p["mlp.2.bias"], 1.0 if k2 is None else k2)
+    return y, Cache(norm1=c_n1, attn=c_attn, norm2=c_n2, mlp=Cache(linear1=c_fc1, dgelu=dgelu, linear2=c_fc2),
+                    k1=k1, k2=k2, cls_only=cls_only)
 
 
-def block_backward(dy, c, g, xp):
+def block_backward_into(dy, c, g, xp):
     """layers.block_backward, writing the block's gradients into g (arrays keyed like
-    layers.BLOCK_PARAM_NAMES). With cls_only, dy is [B, 1, D]: the residual gradient
-    reaches the class token's row only."""
-    k1, k2 = c.keep if c.keep is not None else (None, None)
-    dh = linear_backward(dy if k2 is None else kernels.scale(dy, k2), c.fc2,
-                         g["mlp.2.weight"], g["mlp.2.bias"])
-    dh = linear_backward(dh * c.dgelu, c.fc1, g["mlp.0.weight"], g["mlp.0.bias"])
-    dx1 = layernorm_backward(dh, c.norm2, g["norm2.weight"], g["norm2.bias"], dres=dy)
-    dh = attention_backward(dx1 if k1 is None else kernels.scale(dx1, k1), c.attn, g, xp)
+    layers.BLOCK_PARAM_NAMES); -> dx. With cls_only, dy is [B, 1, D]: the residual
+    gradient reaches the class token's row only. k1, k2: None without stochastic depth."""
+    dh = linear_backward_into(dy if c.k2 is None else kernels.scale(dy, c.k2), c.mlp.linear2,
+                              g["mlp.2.weight"], g["mlp.2.bias"])
+    dh = linear_backward_into(dh * c.mlp.dgelu, c.mlp.linear1, g["mlp.0.weight"], g["mlp.0.bias"])
+    dx1 = layernorm_backward_into(dh, c.norm2, g["norm2.weight"], g["norm2.bias"], dres=dy)
+    dh = attention_backward_into(dx1 if c.k1 is None else kernels.scale(dx1, c.k1), c.attn, g, xp)
     if not c.cls_only:
-        return layernorm_backward(dh, c.norm1, g["norm1.weight"], g["norm1.bias"], dres=dx1)
-    dx = layernorm_backward(dh, c.norm1, g["norm1.weight"], g["norm1.bias"])
+        return layernorm_backward_into(dh, c.norm1, g["norm1.weight"], g["norm1.bias"], dres=dx1)
+    dx = layernorm_backward_into(dh, c.norm1, g["norm1.weight"], g["norm1.bias"])
     dx[:, :1] += dx1
     return dx
+
+
+@functools.lru_cache(maxsize=None)
+def kept_area_weights(n_in, n_out, xp=np, dtype=np.float64):
+    """resize.area_weights, built and copied to the backend once per sizes and dtype, so
+    the resizing of a low-resolution step copies no matrix to the device. Read-only."""
+    R = resize.area_weights(n_in, n_out, xp, dtype)
+    if xp is np:
+        R.flags.writeable = False         # shared by every call: a write would be an error
+    return R
 
 
 # -------------------------------------------------------------- the model, run fast
@@ -246,63 +268,63 @@ class FastViT:
         m, c = self.model, self.model.config
         p = m.params
         D, C, ps = c.embed_dim, c.patch_in_chans, c.patch_size
-        c_stem = []
-        for name, _, _, stride in c.stem_convs:                              # [B, S, H/s, W/s]
-            h, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
-                                              stride=stride, padding=1)
-            x, dgelu = GELUS[c.gelu](h, 0.0)
-            c_stem.append(Cache(name=name, conv=c_conv, dgelu=dgelu))
+        x, c_stem = m.stem_forward(x, gelu=self._stem_gelu)                  # [B, S, H/r, W/r]
         patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
-        h, c_patch = linear(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
-        pos, c_pos = m.pos_embed_for(x.shape[-1] // ps)                       # [1, N, D]
+        h, c_patch = linear_nobias(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
+        pos, c_pos = m.pos_embed_for(x.shape[-1] // ps, kept_area_weights)   # [1, N, D]
         tokens = m.xp.empty((len(x), pos.shape[1], D), dtype=h.dtype)        # [B, N, D]
         tokens[:, :1] = p["vit_embed.cls_token"] + pos[:, :1]
         tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"], pos[:, 1:], 1.0)
         h = tokens
         c_blocks = []
         for i in range(c.depth):
-            h, cb = block(h, m.block_params(i), c.num_heads, c.gelu, masks[i], self._cls_only(i))
+            h, cb = block_fused(h, m.block_params(i), c.num_heads, c.gelu, masks[i], self._cls_only(i))
             c_blocks.append(cb if keep_cache else None)
-        pooled = h[:, 0] if c.pool == "cls" else h[:, 1:].mean(axis=1)         # [B, D]
-        z, c_norm = layernorm(pooled, p["norm.weight"], p["norm.bias"])
-        logits, c_head = linear(z, p["head.weight"])
+        pooled, c_pool = layers.pool_forward(h, c.pool)                      # [B, D]
+        z, c_norm = layernorm_fused(pooled, p["norm.weight"], p["norm.bias"])
+        logits, c_lin = linear_nobias(z, p["head.weight"])
         logits += p["head.bias"]                                             # [B, K]
         if not keep_cache:
             return logits, None
-        return logits, Cache(stem=c_stem, patch=c_patch, pos=c_pos, x_shape=x.shape, blocks=c_blocks,
-                             norm=c_norm, head=c_head, h_shape=h.shape)
+        return logits, Cache(embed=Cache(stem=c_stem, patch=c_patch, pos=c_pos, x_shape=x.shape),
+                             blocks=c_blocks, head=Cache(pool=c_pool, norm=c_norm, linear=c_lin))
+
+    def _stem_gelu(self, h):
+        """The stem's GELU as a kernel: -> (GELU(h), GELU'(h) as its cache)."""
+        return GELU_BIAS_KERNELS[self.model.config.gelu](h, 0.0)
+
+    @staticmethod
+    def _stem_gelu_backward(dy, dgelu):
+        return dy * dgelu
 
     def _backward_pass(self, dlogits, cache, g, need_dx):
         m, c = self.model, self.model.config
         xp = m.xp
-        dz = linear_backward(dlogits, cache.head, g["head.weight"], g["head.bias"])
-        dpooled = layernorm_backward(dz, cache.norm, g["norm.weight"], g["norm.bias"])  # [B, D]
-        if c.pool == "cls" and cache.h_shape[1] == 1:
+        head, embed = cache.head, cache.embed
+        dz = linear_backward_into(dlogits, head.linear, g["head.weight"], g["head.bias"])
+        dpooled = layernorm_backward_into(dz, head.norm, g["norm.weight"], g["norm.bias"])  # [B, D]
+        if head.pool.h_shape[1] == 1:         # the class-token-only last block: nothing to pool
             dh = dpooled[:, None, :]                                         # [B, 1, D]
         else:
-            dh = xp.zeros(cache.h_shape, dtype=dpooled.dtype)                # [B, N, D]
-            if c.pool == "cls":
-                dh[:, 0] = dpooled
-            else:
-                dh[:, 1:] = (dpooled / (cache.h_shape[1] - 1))[:, None, :]
+            dh = layers.pool_backward(dpooled, head.pool)                    # [B, N, D]
         for i in reversed(range(c.depth)):
             prefix = f"blocks.{i}."
             block_grads = {name: g[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
-            dh = block_backward(dh, cache.blocks[i], block_grads, xp)
+            dh = block_backward_into(dh, cache.blocks[i], block_grads, xp)
             cache.blocks[i] = None             # free this block's activations
-        if cache.pos is None:
+        if embed.pos is None:
             dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
         else:                                    # smaller images: back through the resize
-            g["vit_embed.pos_embed"][...] = layers.pos_embed_resize_backward(
-                dh.sum(axis=0, keepdims=True), cache.pos)
+            g["vit_embed.pos_embed"][...] = resize.pos_embed_resize_backward(
+                dh.sum(axis=0, keepdims=True), embed.pos)
         dh[:, :1].sum(axis=0, keepdims=True, out=g["vit_embed.cls_token"])
         D = c.embed_dim
-        dpatch = linear_backward(dh[:, 1:], cache.patch, g["patch_embed.proj.weight"].reshape(D, -1),
-                                 g["patch_embed.proj.bias"], need_dx or bool(cache.stem))
-        if not (need_dx or cache.stem):
+        dpatch = linear_backward_into(dh[:, 1:], embed.patch, g["patch_embed.proj.weight"].reshape(D, -1),
+                                      g["patch_embed.proj.bias"], need_dx or bool(embed.stem))
+        if not (need_dx or embed.stem):
             return None
-        dx = layers.unpatchify(dpatch, cache.x_shape, c.patch_size)
-        for stem in reversed(cache.stem):
-            dx, g[f"{stem.name}.weight"][...], g[f"{stem.name}.bias"][...] = \
-                layers.conv2d_backward(dx * stem.dgelu, stem.conv)
+        dx = layers.unpatchify(dpatch, embed.x_shape, c.patch_size)
+        dx, stem_grads = m.stem_backward(dx, embed.stem, self._stem_gelu_backward)
+        for name, grad in stem_grads.items():
+            g[name][...] = grad
         return dx if need_dx else None

@@ -15,12 +15,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import MinivitError
+from .errors import RunFailed
 
 TMP_SUFFIX = ".tmp"             # atomic_write's temporary files: .NAME.XXXXXXXX.tmp
 
 
-class WriteError(MinivitError):
+class WriteError(RunFailed):
     """A file could not be written; the file that was there before is untouched.
     path: the file; errno: the cause (errno.ENOSPC for a full disk); needed: its size."""
 
@@ -95,7 +95,7 @@ def write_jsonl(path, records):
 def read_jsonl(path, log=None):
     """The records of a JSON-lines file ([] when it does not exist). A last line cut short
     (a process stopped while appending it) is left out, saying so through log (default: a
-    warning); any other line that is not JSON raises MinivitError naming file and line."""
+    warning); any other line that is not JSON raises RunFailed naming file and line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -107,7 +107,7 @@ def read_jsonl(path, log=None):
             records.append(json.loads(line))
         except ValueError as e:
             if n != lines[-1][0]:
-                raise MinivitError(f"{path}: line {n} is not a JSON record ({e}); the file is "
+                raise RunFailed(f"{path}: line {n} is not a JSON record ({e}); the file is "
                                    f"damaged: delete that line (or restore the file) and try "
                                    f"again") from None
             note = (f"{path}: its last line (line {n}) was cut short, as by a process stopped "

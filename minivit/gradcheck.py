@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import fast, kernels, layers
+from . import fast, kernels, layers, resize
 from .backend import array_module, get_xp, to_device, to_host
 from .loss import cross_entropy
 from .model import ViT, head_backward, head_forward
@@ -263,7 +263,7 @@ def _block_case(rng, drop_path=False, cls_only=False):
     def forward(x, **p):
         k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
         if cls_only:
-            return fast.block(x, p, H, keep=k, cls_only=True)
+            return fast.block_fused(x, p, H, keep=k, cls_only=True)
         return layers.block_forward(x, p, H, keep=k)
 
     def backward(dy, cache):
@@ -271,7 +271,7 @@ def _block_case(rng, drop_path=False, cls_only=False):
             xp = array_module(dy)
             grads = {name: xp.empty(shape, dtype=dy.dtype)
                      for name, shape in layers.block_param_shapes(D, F).items()}
-            return {"x": fast.block_backward(dy, cache, grads, xp), **grads}
+            return {"x": fast.block_backward_into(dy, cache, grads, xp), **grads}
         dx, grads = layers.block_backward(dy, cache)
         return {"x": dx, **grads}
     return forward, backward, inputs
@@ -336,10 +336,10 @@ LAYERS = {
                                    layers.conv2d_backward,
                                    {"x": rng.standard_normal((2, 3, 5, 5)),
                                     "w": 0.3 * rng.standard_normal((4, 3, 3, 3)), "b": rng.standard_normal(4)}),
-    "area_resize": lambda rng: (lambda x: layers.area_resize_forward(x, 3), layers.area_resize_backward,
+    "area_resize": lambda rng: (lambda x: resize.area_resize_forward(x, 3), resize.area_resize_backward,
                                 {"x": rng.standard_normal((2, 3, 7, 7))}),
-    "pos_embed_resize": lambda rng: (lambda pos_embed: layers.pos_embed_resize_forward(pos_embed, 2),
-                                     layers.pos_embed_resize_backward,
+    "pos_embed_resize": lambda rng: (lambda pos_embed: resize.pos_embed_resize_forward(pos_embed, 2),
+                                     resize.pos_embed_resize_backward,
                                      {"pos_embed": rng.standard_normal((1, 17, 6))}),
     "token_embed": lambda rng: (layers.token_embed_forward, layers.token_embed_backward,
                                 {"x": rng.standard_normal((2, 4, 6)),

@@ -34,6 +34,7 @@ import os
 import numpy as np
 
 from .backend import array_module, erf_function
+from .layers import GELU_TANH_COEF, SQRT_2_OVER_PI
 
 
 class kernel:
@@ -55,8 +56,8 @@ class kernel:
         return self._compiled[xp](*args)
 
 
-# the switch: MINIVIT_NO_FAST=1 (or kernels.ENABLED = False) turns the blocked GELU off
-ENABLED = not os.environ.get("MINIVIT_NO_FAST")
+# the switch: MINIVIT_NO_BLOCKED_GELU=1 (or kernels.ENABLED = False) turns the blocked GELU off
+ENABLED = not os.environ.get("MINIVIT_NO_BLOCKED_GELU")
 
 BLOCK = 1 << 16          # elements per block: 256 KiB of float32
 MIN_SIZE = 4 * BLOCK     # smaller arrays are not worth blocking
@@ -240,12 +241,9 @@ gelu_bias = kernel(_gelu_bias, numpy=_gelu_bias_numpy)
 def gelu_tanh_bias(xp, h, b):
     """z = h + b -> (GELU(z), GELU'(z)), tanh approximation."""
     z = h + b
-    t = xp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
-    du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
+    t = xp.tanh(SQRT_2_OVER_PI * (z + GELU_TANH_COEF * z * z * z))
+    du = SQRT_2_OVER_PI * (1.0 + 3 * GELU_TANH_COEF * z * z)
     return 0.5 * z * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
-
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 # ------------------------------------------------------------------------- residuals

@@ -12,20 +12,18 @@ derives them at length). The code is written once against ``xp`` (NumPy or CuPy,
 whichever owns the input), so it runs on both.
 
 This file is the math as a student would write it. Faster ways to compute the same
-numbers live in fast.py, which tests check against these functions.
+numbers live in fast.py, which tests check against these functions. The area resizing
+of progressive resizing (smaller images early in training) is in resize.py.
 
 Shapes: B batch, C channels, H/W image height/width, p patch size, P = (H/p)(W/p)
 patches, N = P + 1 tokens (the class token first), D embedding width, h heads,
 d = D/h head width, F hidden width of the MLP.
 """
 
-import functools
 import math
 from types import SimpleNamespace as Cache
 
-import numpy as np
-
-from .backend import array_module, erf, to_device
+from .backend import array_module, erf
 
 
 # ----------------------------------------------------------------------------- linear
@@ -171,63 +169,6 @@ def token_embed_backward(dy, cache):
     return dx, dcls, dpos
 
 
-# --------------------------------- area resizing (low-resolution images, position embedding)
-
-@functools.lru_cache(maxsize=None)
-def area_weights(n_in, n_out, xp=np, dtype=np.float64):
-    """[n_out, n_in]: row i averages the inputs of cell i, [floor(i n_in / n_out),
-    ceil((i + 1) n_in / n_out)), as torch's adaptive average pooling (32 -> 16: pairs).
-    Built, and copied to the backend xp, once per sizes and dtype (never written to)."""
-    R = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-        R[i, lo:hi] = 1.0 / (hi - lo)
-    R = to_device(R, xp, dtype)
-    if xp is np:
-        R.flags.writeable = False         # shared by every call: a write would be an error
-    return R
-
-
-def area_resize_forward(x, size):
-    """Resize the last two axes of x [..., H, W] to [..., size, size] by area averaging:
-
-        y = R_h x R_w^T,   R_h = area_weights(H, size), R_w = area_weights(W, size)
-
-    one linear map per image and channel (a matrix product on each side)."""
-    xp = array_module(x)
-    Rh = area_weights(x.shape[-2], size, xp, x.dtype)                 # [size, H]
-    Rw = area_weights(x.shape[-1], size, xp, x.dtype)                 # [size, W]
-    return Rh @ x @ Rw.T, Cache(Rh=Rh, Rw=Rw)                         # [..., size, size]
-
-
-def area_resize_backward(dy, cache):
-    """y = R_h x R_w^T is linear in x, so dx = R_h^T dy R_w  [..., H, W]."""
-    return cache.Rh.T @ dy @ cache.Rw
-
-
-def pos_embed_resize_forward(pos_embed, grid):
-    """The position embedding [1, 1 + full*full, D] of a full x full patch grid for a
-    grid x grid one (smaller images): the class token's row as it is, the grid's rows
-    area-resized as D channels of a full x full image -> [1, 1 + grid*grid, D]."""
-    xp = array_module(pos_embed)
-    D = pos_embed.shape[2]
-    full = math.isqrt(pos_embed.shape[1] - 1)
-    img = pos_embed[0, 1:].T.reshape(1, D, full, full)                 # [1, D, full, full]
-    small, c_resize = area_resize_forward(img, grid)                   # [1, D, grid, grid]
-    rows = small.reshape(D, grid * grid).T[None]                       # [1, grid*grid, D]
-    return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, full=full)
-
-
-def pos_embed_resize_backward(dy, cache):
-    """The class token's row passes through; the grid's rows go back through the resize."""
-    xp = array_module(dy)
-    D, grid = dy.shape[2], math.isqrt(dy.shape[1] - 1)
-    dsmall = dy[0, 1:].T.reshape(1, D, grid, grid)                     # [1, D, grid, grid]
-    dimg = area_resize_backward(dsmall, cache.resize)                  # [1, D, full, full]
-    rows = dimg.reshape(D, cache.full * cache.full).T[None]            # [1, full*full, D]
-    return xp.concatenate([dy[:, :1], rows], axis=1)                   # [1, 1 + full*full, D]
-
-
 # ------------------------------------------------------------------------- layernorm
 
 def layernorm_forward(x, w, b, eps=1e-5):
@@ -284,7 +225,9 @@ def softmax_backward(da, cache):
 
 # ------------------------------------------------------------------------------ GELU
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# the tanh approximation's constants, here once (kernels.py imports them)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_COEF = 0.044715
 
 
 def gelu_forward(x):
@@ -307,20 +250,20 @@ def gelu_backward(dy, cache):
 def gelu_tanh_forward(x):
     """GELU with the tanh approximation (torch.nn.GELU(approximate="tanh")):
 
-        Phi(x) ~ (1 + t) / 2,   t = tanh(u),   u = sqrt(2/pi) (x + 0.044715 x^3)
+        Phi(x) ~ (1 + t) / 2,   t = tanh(u),   u = sqrt(2/pi) (x + c x^3),   c = 0.044715
     """
     xp = array_module(x)
-    t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+    t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x ** 3))
     return x * 0.5 * (1.0 + t), Cache(x=x, t=t)
 
 
 def gelu_tanh_backward(dy, cache):
-    """With tanh' = 1 - t^2 and du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2):
+    """With tanh' = 1 - t^2 and du/dx = sqrt(2/pi) (1 + 3 c x^2):
 
-        GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        GELU'(x) = (1 + t)/2 + x (1 - t^2)/2 * sqrt(2/pi) (1 + 3 c x^2)
     """
     x, t = cache.x, cache.t
-    du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    du = SQRT_2_OVER_PI * (1.0 + 3 * GELU_TANH_COEF * x * x)
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
 
 
@@ -411,8 +354,8 @@ def attention_backward(dy, cache):
 def mlp_forward(x, w1, b1, w2, b2, gelu="exact"):
     """Linear -> GELU -> Linear (torch: nn.Sequential(Linear, GELU, Linear), so the
     weights are named mlp.0.* and mlp.2.*).  x [..., D], w1 [F, D], w2 [D, F].
-    gelu: a name in GELUS, or any (forward, backward) pair computing the same function."""
-    gelu_fwd, gelu_bwd = GELUS[gelu] if isinstance(gelu, str) else gelu
+    gelu: a name in GELUS."""
+    gelu_fwd, gelu_bwd = GELUS[gelu]
     h, c1 = linear_forward(x, w1, b1)               # [..., F]
     g, cg = gelu_fwd(h)                             # [..., F]
     y, c2 = linear_forward(g, w2, b2)               # [..., D]
@@ -480,3 +423,23 @@ def block_backward(dy, cache):
     dx = dx1 + dh                                                     # [B, N, D]
     grads = (dn1w, dn1b, din_w, din_b, dout_w, dout_b, dn2w, dn2b, dw1, db1, dw2, db2)
     return dx, dict(zip(BLOCK_PARAM_NAMES, grads))
+
+
+# ------------------------------------------------------------------ the head's pooling
+
+def pool_forward(h, pool):
+    """What the head reads of the tokens h [B, N, D] -> [B, D]: the class token's row
+    (pool "cls") or the mean of the P = N - 1 patch tokens (pool "mean")."""
+    pooled = h[:, 0] if pool == "cls" else h[:, 1:].mean(axis=1)
+    return pooled, Cache(pool=pool, h_shape=h.shape)
+
+
+def pool_backward(dpooled, cache):
+    """-> dh [B, N, D]: the class token's row gets dpooled (the other rows 0), or, for
+    the mean, each patch token gets dpooled / P."""
+    dh = array_module(dpooled).zeros(cache.h_shape, dtype=dpooled.dtype)
+    if cache.pool == "cls":
+        dh[:, 0] = dpooled
+    else:
+        dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
+    return dh

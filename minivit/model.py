@@ -21,7 +21,7 @@ from types import SimpleNamespace as Cache
 
 import numpy as np
 
-from . import layers
+from . import layers, resize
 from .backend import array_module, backend_name, get_xp, to_device, to_host
 from .config import ViTConfig
 
@@ -66,11 +66,12 @@ class ViT:
     """
 
     def __init__(self, config=None, *, backend=None, seed=0, **fields):
-        config = ViTConfig(**fields) if config is None else config.model_config()
-        self.config = dataclasses.replace(config, **fields).validate()
+        # fields given beside a config override it; everything below reads self.config
+        base = ViTConfig() if config is None else config.model_config()
+        self.config = dataclasses.replace(base, **fields).validate()
         self.xp = get_xp(backend)
         self.backend = backend_name(self.xp)
-        self.dtype = self.xp.dtype(config.dtype)
+        self.dtype = self.xp.dtype(self.config.dtype)
         self._init_params(seed)
         self._cache = None
 
@@ -243,43 +244,56 @@ class ViT:
         """The stem (if any), the patch embedding, then the class token and position
         embedding: [B, N, D]."""
         p, c = self.params, self.config
-        gelu_forward, _ = layers.GELUS[c.gelu]
-        c_stem = []
-        for name, _, _, stride in c.stem_convs:
-            # conv 3x3 + GELU: [B, S, H/s, W/s]
-            x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
-                                              stride=stride, padding=1)
-            x, c_gelu = gelu_forward(x)
-            c_stem.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
+        x, c_stem = self.stem_forward(x)                                      # [B, S, H/r, W/r]
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
         pos, c_pos = self.pos_embed_for(x.shape[-1] // c.patch_size)          # [1, N, D]
         h, c_tok = layers.token_embed_forward(h, p["vit_embed.cls_token"], pos)  # [B, N, D]
         return h, Cache(stem=c_stem, patch=c_patch, token=c_tok, pos=c_pos)
 
-    def pos_embed_for(self, grid):
+    def stem_forward(self, x, gelu=None):
+        """The stem's convs, each 3x3 and followed by a GELU: x [B, C, H, W] ->
+        ([B, S, H/r, W/r], their caches); no stem: (x, []). gelu: x -> (GELU(x), cache),
+        by default the config's GELU of layers.GELUS (FastViT passes its kernel)."""
+        p = self.params
+        gelu = gelu or layers.GELUS[self.config.gelu][0]
+        caches = []
+        for name, _, _, stride in self.config.stem_convs:
+            x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
+                                              stride=stride, padding=1)      # [B, S, H/s, W/s]
+            x, c_gelu = gelu(x)
+            caches.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
+        return x, caches
+
+    def stem_backward(self, dx, caches, gelu_backward=None):
+        """The backward of stem_forward -> (dL/dx [B, C, H, W], {parameter name: gradient})."""
+        gelu_backward = gelu_backward or layers.GELUS[self.config.gelu][1]
+        grads = {}
+        for c in reversed(caches):
+            dx, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = layers.conv2d_backward(
+                gelu_backward(dx, c.gelu), c.conv)
+        return dx, grads
+
+    def pos_embed_for(self, grid, area_weights=resize.area_weights):
         """The position embedding for a grid x grid patch grid: the parameter itself at
         full resolution (cache None), area-resized for smaller images (progressive
-        resizing trains on them early)."""
+        resizing trains on them early). area_weights: see resize.area_resize_forward."""
         pos = self.params["vit_embed.pos_embed"]
         if grid == self.config.grid_size // self.config.patch_size:
             return pos, None
-        return layers.pos_embed_resize_forward(pos, grid)
+        return resize.pos_embed_resize_forward(pos, grid, area_weights)
 
     def embed_backward(self, dh, cache, grads):
         dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
         grads["vit_embed.cls_token"] += dcls
         grads["vit_embed.pos_embed"] += dpos if cache.pos is None else \
-            layers.pos_embed_resize_backward(dpos, cache.pos)
+            resize.pos_embed_resize_backward(dpos, cache.pos)
         dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
         grads["patch_embed.proj.weight"] += dw
         grads["patch_embed.proj.bias"] += db
-        _, gelu_backward = layers.GELUS[self.config.gelu]
-        for stem in reversed(cache.stem):
-            dx = gelu_backward(dx, stem.gelu)
-            dx, dw, db = layers.conv2d_backward(dx, stem.conv)
-            grads[f"{stem.name}.weight"] += dw
-            grads[f"{stem.name}.bias"] += db
+        dx, stem_grads = self.stem_backward(dx, cache.stem)
+        for name, g in stem_grads.items():
+            grads[name] += g
         return dx
 
     def head_forward(self, h):
@@ -364,10 +378,10 @@ def head_forward(h, norm_weight, norm_bias, head_weight, head_bias, pool="cls"):
         pooled = h[:, 0] (pool "cls")  or  the mean of the P patch tokens (pool "mean")
         logits = LayerNorm(pooled) W^T + b
     The norm comes after the pooling: with "mean" this is LN(mean of the tokens)."""
-    pooled = h[:, 0] if pool == "cls" else h[:, 1:].mean(axis=1)                 # [B, D]
+    pooled, c_pool = layers.pool_forward(h, pool)                               # [B, D]
     z, c_norm = layers.layernorm_forward(pooled, norm_weight, norm_bias)        # [B, D]
     logits, c_lin = layers.linear_forward(z, head_weight, head_bias)            # [B, K]
-    return logits, Cache(norm=c_norm, linear=c_lin, h_shape=h.shape, pool=pool)
+    return logits, Cache(pool=c_pool, norm=c_norm, linear=c_lin)
 
 
 def head_backward(dlogits, cache):
@@ -376,9 +390,4 @@ def head_backward(dlogits, cache):
     (pool "cls"), or each of the P patch tokens 1/P of it (pool "mean"); the other rows 0."""
     dz, dw, db = layers.linear_backward(dlogits, cache.linear)                 # [B, D]
     dpooled, dnorm_w, dnorm_b = layers.layernorm_backward(dz, cache.norm)      # [B, D]
-    dh = array_module(dpooled).zeros(cache.h_shape, dtype=dpooled.dtype)       # [B, N, D]
-    if cache.pool == "cls":
-        dh[:, 0] = dpooled
-    else:
-        dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
-    return dh, dnorm_w, dnorm_b, dw, db
+    return layers.pool_backward(dpooled, cache.pool), dnorm_w, dnorm_b, dw, db

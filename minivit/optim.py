@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import array_module, to_device, to_host
 from .kernels import kernel
+from .schedule import warmup_cosine  # noqa: F401  (minivit.warmup_cosine; schedule.py holds every schedule)
 
 
 def _groups(params, weight_decay):
@@ -136,11 +137,6 @@ class Adam:
             else:
                 adam_update(w, g, m, v, decay, ok, step_size, 1.0 - b1, 1.0 - b2, bc2, self.eps)
 
-    def zero_grad(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad.fill(0)
-
     def state_dict(self):
         """Host copies of the step count, hyper-parameters and moment estimates."""
         state = {"t": self.t, "lr": self.lr, "betas": self.betas, "eps": self.eps}
@@ -201,16 +197,6 @@ def clip_grad_norm(params, max_norm, sum_sq=None):
     for _, g, _ in segments(params):
         g *= coef.astype(g.dtype, copy=False)
     return norm
-
-
-def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
-    """The learning rate for step (0-based): linear warmup from base_lr/warmup_steps to
-    base_lr over warmup_steps steps, then a half cosine from base_lr down to min_lr at
-    total_steps (and min_lr after)."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 @kernel

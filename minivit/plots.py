@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CLASSES
+from .errors import MinivitError
 from .evaluate import confusion_matrix, per_class_accuracy
 from .files import atomic_write, read_jsonl
 
@@ -143,7 +144,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         return []
     metrics = read_jsonl(run_dir / "metrics.jsonl", log)
     if not metrics:
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
+        raise MinivitError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")
     written = []
     config_path = run_dir / "config.json"

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
-from .errors import MinivitError
+from .errors import RunFailed
 from .files import WriteError, read_json, remove_leftovers
 from .train import train
 
@@ -35,7 +35,7 @@ except ImportError:                    # Windows
     fcntl = None
 
 
-class RunInUse(MinivitError):
+class RunInUse(RunFailed):
     """Another process holds the run folder."""
 
 
@@ -131,4 +131,4 @@ def train_locked(cfg, out, resume=False, **kw):
                           f"one): starting it again from its config.json")
             return train(cfg, out=out, resume=resume, **kw)
     except WriteError as e:
-        raise MinivitError(write_failed(e, out)) from None
+        raise RunFailed(write_failed(e, out)) from None

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gradcheck, layers
+from . import gradcheck, resize
+from .augment import regularize
 from .backend import get_xp, gpu_unavailable_reason, resolve_backend, to_host
 from .config import TrainConfig, ViTConfig
 from .data import Loader
@@ -35,7 +36,7 @@ from .fast import FastViT
 from .loss import cross_entropy
 from .model import ViT
 from .optim import EMA, clip_grad_norm
-from .train import make_optimizer, regularize
+from .train import make_optimizer
 
 SMALL = ViTConfig(img_size=8, patch_size=4, embed_dim=12, depth=2, num_heads=3, mlp_ratio=2.0,
                   num_classes=5, dtype="float64")
@@ -66,7 +67,7 @@ def _train_steps(backend, dtype="float64", steps=3, batch=6, low_res_side=None, 
     for step in range(steps):
         x = model.xp.asarray(rng.standard_normal((batch, 3, SMALL.img_size, SMALL.img_size)).astype(dtype))
         if low_res_side:
-            x, _ = layers.area_resize_forward(x, low_res_side)
+            x, _ = resize.area_resize_forward(x, low_res_side)
         y = model.xp.asarray(rng.integers(0, SMALL.num_classes, batch))
         logits = net.forward(x, rng=np.random.default_rng(step))
         loss, dlogits = cross_entropy(logits, y, cfg.label_smoothing)

@@ -19,6 +19,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from .errors import MinivitError
+
 THREADS_ENV_VAR = "MINIVIT_THREADS"
 
 _pool = None                  # the worker threads, made on first use
@@ -54,7 +56,7 @@ def cpu_threads():
     value = os.environ.get(THREADS_ENV_VAR, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
+            raise MinivitError(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
                              f"to the number of CPU threads to use (1 turns threading off)")
         return int(value)
     if not _blas_controller():

@@ -4,6 +4,10 @@
     from minivit.train import train
     summary = train(TrainConfig.from_preset("sample", epochs=3), out="runs/try")
 
+The loop, as it reads below: train() opens the run folder and builds a Run (start_run),
+then for every epoch train_epoch() calls train_step() on each batch and end_of_epoch()
+validates and saves; finish() scores the test set.
+
 A run folder holds:
     config.json      the full training configuration
     metrics.jsonl    one JSON line per epoch (loss, accuracies, learning rate, speed)
@@ -17,29 +21,31 @@ Every file is written atomically, so a run killed at any moment keeps its last g
 checkpoint, and `--resume` continues exactly where it stopped.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
-import math
-import signal
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Callable, Optional
 
 import numpy as np
 
-from . import augment, distributed, layers, seeds
-from .backend import get_xp, to_host
+from . import augment, distributed, resize, seeds
 from . import checkpoint as ckpt
+from .backend import get_xp
 from .config import TrainConfig
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
+from .errors import MinivitError
 from .evaluate import evaluate, score_checkpoint
-from .fast import FastViT
+from .fast import FastViT, kept_area_weights
 from .files import atomic_write, read_jsonl, write_json, write_jsonl
+from .guards import NonFiniteGuard, StopRequest
 from .loss import cross_entropy
 from .model import ViT
-from .kernels import kernel
-from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared, warmup_cosine
+from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared
 from .plots import plot_run
+from .schedule import image_size_at, lr_at
 from .threads import cpu_threads, limit_blas_threads, tune_host_allocator
 
 
@@ -59,158 +65,49 @@ def make_optimizer(cfg, model):
     return AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
 
-def lr_at(cfg, step, steps_per_epoch, elapsed=0.0):
-    """The learning rate of a step: by steps (warmup_epochs, then decay over epochs), or,
-    with a time budget, by the training time elapsed (warmup_fraction of the budget, then
-    decay until the budget is spent)."""
-    if cfg.time_budget:
-        progress, warmup = min(1.0, elapsed / cfg.time_budget), cfg.warmup_fraction
-        if progress < warmup:
-            return cfg.lr * max(progress / warmup, 1e-3)
-        if cfg.schedule == "constant":
-            return cfg.lr
-        done = (progress - warmup) / (1.0 - warmup)
-        shape = 1.0 - done if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    if cfg.schedule == "constant":
-        return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "linear":
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        done = min(1.0, (step - warmup) / max(1, total - warmup))
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - done)
-    return warmup_cosine(step, total, cfg.lr, warmup, cfg.min_lr)
-
-
-def image_size_at(cfg, step, steps_per_epoch, elapsed=0.0):
-    """Progressive resizing: the image side of a step. low_res_size for the first low_res
-    share of training (of the time budget, or of all steps), img_size after."""
-    if cfg.low_res:
-        done = elapsed / cfg.time_budget if cfg.time_budget else step / (cfg.epochs * steps_per_epoch)
-        if done < cfg.low_res:
-            return cfg.low_res_size
-    return cfg.img_size
-
-
-def regularize(cfg, images, labels, epoch, i):
-    """The batch-level regularizers of cfg: random erasing, then mixup or cutmix
-    -> (images, targets); targets are the labels, or soft targets when mixing."""
-    if cfg.random_erase:
-        images = augment.random_erase(images, seeds.generator(cfg.seed, epoch, i, "erase"),
-                                      cfg.random_erase)
-    if cfg.mixup or cfg.cutmix:
-        return augment.mix_batch(images, labels, len(CLASSES), seeds.generator(cfg.seed, epoch, i, "mix"),
-                                 cfg.mixup, cfg.cutmix)
-    return images, labels
-
-
 def prepare_data(cfg, data, log=None):
-    """Load the splits -> dict of x/y train, val, test, plus folder and source. data=None
-    takes the full CIFAR-10 when found, else the shipped sample (saying so through log)."""
-    folder, source = data_or_sample(data, log=log)
+    """Load the splits -> dict of x/y train, val, test. data=None takes the full CIFAR-10
+    when found, else the shipped sample (saying so through log)."""
+    folder, _ = data_or_sample(data, log=log)
     d = load_cifar10(folder)
     x, y = d["x_train"], d["y_train"]
     if cfg.limit_train:
         x, y = x[:cfg.limit_train], y[:cfg.limit_train]
     x_tr, y_tr, x_val, y_val = split_validation(x, y, cfg.val_fraction, seed=cfg.seed)
     return dict(x_train=x_tr, y_train=y_tr, x_val=x_val, y_val=y_val, x_test=d["x_test"],
-                y_test=d["y_test"], folder=str(folder), source=source)
-
-
-class StopRequest:
-    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag that the loop reads between steps,
-    so a step (and the optimizer's in-place update) is never cut in half. A second
-    Ctrl-C stops at once; the checkpoint on disk is still whole (atomic writes)."""
-
-    def __init__(self):
-        self.signal, self._old = None, {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:       # not the main thread: leave signals as they are
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def reason(self):
-        """What stopped the run, for its message: this process's signal, or (with several
-        ranks) another rank's."""
-        return self.signal or "a stop request to another rank"
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-@kernel
-def _watch(xp, ok, loss, grad_sum_sq, step, bad_step, bad_loss):
-    """-> (ok, bad_step, bad_loss, first): ok stays 1 while every step was finite; the
-    first step that is not is remembered with its loss."""
-    finite = xp.isfinite(loss) & xp.isfinite(grad_sum_sq)
-    first = ok & ~finite
-    return ok & finite, xp.where(first, step, bad_step), xp.where(first, loss, bad_loss), first
-
-
-class NonFiniteGuard:
-    """Finds the first step whose loss or gradients hold NaN or Inf, without making any
-    step wait for the device: watch() keeps a device flag that the optimizer step takes
-    (a bad step, and every one after it, changes no weight), and check() reads it when the
-    loop prints or saves, naming the step and the tensors that went bad."""
-
-    def __init__(self, model, steps_per_epoch):
-        xp = model.xp
-        self.model, self.steps_per_epoch = model, steps_per_epoch
-        self.ok = xp.ones((), dtype=bool)
-        self.bad_step = xp.zeros((), dtype=np.int64)
-        self.bad_loss = xp.zeros((), dtype=model.dtype)
-        self.bad_grads = xp.zeros_like(model.flat_grads)     # the first bad step's gradients
-
-    def watch(self, step, loss, sum_sq):
-        """After backward, before clipping, with sum_sq = grad_norm_squared(params):
-        -> the flag for opt.step."""
-        xp = self.model.xp
-        self.ok, self.bad_step, self.bad_loss, first = _watch(
-            self.ok, loss, sum_sq, step, self.bad_step, self.bad_loss)
-        xp.copyto(self.bad_grads, self.model.flat_grads, where=first)
-        return self.ok
-
-    def check(self, last_path, world=None):
-        """Raise FloatingPointError if a watched step was bad (one read of the device); with
-        several ranks, every rank raises when any saw a bad step."""
-        bad_here = not bool(self.ok)
-        if not (world.any(bad_here) if world is not None else bad_here):
-            return
-        if not bad_here:
-            raise FloatingPointError("another rank saw NaN or Inf in its loss; no weight "
-                                     "changed from that step on")
-        step = int(self.bad_step)
-        epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
-        loss = float(self.bad_loss)
-        if not math.isfinite(loss):
-            bad = f"the loss is {loss}"
-        else:
-            grads = self.model.views(to_host(self.bad_grads))
-            names = [k for k, g in grads.items() if not np.isfinite(g).all()]
-            more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
-            bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
-        kept = (f"the last good checkpoint {last_path} is intact" if last_path.exists()
-                else "no checkpoint had been written yet")
-        raise FloatingPointError(
-            f"step {step} (epoch {epoch}, batch {batch}): {bad}. No weight changed from that "
-            f"step on; {kept}. Lower --lr or set --clip-grad, then start again (or --resume)")
+                y_test=d["y_test"])
 
 
 def new_epoch_totals():
     """The running totals of an epoch in progress (saved in mid-epoch checkpoints)."""
     return dict(batch=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: what trains, where it writes, and where it stands (the last six
+    fields: its position, saved in every checkpoint by save_checkpoint, put back by restore)."""
+    cfg: TrainConfig
+    out: Path                          # the run folder
+    world: distributed.World           # the processes training together; rank 0 writes
+    model: ViT
+    net: FastViT                       # the model's forward and backward, run fast
+    opt: Adam                          # Adam or AdamW
+    ema: Optional[EMA]                 # the weight average evaluated, or None
+    train_loader: Loader
+    val_loader: Loader
+    guard: NonFiniteGuard              # stops the run at a NaN or Inf step
+    meta: dict                         # what every checkpoint's meta starts from
+    log: Callable = print
+    progress: bool = True              # show a progress bar
+    on_step: Optional[Callable] = None  # on_step(step) after every step
+    epoch: int = 0                     # epochs completed
+    step: int = 0                      # optimizer steps taken
+    best_val_acc: float = -1.0
+    train_seconds: float = 0.0         # training time of the completed epochs
+    totals: dict = dataclasses.field(default_factory=new_epoch_totals)   # the epoch in progress
+    out_of_time: bool = False          # the time budget is spent
+    compiled: bool = True              # False on a GPU until its first step compiled the kernels
 
 
 def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backend=None,
@@ -225,89 +122,35 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         training with a new schedule); cfg's model fields must match its model.
     stop_after_epochs: stop after this many epochs in this call (resume later).
     on_step(step), on_epoch(record): called after every step / epoch (for monitoring).
-    world: the processes training together (distributed.world(): every rank of an MPI
-        job, else this process alone); rank 0 alone logs and writes files.
+    world: the processes training together (default distributed.world(): every rank of
+        an MPI job, else this process alone); rank 0 alone logs and writes files.
     Ctrl-C or SIGTERM saves a checkpoint after the current step and raises KeyboardInterrupt.
     """
     world = world or distributed.world()
     if not world.main:
         log, progress, plots = (lambda *a: None), False, False
     out = Path(out)
-    last_path = out / "checkpoint.npz"
-    saved = None
-    if resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start a new run "
-                                    f"without --resume, or point --out at an earlier run folder")
-        saved = ckpt.load_to_resume(last_path)      # damaged: names what is intact
+    saved = check_run_folder(out, resume, world)     # with resume: the checkpoint to continue
+    if saved is not None:
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
-    elif last_path.exists():
-        raise FileExistsError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
-                              f"continue it, or choose another --out")
-    elif world.main and out.is_dir() and any(out.iterdir()):    # (rank 0 writes there soon)
-        held = sorted(p.name for p in out.iterdir())
-        raise FileExistsError(f"{out} is not empty (it holds {', '.join(held[:4])}"
-                              f"{', ...' if len(held) > 4 else ''}): a new run needs a new or "
-                              f"empty folder, so that no two runs mix their files; choose another --out")
     cfg.validate()
     tune_host_allocator()
-
-    d = prepare_data(cfg, data, log)
-    mean, std = channel_stats(d["x_train"])
-    world.use_local_gpu(get_xp(backend))          # each rank's own GPU, before any device array
-    model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
-    if init_from is not None and saved is None:
-        start_from(model, init_from, log)
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)    # only now: a failed start leaves nothing
-    threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
-    if world.local_size > 1 and threads is not None:
-        limit_blas_threads(threads)               # the ranks on this machine share its cores
-    run = SimpleNamespace(
-        cfg=cfg, out=out, log=log, progress=progress, model=model, world=world,
-        net=FastViT(model, threads=threads),
-        opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
-        epoch=0, step=0, best_val_acc=-1.0, totals=new_epoch_totals(), on_step=on_step, guard=None,
-        train_seconds=0.0, out_of_time=False, compiled=model.xp is np,   # a GPU compiles on step 1
-        meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
-                  mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)))
-    if saved is not None:
-        restore(run, *saved)
-    if world.main:
-        write_json(out / "config.json", dataclasses.asdict(cfg))
-
-    xp = model.xp
-    run.train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std,
-                              shuffle=True, augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
-                              drop_last=len(d["y_train"]) > cfg.batch_size,
-                              randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
-    val_loader = Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype)
-    run.guard = NonFiniteGuard(model, len(run.train_loader))
-    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{cfg.epochs} epochs")
-    ranks = f" on {world.size} processes" if world.size > 1 else ""
-    log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
-        f"{cfg.preset}; {length}, {len(run.train_loader)} steps of batch {cfg.batch_size} an epoch.")
-    if cfg.time_budget and not run.compiled:
-        log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
-            "(seconds to a minute, once: CuPy keeps them on disk).")
-    if cfg.low_res:
-        log(f"Progressive resizing: the first {cfg.low_res:.0%} of training on {cfg.low_res_size}x"
-            f"{cfg.low_res_size} images, then {cfg.img_size}x{cfg.img_size}.")
+    run = start_run(cfg, data, out, world, saved=saved, init_from=init_from, backend=backend,
+                    log=log, progress=progress, on_step=on_step)
 
     last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
     end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
     with StopRequest() as stop:
         while run.epoch < end_epoch and not run.out_of_time:
             train_epoch(run, stop)                       # may save mid-epoch and raise
-            record = end_of_epoch(run, val_loader)
+            record = end_of_epoch(run)
             if on_epoch is not None:
                 on_epoch(record)
             stopped = world.any(stop.signal is not None)   # every rank decides alike
             if stopped and run.epoch < last_epoch and not run.out_of_time:
-                log(f"{stop.reason()}: stopped after epoch "
-                    f"{run.epoch}, saved in {last_path}; "
-                    f"continue with: minivit train --resume --out {out}")
+                log(f"{stop.reason()}: stopped after epoch {run.epoch}, saved in "
+                    f"{out / 'checkpoint.npz'}; continue with: minivit train --resume --out {out}")
                 raise KeyboardInterrupt
 
     if end_epoch < last_epoch and not run.out_of_time:
@@ -319,16 +162,210 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
     return finish(out, backend=backend, log=log, plots=plots, data=data, world=world)
 
 
+def train_step(run, images, labels, epoch, i, elapsed):
+    """One optimization step on batch i of epoch: learning rate, regularizers, forward,
+    loss, backward, the gradient summed over ranks, the NaN watch, clipping, the update
+    and the weight average. Nothing here reads the device, so the host never waits for
+    the GPU. -> (loss, logits, rows): this rank's loss (0-d), logits and rows of the batch.
+
+    With several ranks every rank builds the same batch, runs its rows, and the gradients
+    are summed (distributed.py); each rank's loss is weighted by its share of the batch."""
+    cfg, model, world = run.cfg, run.model, run.world
+    steps = len(run.train_loader)
+    run.opt.lr = lr_at(cfg, run.step, steps, elapsed)
+    images, targets = augment.regularize(cfg, images, labels, epoch, i)
+    size = image_size_at(cfg, run.step, steps, elapsed)
+    if size != cfg.img_size:                                         # [B, C, size, size]
+        images, _ = resize.area_resize_forward(images, size, kept_area_weights)
+    rows, batch = world.part(len(labels)), len(labels)               # this rank's rows
+    drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
+    logits = run.net.forward(images, rng=drop_rng, rows=rows)
+    loss, dlogits = cross_entropy(logits, targets[rows], cfg.label_smoothing)
+    share = len(logits) / batch                       # 1 on one process
+    model.zero_grad()
+    run.net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
+    world.sum_gradients(model.flat_grads)             # the whole batch's gradient, on every rank
+    sum_sq = grad_norm_squared(model.parameters())   # for the NaN watch and clipping
+    ok = run.guard.watch(run.step + 1, loss, sum_sq)
+    if cfg.clip_grad:
+        clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq)
+    run.opt.step(ok)
+    if run.ema is not None:
+        run.ema.update()
+    run.step += 1
+    return loss, logits, rows
+
+
+def train_epoch(run, stop):
+    """Train epoch run.epoch + 1 from the batch run.totals says, one train_step per batch.
+    Every 10 steps the device is read (the NaN check, the progress bar); a stop request
+    saves a mid-epoch checkpoint after the current step and raises KeyboardInterrupt."""
+    cfg, world, xp = run.cfg, run.world, run.model.xp
+    epoch, base = run.epoch + 1, run.totals           # base: the saved totals, over every rank
+    steps = len(run.train_loader)
+    run_loss = xp.zeros((), dtype=np.float64)         # this rank's totals, on the device
+    run_correct = xp.zeros((), dtype=np.int64)
+    seen = 0
+    t0 = time.perf_counter() - base["seconds"]
+    last_save = time.perf_counter()                   # for cfg.checkpoint_minutes
+
+    def totals(i):
+        """The epoch's totals over every rank after batch i (one collective)."""
+        loss_sum, correct, images = world.sum([float(run_loss), int(run_correct), seen])
+        return dict(batch=i, loss_sum=base["loss_sum"] + loss_sum, correct=base["correct"] + int(correct),
+                    seen=base["seen"] + int(images), seconds=time.perf_counter() - t0)
+
+    bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}" if not cfg.time_budget else f"epoch {epoch}",
+                    run.progress, base["batch"])
+    i = base["batch"] - 1
+    for i, (images, labels) in enumerate(run.train_loader.batches(epoch, base["batch"]), base["batch"]):
+        step_start = time.perf_counter()
+        elapsed = run.train_seconds + step_start - t0                # training time so far
+        if cfg.time_budget:
+            elapsed = world.share(elapsed)       # rank 0's clock: one schedule for every rank
+            if elapsed >= cfg.time_budget:
+                run.out_of_time = True
+                i -= 1
+                break
+        loss, logits, rows = train_step(run, images, labels, epoch, i, elapsed)
+        if not run.compiled:             # a GPU's first step compiled its kernels: wait for
+            float(loss)                  # it once, and leave it off the clock
+            spent = time.perf_counter() - step_start
+            t0 += spent
+            run.compiled = True
+            run.log(f"First step: {spent:.1f} s (it compiled the GPU kernels), not counted as training time.")
+        run_loss += loss * len(logits)
+        run_correct += (logits.argmax(axis=1) == labels[rows]).sum()
+        seen += len(logits)
+        if run.on_step is not None:
+            run.on_step(run.step)
+        stopping = world.any(stop.signal is not None)
+        if i % 10 == 9 or i == steps - 1 or stopping:
+            run.guard.check(run.out / "checkpoint.npz", world)
+            t = totals(i + 1)                        # every rank takes part in the sum
+            _show_progress(bar, run, t, base)
+            # a checkpoint inside the epoch: on request (Ctrl-C, SIGTERM) or on the clock
+            due = cfg.checkpoint_minutes and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+            if (stopping or world.any(due)) and i + 1 < steps:
+                run.totals = t                       # the epoch so far, saved for --resume
+                save_checkpoint(run)
+                last_save = time.perf_counter()
+        if stopping and i + 1 < steps:
+            if bar is not None:
+                bar.close()
+            run.log(f"{stop.reason()}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
+                    f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
+            raise KeyboardInterrupt
+    if bar is not None:
+        bar.close()
+    run.totals = totals(i + 1)
+
+
+def end_of_epoch(run):
+    """Validate (on the averaged weights, if any), keep best.npz, log the epoch's line,
+    then save the checkpoint. Returns the metrics record."""
+    t = run.totals
+    run.epoch += 1
+    run.train_seconds += t["seconds"]
+    run.totals = new_epoch_totals()
+    val_loss = val_acc = None
+    is_best = False
+    if len(run.val_loader.y):      # no validation split: nothing to choose best.npz by
+        with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+            val_loss, val_acc, _ = evaluate(run.net, run.val_loader, run.world)
+            is_best = val_acc > run.best_val_acc
+            run.best_val_acc = max(run.best_val_acc, val_acc)
+            if is_best:            # best.npz holds the weights that were evaluated
+                save_checkpoint(run, run.out / "best.npz", weights_only=True)
+    seen = max(1, t["seen"])
+    record = dict(epoch=run.epoch, step=run.step, lr=run.opt.lr, train_loss=t["loss_sum"] / seen,
+                  train_acc=t["correct"] / seen, val_loss=val_loss, val_acc=val_acc,
+                  epoch_seconds=round(t["seconds"], 3), train_seconds=round(run.train_seconds, 3),
+                  images_per_second=round(t["seen"] / max(t["seconds"], 1e-9), 1))
+    # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint redoes
+    # this epoch on resume (dropping this line and rewriting best.npz alike)
+    if run.world.main:
+        write_jsonl(run.out / "metrics.jsonl", read_jsonl(run.out / "metrics.jsonl") + [record])
+    save_checkpoint(run)
+    val = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no validation"
+    run.log(f"epoch {run.epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+            f"{val}  {t['seconds']:.1f}s  {'(best)' if is_best else ''}".rstrip())
+    return record
+
+
+# ------------------------------------------------------------ starting, saving, finishing
+
+def check_run_folder(out, resume, world):
+    """With resume, the checkpoint in out to continue (ckpt.load's triple); else None,
+    once out is sure to take a new run: it holds no run and no other files."""
+    last_path = out / "checkpoint.npz"
+    if resume:
+        if not last_path.exists():
+            raise MinivitError(f"--resume: no checkpoint at {last_path}; start a new run "
+                               f"without --resume, or point --out at an earlier run folder")
+        return ckpt.load_to_resume(last_path)      # damaged: names what is intact
+    if last_path.exists():
+        raise MinivitError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
+                           f"continue it, or choose another --out")
+    if world.main and out.is_dir() and any(out.iterdir()):    # (rank 0 writes there soon)
+        held = sorted(p.name for p in out.iterdir())
+        raise MinivitError(f"{out} is not empty (it holds {', '.join(held[:4])}"
+                           f"{', ...' if len(held) > 4 else ''}): a new run needs a new or "
+                           f"empty folder, so that no two runs mix their files; choose another --out")
+    return None
+
+
+def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, log=print,
+              progress=True, on_step=None):
+    """Everything a run needs: the data, the model (new, from init_from's weights, or as
+    saved), optimizer, loaders; the run folder is created only now -> Run."""
+    d = prepare_data(cfg, data, log)
+    mean, std = channel_stats(d["x_train"])
+    world.use_local_gpu(get_xp(backend))          # each rank's own GPU, before any device array
+    model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
+    if init_from is not None and saved is None:
+        start_from(model, init_from, log)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)    # only now: a failed start leaves nothing
+    threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
+    if world.local_size > 1 and threads is not None:
+        limit_blas_threads(threads)               # the ranks on this machine share its cores
+    xp = model.xp
+    train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std,
+                          shuffle=True, augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
+                          drop_last=len(d["y_train"]) > cfg.batch_size,
+                          randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
+    run = Run(cfg=cfg, out=out, world=world, model=model, net=FastViT(model, threads=threads),
+              opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
+              train_loader=train_loader,
+              val_loader=Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype),
+              guard=NonFiniteGuard(model, len(train_loader)),
+              meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
+                        mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)),
+              log=log, progress=progress, on_step=on_step, compiled=xp is np)
+    if saved is not None:
+        restore(run, *saved)
+    if world.main:
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{cfg.epochs} epochs")
+    ranks = f" on {world.size} processes" if world.size > 1 else ""
+    log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
+        f"{cfg.preset}; {length}, {len(train_loader)} steps of batch {cfg.batch_size} an epoch.")
+    if cfg.time_budget and not run.compiled:
+        log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
+            "(seconds to a minute, once: CuPy keeps them on disk).")
+    if cfg.low_res:
+        log(f"Progressive resizing: the first {cfg.low_res:.0%} of training on {cfg.low_res_size}x"
+            f"{cfg.low_res_size} images, then {cfg.img_size}x{cfg.img_size}.")
+    return run
+
+
 def start_from(model, path, log=print):
     """Load a checkpoint's weights into a new run's model (--init-from)."""
     weights, _, meta = ckpt.load(path)
-    theirs, ours = meta["model"], dataclasses.asdict(model.config)
-    differ = ckpt.model_differences(theirs, ours)
-    if differ:
-        raise ValueError(f"--init-from {path}: its model has " + ", ".join(
-            f"{k} {theirs[k]!r}" for k in differ) + " but this run asks for " + ", ".join(
-            f"{k} {ours[k]!r}" for k in differ) + "; drop those options (the checkpoint's "
-            "model is used), or start from scratch")
+    problem = ckpt.init_from_mismatch(path, meta["model"], dataclasses.asdict(model.config))
+    if problem:
+        raise MinivitError(problem)
     model.load_state_dict(weights)
     log(f"Starting from the weights of {path} (epoch {meta.get('epoch')}).")
 
@@ -362,143 +399,14 @@ def save_checkpoint(run, path=None, weights_only=False):
               optimizer=None if weights_only else run.opt, ema=None if weights_only else run.ema)
 
 
-def train_epoch(run, stop):
-    """Train epoch run.epoch + 1 from the batch run.totals says, one step per batch. A stop
-    request saves a mid-epoch checkpoint after the current step and raises KeyboardInterrupt.
-
-    With several ranks every rank builds the same batch, runs its rows, and the gradients
-    are summed (distributed.py); each rank's loss is weighted by its share of the batch."""
-    cfg, model, net, world, xp = run.cfg, run.model, run.net, run.world, run.model.xp
-    epoch, base = run.epoch + 1, run.totals           # base: the saved totals, over every rank
-    steps = len(run.train_loader)
-    run_loss = xp.zeros((), dtype=np.float64)         # this rank's totals, on the device
-    run_correct = xp.zeros((), dtype=np.int64)
-    seen = 0
-    t0 = time.perf_counter() - base["seconds"]
-    last_save = time.perf_counter()                   # for cfg.checkpoint_minutes
-
-    def totals(i):
-        """The epoch's totals over every rank after batch i (one collective)."""
-        loss_sum, correct, images = world.sum([float(run_loss), int(run_correct), seen])
-        return dict(batch=i, loss_sum=base["loss_sum"] + loss_sum, correct=base["correct"] + int(correct),
-                    seen=base["seen"] + int(images), seconds=time.perf_counter() - t0)
-
-    bar = _progress(steps, f"epoch {epoch}/{cfg.epochs}" if not cfg.time_budget else f"epoch {epoch}",
-                    run.progress, base["batch"])
-    i = base["batch"] - 1
-    for i, (images, labels) in enumerate(run.train_loader.batches(epoch, base["batch"]), base["batch"]):
-        # one step: nothing here reads the device, so the host never waits for the GPU
-        step_start = time.perf_counter()
-        elapsed = run.train_seconds + step_start - t0                # training time so far
-        if cfg.time_budget:
-            elapsed = world.share(elapsed)       # rank 0's clock: one schedule for every rank
-        if cfg.time_budget and elapsed >= cfg.time_budget:
-            run.out_of_time = True
-            i -= 1
-            break
-        run.opt.lr = lr_at(cfg, run.step, steps, elapsed)
-        images, targets = regularize(cfg, images, labels, epoch, i)
-        size = image_size_at(cfg, run.step, steps, elapsed)
-        if size != cfg.img_size:                                     # [B, C, size, size]
-            images, _ = layers.area_resize_forward(images, size)
-        rows, batch = world.part(len(labels)), len(labels)           # this rank's rows
-        drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
-        logits = net.forward(images, rng=drop_rng, rows=rows)
-        loss, dlogits = cross_entropy(logits, targets[rows], cfg.label_smoothing)
-        share = len(logits) / batch                   # 1 on one process
-        model.zero_grad()
-        net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
-        world.sum_gradients(model.flat_grads)         # the whole batch's gradient, on every rank
-        sum_sq = grad_norm_squared(model.parameters())   # for the NaN guard and clipping
-        ok = run.guard.watch(run.step + 1, loss, sum_sq)
-        if cfg.clip_grad:
-            clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq)
-        run.opt.step(ok)
-        if run.ema is not None:
-            run.ema.update()
-        if not run.compiled:             # a GPU's first step compiled its kernels: wait for
-            float(loss)                  # it once, and leave it off the clock
-            spent = time.perf_counter() - step_start
-            t0 += spent
-            run.compiled = True
-            run.log(f"First step: {spent:.1f} s (it compiled the GPU kernels), not counted as training time.")
-        run.step += 1
-        run_loss += loss * len(logits)
-        run_correct += (logits.argmax(axis=1) == labels[rows]).sum()
-        seen += len(logits)
-        if run.on_step is not None:
-            run.on_step(run.step)
-        # every 10 steps (and at the end) read the device: the NaN check, the progress bar
-        stopping = world.any(stop.signal is not None)
-        if i % 10 == 9 or i == steps - 1 or stopping:
-            run.guard.check(run.out / "checkpoint.npz", world)
-            t = totals(i + 1)                        # every rank takes part in the sum
-            if bar is not None:
-                bar.update(i + 1 - bar.n)
-                left = {}
-                if cfg.time_budget:
-                    seconds = max(0, int(cfg.time_budget - run.train_seconds - t["seconds"]))
-                    left = dict(left=f"{seconds // 60}:{seconds % 60:02d}")
-                bar.set_postfix(loss=f"{t['loss_sum'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}",
-                                img_s=f"{(t['seen'] - base['seen']) / max(1e-9, t['seconds'] - base['seconds']):.0f}",
-                                **left)
-            # a checkpoint inside the epoch: on request (Ctrl-C, SIGTERM) or on the clock
-            due = cfg.checkpoint_minutes and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
-            if (stopping or world.any(due)) and i + 1 < steps:
-                run.totals = t                       # the epoch so far, saved for --resume
-                save_checkpoint(run)
-                last_save = time.perf_counter()
-        if stopping and i + 1 < steps:
-            if bar is not None:
-                bar.close()
-            run.log(f"{stop.reason()}: saved {run.out / 'checkpoint.npz'} at epoch {epoch}, batch "
-                    f"{i + 1} of {steps}; continue with: minivit train --resume --out {run.out}")
-            raise KeyboardInterrupt
-    if bar is not None:
-        bar.close()
-    run.totals = totals(i + 1)
-
-
-def end_of_epoch(run, val_loader):
-    """Validate (on the averaged weights, if any), keep best.npz, log the epoch's line,
-    then save the checkpoint. Returns the metrics record."""
-    t = run.totals
-    run.epoch += 1
-    run.train_seconds += t["seconds"]
-    run.totals = new_epoch_totals()
-    val_loss = val_acc = None
-    is_best = False
-    if len(val_loader.y):      # no validation split: nothing to choose best.npz by
-        with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
-            val_loss, val_acc, _ = evaluate(run.net, val_loader, run.world)
-            is_best = val_acc > run.best_val_acc
-            run.best_val_acc = max(run.best_val_acc, val_acc)
-            if is_best:            # best.npz holds the weights that were evaluated
-                save_checkpoint(run, run.out / "best.npz", weights_only=True)
-    seen = max(1, t["seen"])
-    record = dict(epoch=run.epoch, step=run.step, lr=run.opt.lr, train_loss=t["loss_sum"] / seen,
-                  train_acc=t["correct"] / seen, val_loss=val_loss, val_acc=val_acc,
-                  epoch_seconds=round(t["seconds"], 3), train_seconds=round(run.train_seconds, 3),
-                  images_per_second=round(t["seen"] / max(t["seconds"], 1e-9), 1))
-    # metrics, best.npz, then checkpoint.npz: a run killed before the checkpoint redoes
-    # this epoch on resume (dropping this line and rewriting best.npz alike)
-    if run.world.main:
-        write_jsonl(run.out / "metrics.jsonl", read_jsonl(run.out / "metrics.jsonl") + [record])
-    save_checkpoint(run)
-    val = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no validation"
-    run.log(f"epoch {run.epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-            f"{val}  {t['seconds']:.1f}s  {'(best)' if is_best else ''}".rstrip())
-    return record
-
-
 def finish(out, backend=None, log=print, plots=True, data=None, world=None):
     """Score the run's model on the test set: best.npz (the best validation accuracy), or
     final.npz (the last weights) for a run with a time budget or no validation split;
-    write summary.json, predictions.npz and plots."""
+    write summary.json, predictions.npz and plots. world: as train's."""
     out = Path(out)
     cfg = TrainConfig.from_dict(ckpt.load(out / "checkpoint.npz")[2]["train"])
     chosen = "final.npz" if cfg.time_budget or not cfg.val_fraction else "best.npz"
-    world = world or distributed.World()
+    world = world or distributed.world()
     r = score_checkpoint(out / chosen, data=data, backend=backend, wrap=FastViT, world=world)
     meta = r["meta"]
     if not world.main:
@@ -526,3 +434,18 @@ def _progress(total, desc, enabled, done=0):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _show_progress(bar, run, t, base):
+    """The progress bar at the epoch's totals t: loss, accuracy, images a second, and the
+    time left of a budget."""
+    if bar is None:
+        return
+    bar.update(t["batch"] - bar.n)
+    left = {}
+    if run.cfg.time_budget:
+        seconds = max(0, int(run.cfg.time_budget - run.train_seconds - t["seconds"]))
+        left = dict(left=f"{seconds // 60}:{seconds % 60:02d}")
+    bar.set_postfix(loss=f"{t['loss_sum'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}",
+                    img_s=f"{(t['seen'] - base['seen']) / max(1e-9, t['seconds'] - base['seconds']):.0f}",
+                    **left)

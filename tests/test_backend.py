@@ -3,6 +3,7 @@ import pytest
 
 import minivit
 from minivit import backend
+from minivit.errors import MinivitError
 
 
 def test_numpy_backend_and_helpers():
@@ -17,23 +18,30 @@ def test_env_var_selects_backend(monkeypatch):
     monkeypatch.setenv("MINIVIT_BACKEND", "numpy")
     assert backend.resolve_backend(None) == "numpy"
     monkeypatch.setenv("MINIVIT_BACKEND", "tpu")
-    with pytest.raises(ValueError, match="unknown backend 'tpu'.*MINIVIT_BACKEND"):
+    with pytest.raises(MinivitError, match="unknown backend 'tpu'.*MINIVIT_BACKEND"):
         backend.resolve_backend(None)
 
 
 def test_unknown_backend_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown backend 'torch': choose one of numpy, cupy, auto"):
+    with pytest.raises(MinivitError, match=r"unknown backend 'torch': choose one of numpy, cupy, auto"):
         minivit.ViT(backend="torch")
 
 
-def test_auto_falls_back_to_numpy_without_gpu():
-    expected = "cupy" if backend.gpu_available() else "numpy"
-    assert backend.resolve_backend("auto") == expected
+def test_auto_is_cupy_with_a_usable_gpu_and_numpy_without(monkeypatch):
+    import sys
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)                  # CuPy not installed
+    assert backend.resolve_backend("auto") == "numpy" and backend.get_xp("auto") is np
+    _fake_cupy(monkeypatch, devices=0)                              # CuPy, but no GPU
+    assert backend.resolve_backend("auto") == "numpy"
+    _fake_cupy(monkeypatch)                                         # a usable GPU
+    assert backend.resolve_backend("auto") == "cupy" and backend.get_xp("auto") is sys.modules["cupy"]
 
 
 @pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
 def test_cupy_without_gpu_says_why_and_how_to_fix():
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(MinivitError) as err:
         minivit.ViT(backend="cupy")
     msg = str(err.value)
     assert "backend 'cupy' was requested but" in msg

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from minivit import cli, data, gradcheck
+from minivit.errors import MinivitError
 
 TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-ratio", "2",
         "--batch-size", "32", "--limit-train", "200", "--no-progress"]
@@ -130,6 +131,30 @@ def test_missing_data_and_checkpoint_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_bug_keeps_its_traceback_and_minivit_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """A ValueError from code of one's own (here a broken linear layer) is not turned into
+    a one-line message: it propagates with its traceback. minivit's own errors are one line
+    and exit 2, unless --debug (or MINIVIT_DEBUG=1) asks for the traceback."""
+    from minivit import layers
+
+    def broken_linear(x, w, b):
+        return x.reshape(-1, 7), None           # a student's reshape gone wrong
+    monkeypatch.setattr(layers, "linear_forward", broken_linear)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        cli.main(["gradcheck", "--layer", "linear"])
+    monkeypatch.undo()
+
+    missing = ["eval", "--checkpoint", str(tmp_path / "none.npz")]
+    assert cli.main(missing) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minivit eval: error: checkpoint") and len(err.splitlines()) == 1
+    with pytest.raises(MinivitError, match="does not exist"):
+        cli.main(missing + ["--debug"])
+    monkeypatch.setenv("MINIVIT_DEBUG", "1")
+    with pytest.raises(MinivitError, match="does not exist"):
+        cli.main(missing)
+
+
 def test_every_command_runs_on_each_backend(tmp_path, backend, capsys):
     """train, eval, predict, attention and gradcheck with --backend (the CuPy stand-in
     where there is no GPU)."""
@@ -227,9 +252,28 @@ def test_eval_predict_and_attention_use_the_shipped_model_without_a_checkpoint(r
     assert "no --checkpoint given and no model ships" in capsys.readouterr().err
 
 
-def test_eval_with_flip_averaging(run_dir, capsys, backend):
-    assert cli.main(["eval", "--checkpoint", str(run_dir / "best.npz"), "--flip", "--backend", backend]) == 0
+def test_eval_with_flip_averaging(capsys, backend, tmp_path):
+    """eval --flip scores the mean of the model's logits on each test image and on its
+    mirror image (a model with random weights, so that mirroring matters)."""
+    import numpy as np
+    from minivit import ViT, checkpoint, cross_entropy, to_host
+    model = ViT(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, seed=0)
+    model.flat_params[...] = np.random.default_rng(0).normal(0.0, 1.0, model.flat_params.shape)
+    meta = dict(mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], epoch=0, data_arg=None)
+    checkpoint.save(tmp_path / "random.npz", model, meta)
+    scores = {}
+    for flip in ([], ["--flip"]):
+        out = tmp_path / f"eval{len(flip)}.json"
+        assert cli.main(["eval", "--checkpoint", str(tmp_path / "random.npz"), "--backend", backend,
+                         "--out", str(out), *flip]) == 0
+        scores[bool(flip)] = json.loads(out.read_text())
     assert "(with flipped copies)" in capsys.readouterr().out
+    x_test, y_test = data.load_test(data.SAMPLE_FOLDER)
+    images = data.normalize(x_test, meta["mean"], meta["std"])
+    logits = 0.5 * (to_host(model.forward(images)) + to_host(model.forward(images[..., ::-1])))
+    assert scores[True]["loss"] == pytest.approx(float(cross_entropy(logits, y_test)[0]), rel=1e-4)
+    assert scores[True]["accuracy"] == pytest.approx(float((logits.argmax(axis=1) == y_test).mean()), abs=0.005)
+    assert abs(scores[True]["loss"] - scores[False]["loss"]) > 1e-2     # mirroring matters here
 
 
 def test_version_broken_pipe_plot_exit_code_and_file_modes(run_dir, tmp_path, capsys, monkeypatch):

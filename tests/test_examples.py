@@ -16,22 +16,20 @@ def run(script, *args):
     return proc.stdout
 
 
-def test_train_cifar10_example():
-    out = run("train_cifar10.py", "--backend", "numpy", "--epochs", "1", "--limit", "300",
-              "--embed-dim", "12", "--depth", "1")
-    assert "epoch  1  loss" in out
-    assert re.search(r"test accuracy 0\.\d{4}", out)
-
-
 def test_overfit_one_batch_example_drives_the_loss_down():
     out = run("overfit_one_batch.py", "--steps", "40", "--batch", "16")
     final = float(re.search(r"final loss (\d+\.\d+)", out).group(1))
     assert final < 1.0, out        # from ln 10 = 2.30
 
 
-def test_the_quick_look_command_in_the_docstring_runs_as_written():
+def test_the_quick_look_command_in_the_docstring_learns():
+    """The reference experiment's quick look (2 epochs on 900 sample images) runs as written
+    and learns: the loss falls below ln 10 = 2.30 and the test accuracy (500 images) is
+    well above chance (10%; 17% is over 5 standard deviations above it)."""
     with open(os.path.join(ROOT, "examples", "train_cifar10.py")) as f:
         line = next(l for l in f if "# a quick look" in l)
     args = line.split("#")[0].split()[2:]          # after "python examples/train_cifar10.py"
     out = run("train_cifar10.py", "--backend", "numpy", *args)
-    assert re.search(r"test accuracy 0\.\d{4}", out)
+    losses = [float(v) for v in re.findall(r"epoch +\d+  loss (\d+\.\d+)", out)]
+    assert len(losses) == 2 and losses[-1] < 2.25 and losses[-1] < losses[0], out
+    assert float(re.search(r"test accuracy (\d\.\d{4})", out).group(1)) > 0.17, out

@@ -7,6 +7,7 @@ from scipy.special import erf
 
 import minivit
 from minivit import fast, gradcheck, kernels, layers, threads
+from minivit.errors import MinivitError
 from minivit.fast import FastViT
 
 from conftest import tiny_config
@@ -45,14 +46,14 @@ def test_blocked_gelu_is_accurate_at_the_extremes():
 def test_gelu_kernels_agree_with_the_reference(big, kind):
     x, dy = big
     b = np.linspace(-1, 1, x.shape[-1]).astype(np.float32)
-    y, dgelu = fast.GELUS[kind](x, b)                      # blocked for exact float32 NumPy
+    y, dgelu = fast.GELU_BIAS_KERNELS[kind](x, b)                      # blocked for exact float32 NumPy
     forward, backward = layers.GELUS[kind]
     y_ref, cache = forward(x + b)
     assert y.dtype == dgelu.dtype == np.float32
     np.testing.assert_allclose(y, y_ref, rtol=2e-6, atol=2e-6)
     np.testing.assert_allclose(dy * dgelu, backward(dy, cache), rtol=2e-6, atol=2e-6)
     x64 = x[:50].astype(np.float64)                        # float64: the plain body, exact
-    y, dgelu = fast.GELUS[kind](x64, b.astype(np.float64))
+    y, dgelu = fast.GELU_BIAS_KERNELS[kind](x64, b.astype(np.float64))
     y_ref, cache = forward(x64 + b)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(dgelu, backward(np.ones_like(x64), cache), rtol=1e-12, atol=1e-13)
@@ -61,7 +62,7 @@ def test_gelu_kernels_agree_with_the_reference(big, kind):
 def test_small_and_float64_arrays_skip_the_blocked_gelu(monkeypatch):
     assert not kernels.applies(np.zeros(10, np.float32))
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float64))
-    monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_FAST=1)
+    monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_BLOCKED_GELU=1)
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float32))
 
 
@@ -74,14 +75,14 @@ def test_fast_block_equals_the_reference_block(drop_path, cls_only):
     keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
             if drop_path else None)
     y_ref, c_ref = layers.block_forward(x, p, 2, keep=keep)
-    y, c = fast.block(x, p, 2, keep=keep, cls_only=cls_only)
+    y, c = fast.block_fused(x, p, 2, keep=keep, cls_only=cls_only)
     rows = 1 if cls_only else x.shape[1]
     np.testing.assert_allclose(y, y_ref[:, :rows], rtol=1e-12, atol=1e-14)
     dy = np.zeros_like(y_ref)
     dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
     dx_ref, g_ref = layers.block_backward(dy, c_ref)
     g = {k: np.full_like(v, np.nan) for k, v in g_ref.items()}   # every entry must be written
-    dx = fast.block_backward(dy[:, :rows], c, g, np)
+    dx = fast.block_backward_into(dy[:, :rows], c, g, np)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     for k in g_ref:
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
@@ -117,6 +118,24 @@ def test_fast_model_equals_the_reference_model_on_each_backend(backend, pool):
                         backend=backend)
     ref = _host(_step(model, model, x, labels, rng_seed=2))
     _assert_same(ref, _host(_step(FastViT(model), model, x, labels, rng_seed=2)))
+
+
+@pytest.mark.parametrize("pool, stem", [("cls", 0), ("mean", 4)])
+def test_fast_model_equals_the_reference_with_every_parameter_random(backend, pool, stem):
+    """A freshly built model has zero biases and unit LayerNorm weights, which hide a bias
+    added in the wrong place (say, outside a residual kernel's stochastic-depth mask): here
+    every parameter is random, stochastic depth is on, and smaller images take the resized
+    position embedding."""
+    model = minivit.ViT(**tiny_config(depth=3, drop_path=0.4, pool=pool, stem_channels=stem),
+                        dtype="float64", backend=backend)
+    rng = np.random.default_rng(3)
+    model.flat_params[...] = model.xp.asarray(rng.normal(0.0, 0.5, model.flat_params.shape))
+    assert min(float(abs(model.params[k]).min()) for k in ("head.bias", "blocks.2.mlp.2.bias")) > 0
+    for side in (8, 4):
+        x = rng.standard_normal((5, 3, side, side))
+        labels = np.arange(5) % 3
+        ref = _host(_step(model, model, x, labels, rng_seed=2))
+        _assert_same(ref, _host(_step(FastViT(model, threads=2), model, x, labels, rng_seed=2)))
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 7])
@@ -185,7 +204,7 @@ def test_thread_count_setting(monkeypatch):
     assert FastViT(minivit.ViT(**tiny_config())).threads == 3
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("MINIVIT_THREADS", bad)
-        with pytest.raises(ValueError, match="MINIVIT_THREADS"):
+        with pytest.raises(MinivitError, match="MINIVIT_THREADS"):
             threads.cpu_threads()
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         FastViT(minivit.ViT(**tiny_config()), threads=0)

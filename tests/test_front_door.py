@@ -13,6 +13,7 @@ from minivit import cli, data
 from minivit import train as train_module
 from minivit import ViT
 from minivit.config import TrainConfig, ViTConfig
+from minivit.errors import MinivitError
 from minivit.files import read_jsonl
 from minivit.train import train
 
@@ -46,7 +47,7 @@ def test_a_new_run_refuses_a_folder_holding_other_files(tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text("my own notes\n")
     cfg = TrainConfig.from_preset("sample", epochs=1, limit_train=200, **TINY_CFG)
-    with pytest.raises(FileExistsError, match=r"mine is not empty \(it holds metrics.jsonl\).*choose another --out"):
+    with pytest.raises(MinivitError, match=r"mine is not empty \(it holds metrics.jsonl\).*choose another --out"):
         train(cfg, out=out, progress=False, plots=False, log=quiet)
     assert sorted(os.listdir(out)) == ["metrics.jsonl"]              # nothing written, nothing lost
     assert (out / "metrics.jsonl").read_text() == "my own notes\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minivit
-from minivit import gradcheck, layers
+from minivit import gradcheck, layers, resize
 from minivit.backend import get_xp, to_device, to_host
 
 
@@ -154,21 +154,21 @@ def test_area_resize_matches_torch_adaptive_average_pooling(size):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 3, 32, 32))
-    y, cache = layers.area_resize_forward(x, size)
+    y, cache = resize.area_resize_forward(x, size)
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.nn.functional.adaptive_avg_pool2d(tx, size)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
     G = rng.standard_normal(y.shape)
     ty.backward(torch.from_numpy(G))
-    np.testing.assert_allclose(layers.area_resize_backward(G, cache), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(resize.area_resize_backward(G, cache), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_area_resize_by_two_averages_2x2_blocks_and_keeps_the_class_token():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
-    y, _ = layers.area_resize_forward(x, 2)
+    y, _ = resize.area_resize_forward(x, 2)
     np.testing.assert_array_equal(y[0, 0], [[2.5, 4.5], [10.5, 12.5]])
     pos = np.random.default_rng(6).standard_normal((1, 1 + 16, 3))      # a 4 x 4 grid
-    small, _ = layers.pos_embed_resize_forward(pos, 2)                  # a 2 x 2 grid
+    small, _ = resize.pos_embed_resize_forward(pos, 2)                  # a 2 x 2 grid
     assert small.shape == (1, 5, 3)
     np.testing.assert_array_equal(small[0, 0], pos[0, 0])
     np.testing.assert_allclose(small[0, 1], pos[0, [1, 2, 5, 6]].mean(axis=0), rtol=1e-12)

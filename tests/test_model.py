@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minivit
-from minivit import gradcheck
+from minivit import gradcheck, resize
 from minivit.backend import to_host
 
 from conftest import tiny_config
@@ -57,7 +57,6 @@ def test_initialization_is_as_documented():
     (dict(img_size=32, patch_size=5), "img_size 32 is not divisible by patch_size 5"),
     (dict(embed_dim=100, num_heads=3), "embed_dim 100 is not divisible by num_heads 3"),
     (dict(dtype="float16"), "unknown dtype 'float16': use one of float32, float64"),
-    (dict(backend="jax"), "unknown backend 'jax'"),
     (dict(depth=0), "depth must be a positive integer, got 0"),
     (dict(num_classes=2.5), "num_classes must be a positive integer, got 2.5"),
     (dict(mlp_ratio=0), "mlp_ratio must be a positive number, got 0"),
@@ -66,6 +65,16 @@ def test_initialization_is_as_documented():
 def test_invalid_configurations_raise_clear_errors(cfg, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         minivit.ViT(**cfg)
+
+
+def test_fields_given_beside_a_config_override_it_everywhere():
+    """ViT(config, field=...): the model is built as self.config says, dtype included."""
+    model = minivit.ViT(minivit.ViTConfig(**tiny_config()), dtype="float64", depth=1)
+    assert model.config.dtype == "float64" and model.config.depth == 1
+    assert model.dtype == np.float64
+    assert all(v.dtype == np.float64 for v in model.state_dict().values())
+    assert model.forward(np.zeros((1, 3, 8, 8))).dtype == np.float64
+    assert "blocks.1.norm1.weight" not in model.state_dict()
 
 
 def test_same_seed_same_model_and_outputs():
@@ -256,7 +265,7 @@ def test_smaller_images_take_an_area_resized_position_embedding(backend, stem):
         assert report.passed, str(report)
     # a 4x4 image whose 2x2 blocks are constant is the 8x8 image area-resized
     big = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-    small, _ = minivit.layers.area_resize_forward(big, 4)
+    small, _ = resize.area_resize_forward(big, 4)
     np.testing.assert_allclose(small, x, rtol=1e-12)
     with pytest.raises(ValueError, match=r"images are 5x5, the model expects 8x8 \(or smaller "
                                          r"square images whose side is a multiple of 2\)"):

@@ -72,7 +72,7 @@ def test_pixel_operations(images):
     np.testing.assert_allclose(_op("autocontrast", flat, 0), flat)
 
 
-def test_rand_augment_is_repeatable_and_per_image(images):
+def test_rand_augment_is_repeatable_and_leaves_its_input_alone(images):
     a = augment.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
     b = augment.rand_augment(images, np.random.default_rng(1), num_ops=2, magnitude=9)
     np.testing.assert_array_equal(a, b)
@@ -98,6 +98,21 @@ def test_rand_augment_gives_each_image_its_own_operations(backend):
             ref[i:i + 1] = op(ref[i:i + 1], np.array([7.0]), sign[i:i + 1])
     assert len({names[k] for k in choice}) > 6             # many operations in one batch
     np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_rand_augment_draws_the_operations_per_image(backend):
+    """32 copies of one image, one operation each from identity and solarize at full
+    strength (which inverts every value): each image draws its own, so both show up, each
+    image is exactly one of the two, and which one follows the generator's draws."""
+    xp = get_xp(backend)
+    one = np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32)
+    batch = np.repeat(one, 32, axis=0)
+    out = to_host(augment.rand_augment(xp.asarray(batch), np.random.default_rng(7), num_ops=1,
+                                       magnitude=10, ops=["identity", "solarize"]))
+    kept = np.array([np.array_equal(o, one[0]) for o in out])
+    inverted = np.array([np.allclose(o, 1.0 - one[0]) for o in out])
+    assert (kept ^ inverted).all() and 0 < kept.sum() < 32
+    np.testing.assert_array_equal(inverted, np.random.default_rng(7).integers(0, 2, 32) == 1)
 
 
 def test_rand_augment_rejects_bad_settings(images):

@@ -130,7 +130,7 @@ def test_a_python_number_as_ok_is_caught(cupy_strict_module, monkeypatch):
 
 def test_a_float64_scalar_in_a_float32_run_is_caught(cupy_strict_module, monkeypatch, tmp_path):
     from minivit import fast
-    plant(monkeypatch, fast, "layernorm", "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)",
+    plant(monkeypatch, fast, "layernorm_fused", "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)",
           "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, np.float64(eps))")
     with cupy_strict.recording() as ops:
         _train(tmp_path, {})

@@ -1,5 +1,6 @@
 """Training: a short real run, checkpoints, exact resume, evaluation helpers."""
 
+import dataclasses
 import json
 import re
 import time
@@ -10,6 +11,7 @@ import pytest
 import minivit
 from minivit import checkpoint as ckpt
 from minivit.config import TrainConfig
+from minivit.errors import MinivitError
 from minivit.evaluate import confusion_matrix, per_class_accuracy
 from minivit.files import read_jsonl
 from minivit.train import decay_groups, train
@@ -62,9 +64,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, backend):
 def test_a_finished_run_is_not_overwritten(tmp_path):
     cfg = TrainConfig.from_preset("sample", epochs=1, **TINY)
     train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
-    with pytest.raises(FileExistsError, match="already holds a run .*pass --resume"):
+    with pytest.raises(MinivitError, match="already holds a run .*pass --resume"):
         train(cfg, out=tmp_path / "run", progress=False, plots=False, log=quiet)
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at"):
+    with pytest.raises(MinivitError, match="--resume: no checkpoint at"):
         train(None, out=tmp_path / "other", resume=True, log=quiet)
 
 
@@ -83,14 +85,6 @@ def test_checkpoint_round_trip_and_torch_names(tmp_path, backend):
     assert "m.head.weight" in optim
     with np.load(tmp_path / "c.npz", allow_pickle=False) as f:   # loads without pickle
         assert f["blocks.1.attn.in_proj_weight"].shape == (72, 24)
-
-
-def test_float16_checkpoint_storage(tmp_path):
-    model = minivit.ViT(embed_dim=24, depth=1, num_heads=3)
-    ckpt.save(tmp_path / "half.npz", model, {}, dtype="float16")
-    loaded, _ = ckpt.load_model(tmp_path / "half.npz")
-    assert loaded.dtype == np.float32
-    np.testing.assert_allclose(loaded.params["head.weight"], model.params["head.weight"], atol=1e-4)
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -132,6 +126,28 @@ def test_accuracy_helpers():
     y, p = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
     assert per_class_accuracy(y, p, 3) == [0.5, 1.0, pytest.approx(2 / 3)]
     np.testing.assert_array_equal(confusion_matrix(y, p, 3), [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+
+
+def test_flip_averages_the_logits_of_each_image_and_its_mirror_image(backend):
+    """evaluate(flip=True): the logits are the mean of the model's on x and on x mirrored
+    left-right; loss, accuracy and predictions follow from them."""
+    from minivit.data import Loader, normalize
+    from minivit.evaluate import evaluate
+    from conftest import tiny_config
+    model = minivit.ViT(**tiny_config(num_classes=10), dtype="float64", backend=backend)
+    rng = np.random.default_rng(0)
+    model.flat_params[...] = model.xp.asarray(rng.normal(0.0, 0.5, model.flat_params.shape))
+    x = rng.integers(0, 256, (12, 3, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 10, 12)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]
+    loader = Loader(x, y, 5, model.xp, mean, std, dtype="float64")
+    loss, acc, preds = evaluate(model, loader, flip=True)
+    images = normalize(model.xp.asarray(x), mean, std, "float64")
+    logits = minivit.to_host(0.5 * (model.forward(images) + model.forward(images[..., ::-1])))
+    assert loss == pytest.approx(float(minivit.cross_entropy(logits, y)[0]), rel=1e-12)
+    np.testing.assert_array_equal(preds, logits.argmax(axis=1))
+    assert acc == pytest.approx(float((logits.argmax(axis=1) == y).mean()))
+    assert abs(evaluate(model, loader)[0] - loss) > 1e-3          # the mirror images count
 
 
 @pytest.mark.parametrize("over, message", [
@@ -193,7 +209,7 @@ def test_on_a_gpu_the_time_budget_clock_starts_after_the_compiling_first_step(tm
 
 
 def test_the_learning_rate_follows_the_clock():
-    from minivit.train import lr_at
+    from minivit.schedule import lr_at
     cfg = TrainConfig.from_preset("default", time_budget=100.0, warmup_fraction=0.1, lr=1.0, min_lr=0.0)
     assert lr_at(cfg, 0, 10, elapsed=5.0) == pytest.approx(0.5)          # half way up the warmup
     assert lr_at(cfg, 0, 10, elapsed=10.0) == pytest.approx(1.0)
@@ -204,9 +220,55 @@ def test_the_learning_rate_follows_the_clock():
     assert lr_at(linear, 0, 10, elapsed=25.0) == pytest.approx(0.75)
 
 
+def test_the_learning_rate_follows_the_steps_without_a_time_budget():
+    """By epochs: warmup_epochs of linear warmup to the peak, then each schedule's decay
+    reaching min_lr at the last step (10 steps an epoch here)."""
+    import math
+    from minivit.schedule import lr_at
+    cosine = TrainConfig.from_preset("default", epochs=6, warmup_epochs=2.0, lr=1.0, min_lr=0.0)
+    lr = [lr_at(cosine, s, 10) for s in range(60)]
+    assert lr[:20] == pytest.approx([(s + 1) / 20 for s in range(20)])   # two epochs up
+    assert lr[20] == pytest.approx(1.0) and max(lr) == pytest.approx(1.0)
+    assert lr[40] == pytest.approx(0.5)                                  # half way down
+    assert lr[59] == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    assert all(a >= b for a, b in zip(lr[20:], lr[21:]))
+    linear = TrainConfig.from_preset("default", epochs=3, warmup_epochs=1.0, schedule="linear",
+                                     lr=1.0, min_lr=0.1)
+    lr = [lr_at(linear, s, 10) for s in range(30)]
+    assert lr[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lr[10] == pytest.approx(1.0) and lr[20] == pytest.approx(0.55) and lr[29] == pytest.approx(0.145)
+    constant = TrainConfig.from_preset("default", epochs=3, warmup_epochs=0.5, schedule="constant", lr=1.0)
+    assert [lr_at(constant, s, 10) for s in (0, 4, 5, 29)] == pytest.approx([0.2, 1.0, 1.0, 1.0])
+    assert lr_at(dataclasses.replace(constant, warmup_epochs=0.0), 0, 10) == 1.0
+
+
+def test_training_sees_exactly_the_training_split_and_validation_the_rest(tmp_path):
+    """The images a run trains on and the ones it validates on are disjoint and together
+    the training images it was given (limit_train of them), labels alongside; none is a
+    test image."""
+    from minivit import data, distributed
+    from minivit.backend import to_host
+    from minivit.train import start_run
+    cfg = TrainConfig.from_preset("sample", val_fraction=0.2, **TINY)          # 256 images
+    run = start_run(cfg, None, tmp_path / "run", distributed.World(), log=quiet, progress=False)
+    d = data.load_cifar10(data.SAMPLE_FOLDER)
+
+    def rows(x):
+        return [r.tobytes() for r in to_host(x)]
+    given, train_rows, val_rows = rows(d["x_train"][:256]), rows(run.train_loader.x), rows(run.val_loader.x)
+    assert len(set(given)) == 256                                 # no image twice in the sample
+    assert not set(train_rows) & set(val_rows)
+    assert sorted(train_rows + val_rows) == sorted(given)
+    assert len(val_rows) == pytest.approx(0.2 * 256, abs=5)
+    label = dict(zip(given, d["y_train"][:256].tolist()))
+    assert [label[r] for r in train_rows] == to_host(run.train_loader.y).tolist()
+    assert [label[r] for r in val_rows] == to_host(run.val_loader.y).tolist()
+    assert not set(rows(d["x_test"])) & set(given)
+
+
 def test_progressive_resizing_trains_the_first_share_on_smaller_images(tmp_path, backend, monkeypatch):
     from minivit.fast import FastViT
-    from minivit.train import image_size_at
+    from minivit.schedule import image_size_at
     clock = TrainConfig.from_preset("hybrid", time_budget=100.0, low_res=0.4, low_res_size=16)
     assert [image_size_at(clock, 0, 10, elapsed=t) for t in (0.0, 39.9, 40.0, 99.0)] == [16, 16, 32, 32]
     steps = TrainConfig.from_preset("hybrid", epochs=5, low_res=0.4, low_res_size=16)

@@ -1,0 +1,65 @@
+"""Area resizing, forward and backward: the smaller images of progressive resizing
+(--low-res) and the position embedding that fits their smaller patch grid. The same
+pattern as layers.py (docs/gradients.md §3b derives the backward passes):
+
+    y, cache = area_resize_forward(x, size)      # [..., H, W] -> [..., size, size]
+    dx = area_resize_backward(dy, cache)
+"""
+
+import math
+from types import SimpleNamespace as Cache
+
+import numpy as np
+
+from .backend import array_module, to_device
+
+
+def area_weights(n_in, n_out, xp=np, dtype=np.float64):
+    """[n_out, n_in]: row i averages the inputs of cell i, [floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out)), as torch's adaptive average pooling (32 -> 16: pairs)."""
+    R = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        R[i, lo:hi] = 1.0 / (hi - lo)
+    return to_device(R, xp, dtype)
+
+
+def area_resize_forward(x, size, weights=area_weights):
+    """Resize the last two axes of x [..., H, W] to [..., size, size] by area averaging:
+
+        y = R_h x R_w^T,   R_h = area_weights(H, size), R_w = area_weights(W, size)
+
+    one linear map per image and channel (a matrix product on each side). weights: a
+    function like area_weights (training passes one that keeps its matrices)."""
+    xp = array_module(x)
+    Rh = weights(x.shape[-2], size, xp, x.dtype)                      # [size, H]
+    Rw = weights(x.shape[-1], size, xp, x.dtype)                      # [size, W]
+    return Rh @ x @ Rw.T, Cache(Rh=Rh, Rw=Rw)                         # [..., size, size]
+
+
+def area_resize_backward(dy, cache):
+    """y = R_h x R_w^T is linear in x, so dx = R_h^T dy R_w  [..., H, W]."""
+    return cache.Rh.T @ dy @ cache.Rw
+
+
+def pos_embed_resize_forward(pos_embed, grid, weights=area_weights):
+    """The position embedding [1, 1 + full*full, D] of a full x full patch grid for a
+    grid x grid one (smaller images): the class token's row as it is, the grid's rows
+    area-resized as D channels of a full x full image -> [1, 1 + grid*grid, D]."""
+    xp = array_module(pos_embed)
+    D = pos_embed.shape[2]
+    full = math.isqrt(pos_embed.shape[1] - 1)
+    img = pos_embed[0, 1:].T.reshape(1, D, full, full)                 # [1, D, full, full]
+    small, c_resize = area_resize_forward(img, grid, weights)          # [1, D, grid, grid]
+    rows = small.reshape(D, grid * grid).T[None]                       # [1, grid*grid, D]
+    return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, full=full)
+
+
+def pos_embed_resize_backward(dy, cache):
+    """The class token's row passes through; the grid's rows go back through the resize."""
+    xp = array_module(dy)
+    D, grid = dy.shape[2], math.isqrt(dy.shape[1] - 1)
+    dsmall = dy[0, 1:].T.reshape(1, D, grid, grid)                     # [1, D, grid, grid]
+    dimg = area_resize_backward(dsmall, cache.resize)                  # [1, D, full, full]
+    rows = dimg.reshape(D, cache.full * cache.full).T[None]            # [1, full*full, D]
+    return xp.concatenate([dy[:, :1], rows], axis=1)                   # [1, 1 + full*full, D]
