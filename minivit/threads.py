@@ -1,4 +1,5 @@
-"""CPU helpers for speed: the host allocator and a pool of worker threads.
+"""CPU helpers for speed: the host allocator, a pool of worker threads, and the machine
+reference that time-budget figures carry (gemm_gflops).
 
 Nothing here changes a number the model computes; fast.py uses these to run the
 reference math faster on the CPU, and the training entry points call
@@ -17,7 +18,10 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
 
 from .errors import MinivitError
 
@@ -117,3 +121,17 @@ def shards(batch, n):
     n = max(1, min(n, batch))
     bounds = [batch * k // n for k in range(n + 1)]
     return [slice(bounds[k], bounds[k + 1]) for k in range(n)]
+
+
+def gemm_gflops(xp=np, n=1024, seconds=0.5):
+    """The machine's speed today, for a time budget's figures: GFLOP/s of a float32 n x n
+    matrix product on the backend xp (NumPy's BLAS threads, or the GPU), over about
+    `seconds`. A 5-minute budget buys training in proportion to it (a VM's speed drifts
+    from day to day)."""
+    a = xp.ones((n, n), dtype=np.float32)
+    float((a @ a)[0, 0])                                 # warm up (and wait for a GPU)
+    reps, start = 0, time.perf_counter()
+    while reps == 0 or time.perf_counter() - start < seconds:
+        float((a @ a)[0, 0])                             # one product, waited for
+        reps += 1
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e9

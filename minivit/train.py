@@ -46,7 +46,7 @@ from .model import ViT
 from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared
 from .plots import plot_run
 from .schedule import image_size_at, lr_at
-from .threads import cpu_threads, limit_blas_threads, tune_host_allocator
+from .threads import cpu_threads, gemm_gflops, limit_blas_threads, tune_host_allocator
 
 
 def decay_groups(model, weight_decay):
@@ -351,6 +351,9 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
         f"{cfg.preset}; {length}, {len(train_loader)} steps of batch {cfg.batch_size} an epoch.")
+    if cfg.time_budget:                  # the figures of a budget carry the machine's speed
+        run.meta["gemm_gflops"] = round(gemm_gflops(xp), 1)
+        log(f"Machine reference: float32 GEMM at {run.meta['gemm_gflops']:g} GFLOP/s on {model.backend}.")
     if cfg.time_budget and not run.compiled:
         log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
             "(seconds to a minute, once: CuPy keeps them on disk).")
@@ -416,7 +419,8 @@ def finish(out, backend=None, log=print, plots=True, data=None, world=None):
                    best_epoch=meta["epoch"] if chosen == "best.npz" else None,
                    best_val_acc=meta["best_val_acc"], data=r["source"],
                    per_class_acc=dict(zip(CLASSES, r["per_class"])), preset=meta["train"]["preset"],
-                   parameters=r["model"].num_parameters(), backend=r["model"].backend)
+                   parameters=r["model"].num_parameters(), backend=r["model"].backend,
+                   images_per_second=_images_per_second(out), gemm_gflops=meta.get("gemm_gflops"))
     write_json(out / "summary.json", summary)
     atomic_write(out / "predictions.npz", lambda f: np.savez(
         f, y_true=r["y_test"], y_pred=r["preds"], images=r["x_test"][:32]))
@@ -427,6 +431,13 @@ def finish(out, backend=None, log=print, plots=True, data=None, world=None):
             log("Plots: " + ", ".join(str(p) for p in written))
     log(f"Outputs in {out}/ (checkpoint.npz, best.npz, metrics.jsonl, summary.json)")
     return summary
+
+
+def _images_per_second(out):
+    """The training images per second of a run, over all its epochs."""
+    metrics = read_jsonl(out / "metrics.jsonl")
+    seconds = sum(m["epoch_seconds"] for m in metrics)
+    return round(sum(m["images_per_second"] * m["epoch_seconds"] for m in metrics) / max(seconds, 1e-9), 1)
 
 
 def _progress(total, desc, enabled, done=0):

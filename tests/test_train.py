@@ -176,6 +176,9 @@ def test_a_time_budget_ends_on_time_with_the_rate_decayed_and_resumes(tmp_path, 
     assert 3.0 <= spent <= 3.0 + 2 * step_time + 0.05, (spent, step_time)   # on time, to a step
     assert metrics[-1]["lr"] <= 0.05 * cfg.lr                               # decayed to the end
     assert summary["model"] == "final.npz" and summary["train_seconds"] == pytest.approx(spent, abs=1e-3)
+    assert summary["gemm_gflops"] > 0.1 and summary["images_per_second"] > 0     # the machine's speed
+    per_epoch = [m["images_per_second"] for m in metrics]
+    assert min(per_epoch) <= summary["images_per_second"] <= max(per_epoch)
     # interrupted after its first epoch and resumed: the budget counts training time only
     train(cfg, out=tmp_path / "cut", stop_after_epochs=1, **kw)
     first = read_metrics(tmp_path / "cut")[-1]["train_seconds"]
