@@ -30,7 +30,6 @@ import errno
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile

@@ -1,7 +1,7 @@
 """Device operations (about one kernel launch each) and host syncs per training step on
 the CuPy path, counted without a GPU.
 
-    python benchmarks/launch_count.py               # default and seed presets, batch 80
+    python benchmarks/launch_count.py               # default, seed and hybrid presets, batch 80
     python benchmarks/launch_count.py --torch       # + PyTorch eager's kernel count
 
 On a GPU each CuPy operation costs 5-20 us of Python and launch overhead, while the

@@ -33,7 +33,7 @@ from .files import read_json, write_json
 from .options import DEBUG_ENV_VAR, build_parser
 from .runlock import train_locked
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_INTERRUPTED = 130
 
 
 def _check_writable(parser, folder):
@@ -341,7 +341,8 @@ def main(argv=None):
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
             if show_traceback:
                 traceback.print_exc()
-            world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}")
+            world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}",
+                        getattr(e, "exit_status", 1))
         if show_traceback:
             raise
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)

@@ -140,7 +140,7 @@ def cuda_aware_mpi():
     if setting in ("0", "1"):
         return setting == "1"
     if setting:
-        raise ValueError(f"MINIVIT_CUDA_AWARE_MPI={setting!r}: set it to 1 (the MPI library "
+        raise MinivitError(f"MINIVIT_CUDA_AWARE_MPI={setting!r}: set it to 1 (the MPI library "
                          f"takes GPU buffers) or 0 (it does not), or unset it to ask the library")
     import ctypes
     from mpi4py import MPI

@@ -9,5 +9,6 @@ class MinivitError(Exception):
 
 class RunFailed(MinivitError):
     """A run that could not go on: a failed write (a full disk, a read-only or deleted
-    folder), a run folder in use by another process, a damaged run file."""
+    folder), a run folder in use by another process, a damaged metrics.jsonl, a step whose
+    loss or gradients went NaN or Inf."""
     exit_status = 1

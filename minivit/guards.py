@@ -4,7 +4,7 @@ SIGTERM), and a step whose loss or gradients hold NaN or Inf.
     with StopRequest() as stop:          # stop.signal: None, or the signal's name
         ...
     guard = NonFiniteGuard(model, steps_per_epoch)
-    ok = guard.watch(step, loss)         # each step, on the device: opt.step(ok)
+    ok = guard.watch(step, loss, sum_sq) # each step, on the device: opt.step(ok)
     guard.check(checkpoint_path)         # when the loop reads the device anyway
 """
 
@@ -14,7 +14,7 @@ import signal
 import numpy as np
 
 from .backend import to_host
-from .errors import MinivitError
+from .errors import RunFailed
 from .kernels import kernel
 
 
@@ -82,14 +82,14 @@ class NonFiniteGuard:
         return self.ok
 
     def check(self, last_path, world=None):
-        """Raise MinivitError if a watched step was bad (one read of the device); with
+        """Raise RunFailed if a watched step was bad (one read of the device); with
         several ranks, every rank raises when any saw a bad step."""
         bad_here = not bool(self.ok)
         if not (world.any(bad_here) if world is not None else bad_here):
             return
         if not bad_here:
-            raise MinivitError("another rank saw NaN or Inf in its loss; no weight "
-                                     "changed from that step on")
+            raise RunFailed("another rank saw NaN or Inf in its loss; no weight changed "
+                            "from that step on")
         step = int(self.bad_step)
         epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
         loss = float(self.bad_loss)
@@ -99,9 +99,10 @@ class NonFiniteGuard:
             grads = self.model.views(to_host(self.bad_grads))
             names = [k for k, g in grads.items() if not np.isfinite(g).all()]
             more = f" (and {len(names) - 1} more tensors)" if len(names) > 1 else ""
-            bad = f"the gradient of {names[-1]}{more} holds NaN or Inf"
+            bad = (f"the gradient of {names[-1]}{more} holds NaN or Inf" if names else
+                   "the gradients' norm overflowed (every gradient is finite, their squares' sum is not)")
         kept = (f"the last good checkpoint {last_path} is intact" if last_path.exists()
                 else "no checkpoint had been written yet")
-        raise MinivitError(
+        raise RunFailed(
             f"step {step} (epoch {epoch}, batch {batch}): {bad}. No weight changed from that "
             f"step on; {kept}. Lower --lr or set --clip-grad, then start again (or --resume)")

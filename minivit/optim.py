@@ -1,5 +1,5 @@
-"""Adam and AdamW (PyTorch's update rules), global-norm gradient clipping and a
-warmup + cosine learning-rate schedule.
+"""Adam and AdamW (PyTorch's update rules), global-norm gradient clipping and a weight
+average (EMA); the learning-rate schedules are in schedule.py.
 
 An optimizer takes ``model.parameters()`` (a list of Param with .name, .data, .grad) or
 parameter groups as in PyTorch: ``[{"params": [...], "weight_decay": 0.0}, {"params": [...]}]``
@@ -14,7 +14,6 @@ import numpy as np
 
 from .backend import array_module, to_device, to_host
 from .kernels import kernel
-from .schedule import warmup_cosine  # noqa: F401  (minivit.warmup_cosine; schedule.py holds every schedule)
 
 
 def _groups(params, weight_decay):

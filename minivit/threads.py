@@ -61,7 +61,7 @@ def cpu_threads():
     if value:
         if not value.isdigit() or int(value) < 1:
             raise MinivitError(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
-                             f"to the number of CPU threads to use (1 turns threading off)")
+                               f"to the number of CPU threads to use (1 turns threading off)")
         return int(value)
     if not _blas_controller():
         return 1

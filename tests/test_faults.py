@@ -24,6 +24,7 @@ from minivit.data import SAMPLE_FOLDER
 from minivit.errors import MinivitError
 from minivit.files import read_jsonl
 from minivit.runlock import run_lock
+from test_mpi import MPIRUN, WHY as MPI_MISSING
 
 ARGS = fi.ARGS
 QUICK = [*ARGS, "--no-plots"]
@@ -140,18 +141,9 @@ def test_kill_9_on_the_cupy_stand_in(tmp_path):
     assert fi.differences(tmp_path / "straight", tmp_path / "run") == []
 
 
-def _mpirun():
-    try:
-        import mpi4py.MPI  # noqa: F401
-    except Exception:
-        return None
-    beside = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    return shutil.which("mpirun") or shutil.which("mpiexec") or (beside if os.path.exists(beside) else None)
-
-
-@pytest.mark.skipif(_mpirun() is None, reason="no MPI (mpi4py and mpirun): pip install -e .[mpi]")
+@pytest.mark.skipif(MPIRUN is None, reason=MPI_MISSING or "")
 def test_kill_9_of_either_rank_of_a_two_rank_run(tmp_path):
-    mpirun = _mpirun()
+    mpirun = MPIRUN
     straight = fi.run_child([*QUICK, "--out", str(tmp_path / "straight")], mpirun=mpirun)
     assert straight.returncode == 0, straight.stderr
     rng = np.random.default_rng(5)

@@ -15,6 +15,7 @@ import pytest
 from minivit import checkpoint as ckpt
 from minivit.config import TrainConfig
 from minivit.distributed import World
+from minivit.errors import MinivitError
 from minivit.files import read_jsonl
 from minivit.train import train
 
@@ -145,7 +146,7 @@ def test_cuda_awareness_is_asked_of_the_mpi_library(monkeypatch):
     monkeypatch.setenv("MINIVIT_CUDA_AWARE_MPI", "1")
     assert cuda_aware_mpi() is True
     monkeypatch.setenv("MINIVIT_CUDA_AWARE_MPI", "yes")
-    with pytest.raises(ValueError, match="set it to 1 .* or 0"):
+    with pytest.raises(MinivitError, match="set it to 1 .* or 0"):
         cuda_aware_mpi()
 
 
