@@ -6,14 +6,6 @@ from . import kernels
 from .backend import array_module
 
 
-def log_softmax(z):
-    """log p_k = z_k - m - log sum_j exp(z_j - m) over the last axis, m = max_k z_k (so
-    exp never overflows)."""
-    xp = array_module(z)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
-
-
 def check_soft_targets(targets):
     """Raise ValueError unless every row of host soft targets [B, K] is a probability
     distribution: finite entries >= 0 summing to 1 (to 1e-4)."""
@@ -41,7 +33,7 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     the logits' backend (float(loss) reads it), dlogits [B, K] is dloss/dlogits.
 
     Forward, with log-sum-exp for stability:
-        log p   = log_softmax(z)
+        log p   = z - max z - log sum_k exp(z_k - max z)
         target  q = (1 - eps) onehot(label) + eps / K       (eps: label_smoothing;
                                                              a soft target replaces onehot)
         loss    = -(1/B) sum_b sum_k q_bk log p_bk
