@@ -13,10 +13,10 @@ from .loss import cross_entropy
 from .config import TrainConfig, ViTConfig
 from .errors import MinivitError
 from .model import ViT, Param
-from .optim import EMA, Adam, AdamW, clip_grad_norm
+from .optim import EMA, Adam, AdamW, Muon, clip_grad_norm
 from .schedule import warmup_cosine
 
 __version__ = "0.1.0"
 
-__all__ = ["ViT", "ViTConfig", "TrainConfig", "Param", "MinivitError", "cross_entropy", "Adam", "AdamW", "EMA", "clip_grad_norm", "warmup_cosine",
+__all__ = ["ViT", "ViTConfig", "TrainConfig", "Param", "MinivitError", "cross_entropy", "Adam", "AdamW", "Muon", "EMA", "clip_grad_norm", "warmup_cosine",
            "gradcheck", "layers", "backend", "checkpoint", "data", "get_xp", "gpu_available", "to_host", "to_device"]

@@ -17,6 +17,7 @@ from . import layers
 
 DTYPES = ("float32", "float64")
 POOLS = ("cls", "mean")
+STEM_INITS = ("random", "whiten")
 
 # range name -> (test, what a value must be)
 RANGES = {
@@ -171,7 +172,9 @@ class TrainConfig(ViTConfig):
     """A training run on CIFAR-10: the model's fields plus the recipe."""
     preset: str = _field("default", help="the preset these values started from")
     # optimization
-    optimizer: str = _field("adamw", choices=("adam", "adamw"), help="Adam, or AdamW (decoupled decay)")
+    optimizer: str = _field("adamw", choices=("adam", "adamw", "muon"), help="Adam, AdamW (decoupled "
+                            "decay), or Muon (orthogonalized updates of the blocks' matrices and "
+                            "the patch embedding, AdamW for the rest)")
     lr: float = _field(1e-3, "positive", help="peak learning rate")
     weight_decay: float = _field(0.05, "nonneg", help="adamw: decoupled, on weight matrices and conv kernels; "
                                  "adam: an L2 term on every parameter")
@@ -190,6 +193,9 @@ class TrainConfig(ViTConfig):
     min_lr: float = _field(1e-5, "nonneg", help="where the decay ends")
     clip_grad: float = _field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
     label_smoothing: float = _field(0.1, "fraction", help="share of the target spread over all classes")
+    stem_init: str = _field("random", choices=STEM_INITS, help="the stem's first conv: random "
+                            "(LeCun normal) or whiten (whitening filters of the training "
+                            "images' 3x3 patches, whiten.py)")
     # data
     augment: bool = _field(True, help="random crop (padding 4) + horizontal flip")
     randaugment: int = _field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
@@ -202,6 +208,9 @@ class TrainConfig(ViTConfig):
                             "(of the time budget, or of the epochs) run first on images "
                             "area-resized to low_res_size (0: off)")
     low_res_size: int = _field(16, "positive_int", help="the image side of that first part")
+    mid_res: float = _field(0.0, "fraction", help="progressive resizing's middle stage: the share "
+                            "of training after the low_res one run on mid_res_size images (0: off)")
+    mid_res_size: int = _field(24, "positive_int", help="the image side of that middle stage")
     val_fraction: float = _field(0.1, "fraction", help="share of training images held out")
     limit_train: int = _field(0, "nonneg_int", help="use only the first N training images (0: all)")
     eval_batch_size: int = _field(500, "positive_int", help="images per evaluation batch")
@@ -214,10 +223,19 @@ class TrainConfig(ViTConfig):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         unit = self.side_unit
-        if self.low_res and not self.takes_side(self.low_res_size):
-            raise ValueError(f"low_res_size {self.low_res_size} does not fit the model: it must be "
-                             f"at most img_size {self.img_size} and a multiple of {unit} (patch_size "
-                             f"times the stem's reduction), e.g. {max(unit, self.img_size // 2 // unit * unit)}")
+        for share, name in ((self.low_res, "low_res_size"), (self.mid_res, "mid_res_size")):
+            side = getattr(self, name)
+            if share and not self.takes_side(side):
+                raise ValueError(f"{name} {side} does not fit the model: it must be at most "
+                                 f"img_size {self.img_size} and a multiple of {unit} (patch_size "
+                                 f"times the stem's reduction), e.g. "
+                                 f"{max(unit, self.img_size // 2 // unit * unit)}")
+        if self.low_res + self.mid_res >= 1:
+            raise ValueError(f"low_res {self.low_res} + mid_res {self.mid_res} leave no training on "
+                             f"full-size images: their sum must be below 1")
+        if self.stem_init == "whiten" and (not self.stem_channels or self.stem_channels % 2):
+            raise ValueError(f"stem_init whiten needs a stem with an even number of channels, got "
+                             f"stem_channels {self.stem_channels}: e.g. --stem-channels 24")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         return self
@@ -244,13 +262,16 @@ PRESETS = {
     # kernels, warmup + cosine, label smoothing, gradient clipping, crop + flip augmentation.
     "default": dict(),
     # A small hybrid ViT for CPU time budgets (`--time-budget 30m`): a 3x3 conv stem (24
-    # channels, GELU) at full resolution, then 4x4 patches: 64 tokens of width 96; 6 blocks
-    # of 3 heads; AdamW 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip;
-    # the first half of training on 16x16 images (progressive resizing: 16 tokens a step).
+    # channels, GELU) at full resolution, started as a whitening of image patches, then 4x4
+    # patches: 64 tokens of width 96; 6 blocks of 3 heads; Muon for the blocks' matrices and
+    # AdamW for the rest, 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip;
+    # progressive resizing: 40% of training on 16x16 images (16 tokens a step), 30% on
+    # 24x24 (36 tokens), the rest on 32x32.
     "hybrid": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, patch_size=4,
-                   stem_channels=24, stem_stride=1, batch_size=128, lr=2e-3, epochs=20,
-                   warmup_epochs=1.0, warmup_fraction=0.05, schedule="linear", min_lr=0.0,
-                   low_res=0.5, low_res_size=16),
+                   stem_channels=24, stem_stride=1, stem_init="whiten", optimizer="muon",
+                   batch_size=128, lr=2e-3, epochs=20, warmup_epochs=1.0, warmup_fraction=0.05,
+                   schedule="linear", min_lr=0.0, low_res=0.4, low_res_size=16, mid_res=0.3,
+                   mid_res_size=24),
     # A small ViT for a short run on a CPU (the shipped sample trains in under a minute).
     "sample": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, batch_size=64, epochs=15,
                    warmup_epochs=1.0, lr=2e-3),

@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import array_module, to_device, to_host
 from .kernels import kernel
+from .threads import cpu_threads, parallel_map
 
 
 def _groups(params, weight_decay):
@@ -34,16 +35,23 @@ def _groups(params, weight_decay):
 
 
 def segments(params):
-    """The arrays an update runs on, as (data, grad, [(param, offset)]) triples: one pair
-    of flat buffers when params are every parameter of one model (model.parameters() lays
-    them out in model.flat_params / flat_grads), so each update is a few whole-buffer
-    operations; else one triple per parameter."""
+    """The arrays an update runs on, as (data, grad, [(param, offset)]) triples. When
+    params all belong to one model (model.parameters() lays them out in model.flat_params
+    / flat_grads), each run of parameters that lie next to each other there is one slice
+    of the flat buffers: every parameter of the model is one pair of flat arrays, so each
+    update is a few whole-buffer operations. Else one triple per parameter."""
     params = list(params)
     owner = getattr(params[0], "owner", None)
-    if owner is not None and all(getattr(p, "owner", None) is owner for p in params) \
-            and sorted(p.offset for p in params) == sorted(q.offset for q in owner.parameters()):
-        return [(owner.flat_params, owner.flat_grads, [(p, p.offset) for p in params])]
-    return [(p.data.reshape(-1), p.grad.reshape(-1), [(p, 0)]) for p in params]
+    if owner is None or not all(getattr(p, "owner", None) is owner for p in params):
+        return [(p.data.reshape(-1), p.grad.reshape(-1), [(p, 0)]) for p in params]
+    runs = []                                    # [start, end, [(param, offset in run)]]
+    for p in sorted(params, key=lambda p: p.offset):
+        if runs and runs[-1][1] == p.offset:
+            runs[-1][1] += p.data.size
+            runs[-1][2].append((p, p.offset - runs[-1][0]))
+        else:
+            runs.append([p.offset, p.offset + p.data.size, [(p, 0)]])
+    return [(owner.flat_params[a:b], owner.flat_grads[a:b], members) for a, b, members in runs]
 
 
 # The update kernels take every term that depends on scalars alone (1 - b1, the step size,
@@ -244,3 +252,125 @@ class EMA:
     def load_state_dict(self, state):
         self.t, self.decay = int(state["t"]), float(state["decay"])
         self.shadow[...] = to_device(state["shadow"], array_module(self.shadow), self.shadow.dtype)
+
+
+# ---------------------------------------------------------------- Muon
+
+# Newton-Schulz quintic coefficients (Jordan et al.): steep at 0, so 5 iterations take
+# every singular value of a unit-norm matrix into roughly [0.7, 1.2].
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g, steps=5):
+    """An approximate U V^T of a matrix g = U S V^T (its "zeroth power": every singular
+    value set to about 1), by the Newton-Schulz iteration X <- a X + (b A + c A^2) X with
+    A = X X^T, from X = g / ||g||_F (so no singular value exceeds 1). g: [m, n], or a stack
+    [G, m, n] done matrix by matrix in the same operations. Runs on the wide orientation,
+    so A is the smaller Gram matrix."""
+    xp = array_module(g)
+    a, b, c = NEWTON_SCHULZ
+    x = g / (xp.sqrt((g * g).sum(axis=(-2, -1), keepdims=True)) + 1e-7)
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = x.swapaxes(-2, -1)
+    for _ in range(steps):
+        gram = x @ x.swapaxes(-2, -1)                                   # [m, m], m <= n
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.swapaxes(-2, -1) if tall else x
+
+
+@kernel
+def _nesterov_momentum(xp, buf, g, ok, one_minus_mu, mu):
+    """buf = mu buf + g (when ok) -> the Nesterov direction g + mu buf."""
+    buf += xp.where(ok, g - one_minus_mu * buf, 0.0)
+    return g + mu * buf
+
+
+@kernel
+def _muon_apply(xp, w, o, ok, step_size, shrink):
+    """w = w - lr wd w - step o (when ok)."""
+    w -= xp.where(ok, shrink * w + step_size * o, 0.0)
+    return w
+
+
+class Muon(AdamW):
+    """Muon (momentum, orthogonalized) for the weight matrices, AdamW for the rest.
+
+    For a weight matrix W [m, n] (a conv kernel as [out, in k k]) with gradient G:
+        B = mu B + G                         (momentum, mu = 0.95)
+        O = orthogonalize(G + mu B)          (Nesterov; every singular value about 1)
+        W = W - lr wd W - lr 0.2 sqrt(max(m, n)) O
+    The factor 0.2 sqrt(max(m, n)) gives O the root-mean-square size of a typical AdamW
+    update (Moonlight's scaling), so one learning rate and weight decay serve both
+    rules. An update with every direction of equal size lets the rarely-pushed directions
+    of W learn as fast as the dominant ones. Matrices of one shape (the same layer of
+    every block) are orthogonalized together, as one stack.
+
+        Muon(matrices, other_groups, lr=2e-3, weight_decay=0.05)
+    matrices: Params updated by Muon (weight decay weight_decay); other_groups: AdamW's
+    parameters or groups, as AdamW takes them; threads: on NumPy, how many threads share
+    the stacks (default: threads.cpu_threads()).
+    """
+
+    def __init__(self, matrices, others, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=1e-2, momentum=0.95, steps=5, threads=None):
+        super().__init__(others, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.steps, self.muon_decay = float(momentum), int(steps), float(weight_decay)
+        self.threads = cpu_threads() if threads is None else int(threads)
+        self.stacks = {}                          # (m, n) -> the Params of that shape
+        for p in matrices:
+            self.stacks.setdefault((len(p.data), p.data.size // len(p.data)), []).append(p)
+        self.buf = {shape: array_module(ps[0].data).zeros((len(ps),) + shape, ps[0].data.dtype)
+                    for shape, ps in self.stacks.items()}               # [G, m, n] each
+
+    def step(self, ok=None):
+        if ok is None or isinstance(ok, (bool, int, float, np.generic)):
+            ok = self._flags[ok is None or bool(ok)]
+        super().step(ok)
+        shapes = list(self.stacks)
+        if self.threads > 1 and array_module(self.buf[shapes[0]]) is np:
+            # on NumPy the stacks split between threads, BLAS one thread each: two-thread
+            # BLAS calls on matrices this small mostly wait, and slow the next step down
+            costs = sorted(shapes, key=lambda s: -len(self.stacks[s]) * min(s) ** 2 * max(s))
+            parts = [costs[k::self.threads] for k in range(self.threads)]
+            parallel_map(lambda part: [self._update_stack(s, ok) for s in part], parts)
+        else:
+            for shape in shapes:
+                self._update_stack(shape, ok)
+
+    def _update_stack(self, shape, ok):
+        """Momentum, orthogonalization and update of the matrices of one shape [m, n]."""
+        params, mu, xp = self.stacks[shape], self.momentum, array_module(self.buf[shape])
+        g = xp.stack([p.grad.reshape(shape) for p in params])                  # [G, m, n]
+        o = orthogonalize(_nesterov_momentum(self.buf[shape], g, ok, 1.0 - mu, mu), self.steps)
+        for p, o_p in zip(params, o):
+            _muon_apply(p.data.reshape(shape), o_p, ok, self.lr * 0.2 * math.sqrt(max(shape)),
+                        self.lr * self.muon_decay)
+
+    def state_dict(self):
+        state = super().state_dict()
+        for params in self.stacks.values():
+            for p in params:
+                state[f"buf.{p.name}"] = to_host(self._buf_of(p)).copy()
+        return state
+
+    def load_state_dict(self, state):
+        names = [p.name for ps in self.stacks.values() for p in ps]
+        missing = [f"buf.{n}" for n in names if f"buf.{n}" not in state]
+        if missing:
+            raise ValueError(f"optimizer state is missing {len(missing)} entries (first: "
+                             f"{missing[0]}); it was saved for a different model or optimizer")
+        super().load_state_dict(state)
+        for params in self.stacks.values():
+            for p in params:
+                b = self._buf_of(p)
+                b[...] = to_device(state[f"buf.{p.name}"], array_module(b), b.dtype)
+
+    def _buf_of(self, p):
+        """The momentum of Param p: its matrix in its shape's stack [m, n]."""
+        for shape, params in self.stacks.items():
+            if p in params:
+                return self.buf[shape][params.index(p)]
+        raise KeyError(p.name)

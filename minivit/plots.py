@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
 from .data import CLASSES
 from .errors import MinivitError
 from .evaluate import confusion_matrix, per_class_accuracy
 from .files import atomic_write, read_jsonl
+from .schedule import resize_stages
 
 
 def _pyplot():
@@ -34,19 +36,22 @@ def _save(fig, path):
 CHANCE = 1 / len(CLASSES)        # the accuracy of guessing
 
 
-def resolution_switch(metrics, config):
-    """Minutes of training at which progressive resizing (config's low_res) moved to full
-    size, or None: with a time budget at that share of it, else at that share of the
-    steps (placed in time through the epochs' steps and seconds)."""
-    if not config or not config.get("low_res") or not metrics:
-        return None
+def resolution_switches(metrics, config):
+    """Where progressive resizing (config's low_res, mid_res) moved to larger images, as
+    [(minutes of training, "16px -> 32px images")]: with a time budget at those shares of
+    it, else at those shares of the steps (placed in time through the epochs' steps and
+    seconds); switches after the last record are left out."""
+    if not config or not metrics:
+        return []
+    stages = resize_stages(TrainConfig.from_dict(config))
+    labels = [f"{a}px -> {b}px images" for (_, a), (_, b) in zip(stages, stages[1:])]
     if config.get("time_budget"):
-        return config["low_res"] * config["time_budget"] / 60
+        return [(end * config["time_budget"] / 60, label) for (end, _), label in zip(stages, labels)]
     steps_per_epoch = metrics[0]["step"] / metrics[0]["epoch"]
-    switch = config["low_res"] * config["epochs"] * steps_per_epoch
     steps = [0] + [m["step"] for m in metrics]
     seconds = [0.0] + [m["train_seconds"] for m in metrics]
-    return float(np.interp(switch, steps, seconds)) / 60 if switch <= steps[-1] else None
+    switches = [(end * config["epochs"] * steps_per_epoch, label) for (end, _), label in zip(stages, labels)]
+    return [(float(np.interp(s, steps, seconds)) / 60, label) for s, label in switches if s <= steps[-1]]
 
 
 def draw_curves(plt, metrics, config=None):
@@ -70,12 +75,11 @@ def draw_curves(plt, metrics, config=None):
     a3.plot(xs, [m["lr"] for m in metrics], "o-", color="tab:green")
     a3.set(ylabel="learning rate", title="learning rate (at the epoch's end)")
     a3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    switch = resolution_switch(metrics, config) if timed else None
+    switches = resolution_switches(metrics, config) if timed else []
     for ax in (a1, a2, a3):
         ax.set_xlabel("minutes of training" if timed else "epoch")
-        if switch is not None:
-            ax.axvline(switch, color="tab:purple", ls="--", lw=1,
-                       label=f"{config['low_res_size']}px -> {config['img_size']}px images")
+        for (minutes, label), ls in zip(switches, ("--", ":")):
+            ax.axvline(minutes, color="tab:purple", ls=ls, lw=1, label=label)
         if timed and len(metrics) > 1:                 # the epochs, above
             minutes, epochs = [0.0] + xs, [0] + [m["epoch"] for m in metrics]
             top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, minutes, epochs),

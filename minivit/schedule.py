@@ -2,7 +2,7 @@
 size of progressive resizing.
 
     lr_at(cfg, step, steps_per_epoch, elapsed)          # what training uses
-    image_size_at(cfg, step, steps_per_epoch, elapsed)
+    image_size_at(cfg, step, steps_per_epoch, elapsed)         # resize_stages(cfg): all of them
     warmup_cosine(step, total_steps, base_lr, warmup_steps, min_lr)
 
 By epochs, warmup lasts warmup_epochs and the decay (cosine, linear, or none) reaches
@@ -48,11 +48,20 @@ def lr_at(cfg, step, steps_per_epoch, elapsed=0.0):
     return warmup_cosine(step, total, cfg.lr, warmup, cfg.min_lr)
 
 
+def resize_stages(cfg):
+    """Progressive resizing as [(share of training at which a stage ends, its image side)]:
+    low_res_size for the first low_res share, then mid_res_size for the next mid_res share
+    (each stage only when its share is not 0), then img_size to the end (share 1)."""
+    stages, end = [], 0.0
+    for share, side in ((cfg.low_res, cfg.low_res_size), (cfg.mid_res, cfg.mid_res_size)):
+        if share:
+            end += share
+            stages.append((end, side))
+    return stages + [(1.0, cfg.img_size)]
+
+
 def image_size_at(cfg, step, steps_per_epoch, elapsed=0.0):
-    """Progressive resizing: the image side of a step. low_res_size for the first low_res
-    share of training (of the time budget, or of all steps), img_size after."""
-    if cfg.low_res:
-        done = elapsed / cfg.time_budget if cfg.time_budget else step / (cfg.epochs * steps_per_epoch)
-        if done < cfg.low_res:
-            return cfg.low_res_size
-    return cfg.img_size
+    """Progressive resizing: the image side of a step, from resize_stages: where the step
+    lies in training (the share of the time budget spent, or of all steps)."""
+    done = elapsed / cfg.time_budget if cfg.time_budget else step / (cfg.epochs * steps_per_epoch)
+    return next(side for end, side in resize_stages(cfg) if done < end or end == 1.0)

@@ -44,7 +44,8 @@ STEPS_RTOL = {"float64": 1e-9, "float32": 1e-3}
 # float32 training variants: what the presets train, three steps each
 VARIANTS = {"AdamW, EMA, clipping, drop path": {},
             "conv stem": dict(stem_channels=4),
-            "low-resolution batch": dict(low_res_side=4)}
+            "low-resolution batch": dict(low_res_side=4),
+            "Muon": dict(stem_channels=4, optimizer="muon")}
 LOADER_ATOL = 1e-4
 
 

@@ -43,10 +43,14 @@ from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .guards import NonFiniteGuard, StopRequest
 from .loss import cross_entropy
 from .model import ViT
-from .optim import EMA, Adam, AdamW, clip_grad_norm, grad_norm_squared
+from .optim import EMA, Adam, AdamW, Muon, clip_grad_norm, grad_norm_squared
 from .plots import plot_run
-from .schedule import image_size_at, lr_at
+from .schedule import image_size_at, lr_at, resize_stages
 from .threads import cpu_threads, gemm_gflops, limit_blas_threads, tune_host_allocator
+from .whiten import whiten_stem
+
+
+MUON_PREFIXES = ("blocks.", "patch_embed.")
 
 
 def decay_groups(model, weight_decay):
@@ -62,7 +66,12 @@ def decay_groups(model, weight_decay):
 def make_optimizer(cfg, model):
     if cfg.optimizer == "adam":
         return Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    groups = decay_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "muon":      # the blocks' matrices and the patch embedding by Muon
+        matrices = [p for p in groups[0]["params"] if p.name.startswith(MUON_PREFIXES)]
+        groups[0]["params"] = [p for p in groups[0]["params"] if p not in matrices]
+        return Muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 def prepare_data(cfg, data, log=None):
@@ -325,6 +334,8 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     model = ViT(cfg.model_config(), backend=backend, seed=cfg.seed)
     if init_from is not None and saved is None:
         start_from(model, init_from, log)
+    elif cfg.stem_init == "whiten" and saved is None:
+        whiten_stem(model, d["x_train"], mean, std)
     if world.main:
         out.mkdir(parents=True, exist_ok=True)    # only now: a failed start leaves nothing
     threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
@@ -357,9 +368,11 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     if cfg.time_budget and not run.compiled:
         log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
             "(seconds to a minute, once: CuPy keeps them on disk).")
-    if cfg.low_res:
-        log(f"Progressive resizing: the first {cfg.low_res:.0%} of training on {cfg.low_res_size}x"
-            f"{cfg.low_res_size} images, then {cfg.img_size}x{cfg.img_size}.")
+    stages = resize_stages(cfg)
+    if len(stages) > 1:
+        steps = [f"the first {stages[0][0]:.0%} of training on {stages[0][1]}x{stages[0][1]} images"]
+        steps += [f"{side}x{side} to {end:.0%}" for end, side in stages[1:-1]]
+        log(f"Progressive resizing: {', '.join(steps)}, then {cfg.img_size}x{cfg.img_size}.")
     return run
 
 

@@ -198,6 +198,7 @@ def test_selftest_on_the_cupy_stand_in_compares_with_numpy(cupy_strict_module, c
                  "pass  3 float32 steps = NumPy's (AdamW, EMA, clipping, drop path)",
                  "pass  3 float32 steps = NumPy's (conv stem)",
                  "pass  3 float32 steps = NumPy's (low-resolution batch)",
+                 "pass  3 float32 steps = NumPy's (Muon)",
                  "pass  loader, augmentation and regularizers = NumPy's",
                  "(it compiles the GPU kernels), then"):
         assert line in out, line

@@ -212,6 +212,11 @@ def test_time_budget_curves_read_against_minutes_with_the_resolution_switch_mark
     switch = [l for l in fig.axes[2].lines if l.get_label() == "16px -> 32px images"]
     assert list(switch[0].get_xdata()) == [1.0, 1.0]                          # step 200 = 60 s
     plt.close(fig)
+    three = dict(budget, mid_res=0.4, mid_res_size=24)                        # 16px, 24px, 32px
+    fig = plots.draw_curves(plt, metrics, three)
+    marks = [(l.get_label(), round(l.get_xdata()[0], 9)) for l in fig.axes[0].lines if "px" in l.get_label()]
+    assert marks == [("16px -> 24px images", 1.0), ("24px -> 32px images", 3.0)]   # 20%, 60% of 5 min
+    plt.close(fig)
 
 
 def test_attention_maps_go_beside_their_checkpoint(finished, tmp_path, monkeypatch):

@@ -157,6 +157,9 @@ def test_flip_averages_the_logits_of_each_image_and_its_mirror_image(backend):
     (dict(low_res=0.5, low_res_size=10), "low_res_size 10 does not fit the model: it must be at "
      "most img_size 32 and a multiple of 4 .patch_size times the stem's reduction., e.g. 16"),
     (dict(low_res=0.5, low_res_size=64), "low_res_size 64 does not fit"),
+    (dict(mid_res=0.3, mid_res_size=22), "mid_res_size 22 does not fit"),
+    (dict(low_res=0.5, mid_res=0.5), "low_res 0.5 \\+ mid_res 0.5 leave no training on full-size images"),
+    (dict(stem_init="whiten", stem_channels=5), "stem_init whiten needs a stem with an even number"),
 ])
 def test_config_validation(over, message):
     with pytest.raises(ValueError, match=message):
@@ -272,11 +275,14 @@ def test_training_sees_exactly_the_training_split_and_validation_the_rest(tmp_pa
 def test_progressive_resizing_trains_the_first_share_on_smaller_images(tmp_path, backend, monkeypatch):
     from minivit.fast import FastViT
     from minivit.schedule import image_size_at
-    clock = TrainConfig.from_preset("hybrid", time_budget=100.0, low_res=0.4, low_res_size=16)
+    clock = TrainConfig.from_preset("hybrid", time_budget=100.0, low_res=0.4, low_res_size=16, mid_res=0.0)
     assert [image_size_at(clock, 0, 10, elapsed=t) for t in (0.0, 39.9, 40.0, 99.0)] == [16, 16, 32, 32]
-    steps = TrainConfig.from_preset("hybrid", epochs=5, low_res=0.4, low_res_size=16)
+    steps = TrainConfig.from_preset("hybrid", epochs=5, low_res=0.4, low_res_size=16, mid_res=0.0)
     assert [image_size_at(steps, s, 10) for s in (0, 19, 20, 49)] == [16, 16, 32, 32]
     assert image_size_at(TrainConfig.from_preset("default"), 0, 10) == 32          # off
+    three = TrainConfig.from_preset("hybrid", time_budget=100.0)          # 40% 16px, 30% 24px
+    assert [image_size_at(three, 0, 10, elapsed=t) for t in (0.0, 39.9, 40.0, 69.9, 70.0, 99.0, 101.0)] \
+        == [16, 16, 24, 24, 32, 32, 32]
     sizes = []
     forward = FastViT.forward
 
@@ -294,6 +300,12 @@ def test_progressive_resizing_trains_the_first_share_on_smaller_images(tmp_path,
     assert len(sizes) == 4 * read_metrics(tmp_path / "run")[0]["step"] and sizes == [16] * half + [32] * half
     assert "Progressive resizing: the first 50% of training on 16x16 images, then 32x32." in logs
     assert summary["test_images"] == 500              # evaluated at full resolution
+    sizes.clear()
+    cfg = TrainConfig.from_preset("sample", epochs=4, low_res=0.25, mid_res=0.5, mid_res_size=24, **TINY)
+    train(cfg, out=tmp_path / "three", progress=False, plots=False, log=logs.append, backend=backend)
+    quarter = len(sizes) // 4                         # 16px, 24px for two epochs, 32px
+    assert sizes == [16] * quarter + [24] * 2 * quarter + [32] * quarter
+    assert "Progressive resizing: the first 25% of training on 16x16 images, 24x24 to 75%, then 32x32." in logs
 
 
 def test_without_a_validation_split_the_last_weights_are_the_model(tmp_path):
