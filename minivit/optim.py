@@ -131,8 +131,7 @@ class Adam:
         ok: a 0-d device bool that is False to make this step change nothing, e.g. a flag
         that the gradients are finite, read without waiting for the device. None or a
         Python bool use a device flag made once (the kernels take no host number as ok)."""
-        if ok is None or isinstance(ok, (bool, int, float, np.generic)):
-            ok = self._flags[ok is None or bool(ok)]
+        ok = self._device_flag(ok)
         self.t += 1
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** self.t)
@@ -143,6 +142,12 @@ class Adam:
                              self.eps, self.lr)
             else:
                 adam_update(w, g, m, v, decay, ok, step_size, 1.0 - b1, 1.0 - b2, bc2, self.eps)
+
+    def _device_flag(self, ok):
+        """ok as a 0-d device bool: None or a Python bool become a device flag made once."""
+        if ok is None or isinstance(ok, (bool, int, float, np.generic)):
+            return self._flags[ok is None or bool(ok)]
+        return ok
 
     def state_dict(self):
         """Host copies of the step count, hyper-parameters and moment estimates."""
@@ -324,10 +329,11 @@ class Muon(AdamW):
             self.stacks.setdefault((len(p.data), p.data.size // len(p.data)), []).append(p)
         self.buf = {shape: array_module(ps[0].data).zeros((len(ps),) + shape, ps[0].data.dtype)
                     for shape, ps in self.stacks.items()}               # [G, m, n] each
+        self.momentum_of = {p.name: self.buf[shape][i]                  # [m, n] views
+                            for shape, ps in self.stacks.items() for i, p in enumerate(ps)}
 
     def step(self, ok=None):
-        if ok is None or isinstance(ok, (bool, int, float, np.generic)):
-            ok = self._flags[ok is None or bool(ok)]
+        ok = self._device_flag(ok)
         super().step(ok)
         shapes = list(self.stacks)
         if self.threads > 1 and array_module(self.buf[shapes[0]]) is np:
@@ -351,26 +357,15 @@ class Muon(AdamW):
 
     def state_dict(self):
         state = super().state_dict()
-        for params in self.stacks.values():
-            for p in params:
-                state[f"buf.{p.name}"] = to_host(self._buf_of(p)).copy()
+        for name, b in self.momentum_of.items():
+            state[f"buf.{name}"] = to_host(b).copy()
         return state
 
     def load_state_dict(self, state):
-        names = [p.name for ps in self.stacks.values() for p in ps]
-        missing = [f"buf.{n}" for n in names if f"buf.{n}" not in state]
+        missing = [f"buf.{n}" for n in self.momentum_of if f"buf.{n}" not in state]
         if missing:
             raise ValueError(f"optimizer state is missing {len(missing)} entries (first: "
                              f"{missing[0]}); it was saved for a different model or optimizer")
         super().load_state_dict(state)
-        for params in self.stacks.values():
-            for p in params:
-                b = self._buf_of(p)
-                b[...] = to_device(state[f"buf.{p.name}"], array_module(b), b.dtype)
-
-    def _buf_of(self, p):
-        """The momentum of Param p: its matrix in its shape's stack [m, n]."""
-        for shape, params in self.stacks.items():
-            if p in params:
-                return self.buf[shape][params.index(p)]
-        raise KeyError(p.name)
+        for name, b in self.momentum_of.items():
+            b[...] = to_device(state[f"buf.{name}"], array_module(b), b.dtype)

@@ -126,7 +126,7 @@ def test_a_scalar_only_term_inside_a_kernel_is_caught(cupy_strict_module, monkey
 
 def test_a_python_number_as_ok_is_caught(cupy_strict_module, monkeypatch):
     """Item 2: `xp.where(1.0, ...)` is rejected by real CuPy's fusion."""
-    plant(monkeypatch, optim.Adam, "step", "ok = self._flags[ok is None or bool(ok)]", "ok = 1.0")
+    plant(monkeypatch, optim.Adam, "_device_flag", "return self._flags[ok is None or bool(ok)]", "return 1.0")
     problems, _ = cupy_real.check(_adamw_and_ema_records(), "float32")
     assert any("adamw_update" in p and "cannot build" in p for p in problems), problems
 
