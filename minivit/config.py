@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import layers
 
 DTYPES = ("float32", "float64")
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "seq")
 STEM_INITS = ("random", "whiten")
 
 # range name -> (test, what a value must be)
@@ -78,8 +78,9 @@ class ViTConfig:
     gelu: str = _field("exact", choices=tuple(layers.GELUS), help="GELU exact (erf) or tanh")
     drop_path: float = _field(0.0, "fraction", help="stochastic depth rate of the last block "
                               "(block l: rate * l / (depth - 1))")
-    pool: str = _field("cls", choices=POOLS, help="the head reads the class token or the "
-                       "mean of the patch tokens")
+    pool: str = _field("cls", choices=POOLS, help="the head reads the class token, the "
+                       "mean of the patch tokens, or their sum weighted by a learned softmax "
+                       "(seq: CCT's sequence pooling)")
     stem_channels: int = _field(0, "nonneg_int", help="a 3x3 conv + GELU stem with this many "
                                 "channels before the patch embedding (0: none, as SimpleViT)")
     stem_stride: int = _field(1, "positive_int", help="the stem's stride")

@@ -210,6 +210,8 @@ MODELS = {
     "stem2_mean_pool": (dict(_SMALL, patch_size=2, stem_channels=4, stem_layers=2, pool="mean"),
                         8, None, "two-conv stem (stride 1, then 2), mean pooling "
                                  "(--stem-layers 2, --pool mean)"),
+    "seq_pool": (dict(_SMALL, patch_size=2, stem_channels=4, pool="seq"), 8, None,
+                 "sequence pooling (--pool seq): the last block in full"),
 }
 
 
@@ -305,10 +307,12 @@ def _soft_target_case(rng):
 
 def _head_case(pool):
     def case(rng):
-        return (lambda **kw: head_forward(**kw, pool=pool), head_backward,
-                {"h": rng.standard_normal((3, 5, 6)), "norm_weight": 1 + 0.3 * rng.standard_normal(6),
-                 "norm_bias": 0.1 * rng.standard_normal(6), "head_weight": 0.5 * rng.standard_normal((4, 6)),
-                 "head_bias": 0.1 * rng.standard_normal(4)})
+        inputs = {"h": rng.standard_normal((3, 5, 6)), "norm_weight": 1 + 0.3 * rng.standard_normal(6),
+                  "norm_bias": 0.1 * rng.standard_normal(6), "head_weight": 0.5 * rng.standard_normal((4, 6)),
+                  "head_bias": 0.1 * rng.standard_normal(4)}
+        if pool == "seq":
+            inputs["pool_weight"] = rng.standard_normal((1, 6))
+        return (lambda **kw: head_forward(**kw, pool=pool), head_backward, inputs)
     return case
 
 
@@ -368,6 +372,9 @@ LAYERS = {
                          "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
     "head": _head_case("cls"),
     "head_mean": _head_case("mean"),
+    "seq_pool": lambda rng: (layers.seq_pool_forward, layers.seq_pool_backward,
+                             {"h": rng.standard_normal((3, 5, 6)), "w": rng.standard_normal((1, 6))}),
+    "head_seq": _head_case("seq"),
     "block": _block_case,
     "block_drop_path": lambda rng: _block_case(rng, drop_path=True),
     "block_cls_only": lambda rng: _block_case(rng, drop_path=True, cls_only=True),

@@ -427,19 +427,56 @@ def block_backward(dy, cache):
 
 # ------------------------------------------------------------------ the head's pooling
 
-def pool_forward(h, pool):
+def pool_forward(h, pool, w=None):
     """What the head reads of the tokens h [B, N, D] -> [B, D]: the class token's row
-    (pool "cls") or the mean of the P = N - 1 patch tokens (pool "mean")."""
+    (pool "cls"), the mean of the P = N - 1 patch tokens (pool "mean"), or their
+    attention-weighted sum (pool "seq", with its weight w [1, D]: seq_pool_forward)."""
+    if pool == "seq":
+        return seq_pool_forward(h, w)
     pooled = h[:, 0] if pool == "cls" else h[:, 1:].mean(axis=1)
     return pooled, Cache(pool=pool, h_shape=h.shape)
 
 
 def pool_backward(dpooled, cache):
-    """-> dh [B, N, D]: the class token's row gets dpooled (the other rows 0), or, for
-    the mean, each patch token gets dpooled / P."""
+    """-> (dh [B, N, D], dw): the class token's row gets dpooled (the other rows 0), or,
+    for the mean, each patch token gets dpooled / P; dw is None, these have no weight.
+    Pool "seq": seq_pool_backward."""
+    if cache.pool == "seq":
+        return seq_pool_backward(dpooled, cache)
     dh = array_module(dpooled).zeros(cache.h_shape, dtype=dpooled.dtype)
     if cache.pool == "cls":
         dh[:, 0] = dpooled
     else:
         dh[:, 1:] = dpooled[:, None, :] / (cache.h_shape[1] - 1)
-    return dh
+    return dh, None
+
+
+def seq_pool_forward(h, w):
+    """Sequence pooling (CCT): each patch token h_p gets a score s_p = h_p . w, the scores
+    a softmax over the P patch tokens, and the pooled vector is the weighted sum
+        s = h_patches w^T,   a = softmax_p(s),   pooled = sum_p a_p h_p.
+    h [B, N, D] (the class token, row 0, is left out), w [1, D]. A bias on the score
+    would cancel in the softmax, so there is none."""
+    hp = h[:, 1:]                                           # [B, P, D]
+    s = (hp @ w.T)[..., 0]                                  # [B, P]
+    a, c_soft = softmax_forward(s)                          # [B, P]
+    pooled = (a[:, None, :] @ hp)[:, 0]                     # [B, D]
+    return pooled, Cache(pool="seq", hp=hp, w=w, softmax=c_soft, h_shape=h.shape)
+
+
+def seq_pool_backward(dpooled, cache):
+    """pooled = sum_p a_p h_p reaches h_p twice: directly (weight a_p) and through the
+    score s_p = h_p . w that a depends on. With g = dpooled [B, D]:
+        da_p = g . h_p                          (pooled is linear in a)
+        ds   = softmax_backward(da)             = a (da - sum_p a_p da_p)
+        dh_p = a_p g + ds_p w                   (direct + through the score)
+        dw   = sum_b sum_p ds_bp h_bp
+    The class token's row of dh is 0. -> (dh [B, N, D], dw [1, D])."""
+    hp, w, a = cache.hp, cache.w, cache.softmax.a
+    xp = array_module(dpooled)
+    da = (hp @ dpooled[:, :, None])[..., 0]                 # [B, P]
+    ds = softmax_backward(da, cache.softmax)                # [B, P]
+    dh = xp.zeros(cache.h_shape, dtype=dpooled.dtype)       # [B, N, D]
+    dh[:, 1:] = a[:, :, None] * dpooled[:, None, :] + ds[:, :, None] * w   # [B, P, D]
+    dw = ds.reshape(1, -1) @ hp.reshape(-1, hp.shape[-1])   # [1, D]
+    return dh, dw

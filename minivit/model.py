@@ -5,7 +5,8 @@
       -> patch_embed   (conv p x p, stride p)          [B, P, D]
       -> vit_embed     (class token, position embed)   [B, N, D]
       -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
-      -> pool          (the class token, or the mean)  [B, D]
+      -> pool          (class token, mean, or a learned   [B, D]
+                        softmax over the tokens: seq)
       -> norm, head    (LayerNorm, linear)             [B, num_classes]
 
 Parameter names and shapes are those of the PyTorch SimpleViT this engine reproduces,
@@ -93,6 +94,8 @@ class ViT:
         })
         for i in range(c.depth):
             shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
+        if c.pool == "seq":                  # sequence pooling's score (CCT's name)
+            shapes["attention_pool.weight"] = (1, D)
         shapes.update({"norm.weight": (D,), "norm.bias": (D,),
                        "head.weight": (K, D), "head.bias": (K,)})
         return shapes
@@ -300,12 +303,13 @@ class ViT:
         """The head on the tokens h [B, N, D] -> logits [B, K] (head_forward below)."""
         p = self.params
         return head_forward(h, p["norm.weight"], p["norm.bias"], p["head.weight"], p["head.bias"],
-                            self.config.pool)
+                            self.config.pool, p.get("attention_pool.weight"))
 
     def head_backward(self, dlogits, cache, grads):
         """-> dL/dh [B, N, D]; adds the norm's and the head's gradients into grads."""
         dh, *head_grads = head_backward(dlogits, cache)
-        for name, g in zip(("norm.weight", "norm.bias", "head.weight", "head.bias"), head_grads):
+        names = ("norm.weight", "norm.bias", "head.weight", "head.bias", "attention_pool.weight")
+        for name, g in zip(names, head_grads):
             grads[name] += g
         return dh
 
@@ -372,22 +376,25 @@ class ViT:
 
 # ---------------------------------------------------------------------------- the head
 
-def head_forward(h, norm_weight, norm_bias, head_weight, head_bias, pool="cls"):
+def head_forward(h, norm_weight, norm_bias, head_weight, head_bias, pool="cls", pool_weight=None):
     """Pool the tokens h [B, N, D], normalize, classify -> logits [B, K].
 
-        pooled = h[:, 0] (pool "cls")  or  the mean of the P patch tokens (pool "mean")
+        pooled = h[:, 0] (pool "cls"), the mean of the P patch tokens (pool "mean"),
+                 or sum_p softmax_p(h_p . pool_weight) h_p (pool "seq")
         logits = LayerNorm(pooled) W^T + b
     The norm comes after the pooling: with "mean" this is LN(mean of the tokens)."""
-    pooled, c_pool = layers.pool_forward(h, pool)                               # [B, D]
+    pooled, c_pool = layers.pool_forward(h, pool, pool_weight)                  # [B, D]
     z, c_norm = layers.layernorm_forward(pooled, norm_weight, norm_bias)        # [B, D]
     logits, c_lin = layers.linear_forward(z, head_weight, head_bias)            # [B, K]
     return logits, Cache(pool=c_pool, norm=c_norm, linear=c_lin)
 
 
 def head_backward(dlogits, cache):
-    """-> dh [B, N, D], dnorm_weight, dnorm_bias, dhead_weight, dhead_bias. The linear
-    and LayerNorm backwards give dpooled [B, D]; the class token's row gets all of it
-    (pool "cls"), or each of the P patch tokens 1/P of it (pool "mean"); the other rows 0."""
+    """-> dh [B, N, D], dnorm_weight, dnorm_bias, dhead_weight, dhead_bias (and dpool_weight
+    with pool "seq"). The linear and LayerNorm backwards give dpooled [B, D]; the class
+    token's row gets all of it (pool "cls"), each of the P patch tokens 1/P of it (pool
+    "mean"), or what layers.seq_pool_backward derives (pool "seq")."""
     dz, dw, db = layers.linear_backward(dlogits, cache.linear)                 # [B, D]
     dpooled, dnorm_w, dnorm_b = layers.layernorm_backward(dz, cache.norm)      # [B, D]
-    return layers.pool_backward(dpooled, cache.pool), dnorm_w, dnorm_b, dw, db
+    dh, dpool_w = layers.pool_backward(dpooled, cache.pool)
+    return (dh, dnorm_w, dnorm_b, dw, db) + (() if dpool_w is None else (dpool_w,))

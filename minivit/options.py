@@ -129,7 +129,7 @@ def build_parser():
     what.add_argument("--layer", choices=list(gradcheck.LAYERS), help="check one layer")
     what.add_argument("--model", action="store_true",
                       help="check whole (small) ViTs as the presets train them: the plain ViT, the "
-                           "conv stem at stride 1 and 2, low-res images, drop path, mean pooling, "
+                           "conv stem at stride 1 and 2, low-res images, drop path, mean and sequence pooling, "
                            "each through the reference and the fast path; and the blocked GELU")
     gc.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                     help="float64 (default, strict) or float32 (to see why it needs looser marks)")

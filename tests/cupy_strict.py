@@ -51,6 +51,7 @@ class Counts:
     def reset(self):
         self.ops = 0
         self.syncs = 0
+        self.matmul_flops = 0      # 2 m k n per product (benchmarks/roofline.py reads it)
 
     def snapshot(self):
         return self.ops, self.syncs
@@ -98,6 +99,16 @@ class recording:
 def _op(n=1):
     if not _state.fusing:
         COUNTS.ops += n
+
+
+def _count_matmul(a, b):
+    """Add a matmul's floating-point operations: [..., m, k] @ [..., k, n] is 2 m k n per
+    matrix of the (broadcast) batch."""
+    a, b = _unwrap(a), _unwrap(b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise TypeError("the stand-in counts matmuls of matrices only")
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    COUNTS.matmul_flops += 2 * int(np.prod(batch)) * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
 def _sync():
@@ -325,6 +336,7 @@ class ndarray:
             a, b = b, a
         out = _wrap(getattr(np, op)(a, b), ())
         if op == "matmul":
+            _count_matmul(a, b)
             _op(extra_launches("matmul", (other, self) if reflected else (self, other), {}))
         else:
             _record("ufunc", name=op, args=[_spec(x) for x in args], outputs=[_spec(out)])
@@ -503,6 +515,8 @@ def _module_function(name):
             raise TypeError(f"cupy.{name} takes {spec['nin']} inputs")
         out = kwargs.get("out")
         _op(extra_launches(name, args, kwargs))
+        if name == "matmul":
+            _count_matmul(*args[:2])
         result = np_func(*_unwrap(args), **_unwrap(kwargs))
         if is_ufunc:
             _record("ufunc", name=name, args=[_spec(a) for a in args[:spec["nin"]]],

@@ -47,3 +47,37 @@ def test_accuracy_against_time_prints_each_run_and_draws_them(tmp_path):
     proc = subprocess.run([sys.executable, script, str(tmp_path / "fast"), "--labels", "A", "B"],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 2 and "1 runs but 2 labels: give one label per run" in proc.stderr
+
+
+def test_roofline_counts_every_product_of_a_step_and_prints_its_figures():
+    """The stand-in's count of a step's matmul FLOPs equals the count by hand for a plain
+    ViT (no stem, class-token-only last block, no image gradient, Adam: no products), and
+    the script prints one row per image size."""
+    code = """
+import sys
+sys.path[:0] = [{bench!r}, {tests!r}]
+import roofline
+from minivit.config import TrainConfig
+cfg = TrainConfig.from_preset("seed", embed_dim=12, depth=2, num_heads=3)
+c, B = cfg.model_config(), 4
+model, opt, shapes = roofline.count_flops(cfg, B, 32)
+D, F, K, P = c.embed_dim, c.hidden, c.num_classes, 64
+N = P + 1
+patch = P * D * 48 * 2                                      # 4x4x3 patches -> D
+full = N * D * 3 * D * 2 + 2 * N * N * D * 2 + N * D * D * 2 + 2 * N * D * F * 2
+last = N * D * 3 * D * 2 + 2 * N * D * 2 + D * D * 2 + 2 * D * F * 2   # the class token's row
+forward = patch + full + last + D * K * 2
+# backward: dW and dx of every product (attention: 4 products for 2), no dx of the patches
+print(model == B * (3 * forward - patch), opt == 0, len(shapes))
+""".format(bench=os.path.join(ROOT, "benchmarks"), tests=os.path.join(ROOT, "tests"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "41"]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "roofline.py"), "--embed-dim", "12",
+           "--depth", "1", "--batch-size", "4", "--steps", "1", "--rounds", "1", "--warmup", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^ +(\d+) +(\d+) +(\d+\.\d+) +(\d+\.\d+)( +\d+\.\d+){7}$", proc.stdout, re.M)
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 17), (24, 37), (32, 65)]   # hybrid stages
+    assert all(float(r[3]) > 0 for r in rows)              # Muon's products are counted

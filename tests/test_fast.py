@@ -110,7 +110,7 @@ def _host(result):
     return minivit.to_host(logits), minivit.to_host(dx), {k: minivit.to_host(v) for k, v in grads.items()}
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 def test_fast_model_equals_the_reference_model_on_each_backend(backend, pool):
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8))
     labels = np.arange(5) % 3
@@ -120,7 +120,7 @@ def test_fast_model_equals_the_reference_model_on_each_backend(backend, pool):
     _assert_same(ref, _host(_step(FastViT(model), model, x, labels, rng_seed=2)))
 
 
-@pytest.mark.parametrize("pool, stem", [("cls", 0), ("mean", 4)])
+@pytest.mark.parametrize("pool, stem", [("cls", 0), ("mean", 4), ("seq", 4)])
 def test_fast_model_equals_the_reference_with_every_parameter_random(backend, pool, stem):
     """A freshly built model has zero biases and unit LayerNorm weights, which hide a bias
     added in the wrong place (say, outside a residual kernel's stochastic-depth mask): here
@@ -148,7 +148,7 @@ def test_fast_model_equals_the_reference_model(n_threads):
     _assert_same(_step(model, model, x, labels), _step(net, model, x, labels))
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 def test_fast_model_with_stochastic_depth(pool):
     x = np.random.default_rng(1).standard_normal((6, 3, 8, 8))
     labels = np.arange(6) % 3

@@ -272,3 +272,27 @@ def test_smaller_images_take_an_area_resized_position_embedding(backend, stem):
         model.forward(np.zeros((1, 3, 5, 5)))
     with pytest.raises(ValueError, match="images are 16x16, the model expects 8x8"):
         model.forward(np.zeros((1, 3, 16, 16)))
+
+
+def test_sequence_pooling_adds_one_score_weight_trained_by_adamw_with_decay():
+    """pool "seq": one weight [1, D] after the blocks (CCT's attention_pool, no bias: a bias
+    cancels in the softmax), decayed, and left to AdamW when Muon takes the matrices; the
+    head's weights over the patch tokens sum to 1 and follow the score."""
+    from minivit.config import TrainConfig
+    from minivit.train import make_optimizer
+    model = minivit.ViT(**tiny_config(pool="seq"), dtype="float64")
+    names = list(model.state_dict())
+    assert names[names.index("norm.weight") - 1] == "attention_pool.weight"
+    assert model.params["attention_pool.weight"].shape == (1, model.config.embed_dim)
+    assert "attention_pool.weight" not in minivit.ViT(**tiny_config()).state_dict()
+    opt = make_optimizer(TrainConfig.from_preset("hybrid", weight_decay=0.05), model)
+    adamw = [p.name for g in opt.param_groups if g["weight_decay"] for p in g["params"]]
+    assert "attention_pool.weight" in adamw
+    assert "attention_pool.weight" not in opt.momentum_of and "blocks.0.mlp.0.weight" in opt.momentum_of
+    # a score that singles out one token makes the pooled row that token
+    h = np.zeros((1, 4, 3))
+    h[0, 1:, 0] = [0.0, 50.0, 0.0]
+    h[0, 1:, 1] = [1.0, 2.0, 3.0]
+    pooled, cache = minivit.layers.seq_pool_forward(h, np.array([[1.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(pooled, h[:, 2], atol=1e-12)
+    np.testing.assert_allclose(cache.softmax.a.sum(axis=1), 1.0)

@@ -114,15 +114,15 @@ def test_docs_link_to_real_functions_and_real_checks():
 def test_gradcheck_model_checks_what_the_presets_train(capsys):
     """One command covers every part the presets (and the training options) use: the
     stem at stride 1 and 2, smaller images (the resized position embedding), drop path,
-    mean pooling, through the reference and the fast path, and the blocked GELU."""
-    from minivit.config import PRESETS
+    mean and sequence pooling, through the reference and the fast path, and the blocked GELU."""
+    from minivit.config import POOLS, PRESETS
     cases = [minivit.ViTConfig(**fields) for fields, _, _, _ in gradcheck.MODELS.values()]
     low_res = [side < f["img_size"] for f, side, _, _ in gradcheck.MODELS.values()]
     strides = {stride for c in cases for _, _, _, stride in c.stem_convs}
     for preset in PRESETS.values():
         if preset.get("stem_channels"):
             assert preset.get("stem_stride", 1) in strides
-    assert strides == {1, 2} and any(low_res) and {c.pool for c in cases} == {"cls", "mean"}
+    assert strides == {1, 2} and any(low_res) and {c.pool for c in cases} == set(POOLS)
     assert any(c.drop_path > 0 and seed is not None
                for c, (_, _, seed, _) in zip(cases, gradcheck.MODELS.values()))
     assert cli.main(["gradcheck", "--model", "--max-checks", "3"]) == 0

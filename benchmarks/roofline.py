@@ -1,0 +1,167 @@
+"""How close a training step comes to the machine's matrix-multiply speed (its roofline).
+
+    python benchmarks/roofline.py                        # hybrid preset, batch 128, 16/24/32px
+    python benchmarks/roofline.py --preset default --batch-size 80 --sizes 32
+
+A ViT's step is mostly matrix products; everything else (LayerNorm, softmax, GELU, the
+residuals, the optimizer's elementwise work, copies) moves memory. For each image size:
+
+- **matmul GFLOP per step**: counted, not estimated: the step (forward, cross-entropy,
+  backward, the preset's optimizer) runs once on the strict CuPy stand-in of the tests,
+  which adds up 2 m k n for every product it performs (the same code as on NumPy; only
+  the cutting of the batch into shards differs, which changes no product's total);
+- **step ms**: the same step on NumPy, as training runs it (FastViT's shards in
+  threads), the median of --rounds rounds of --steps steps after a warm-up;
+- **roofline**: the GEMM reference of every time-budget run (threads.gemm_gflops: a
+  float32 1024 x 1024 product on NumPy's BLAS, GFLOP/s, measured before each size) ->
+  **fraction** = (matmul FLOPs / GEMM rate) / step time, the share of the step a machine
+  doing nothing but large products at full speed would need;
+- **GEMMs alone**: the step's own products (the shapes recorded on the stand-in), timed
+  by themselves on NumPy's BLAS (all threads, one after the other): what these shapes
+  reach at best, so the step's time splits into "the products are small" and "the rest".
+
+The loader's batch, its augmentation and the resizing to the stage's size are not part
+of the step timed here (the training log's images/s include them).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import minivit  # noqa: E402
+from minivit.config import PRESETS, TrainConfig  # noqa: E402
+from minivit.fast import FastViT  # noqa: E402
+from minivit.threads import gemm_gflops, tune_host_allocator  # noqa: E402
+from minivit.train import make_optimizer  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="hybrid", choices=list(PRESETS))
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="image sides to time (default: the preset's stages, e.g. 16 24 32)")
+    ap.add_argument("--pool", default=None, help="override the preset's pooling (cls, mean, seq)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per round (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per size (default 3)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--embed-dim", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--depth", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    for name in ("batch_size", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def train_config(args):
+    overrides = {k: v for k, v in (("pool", args.pool), ("embed_dim", args.embed_dim),
+                                   ("depth", args.depth)) if v is not None}
+    return TrainConfig.from_preset(args.preset, **overrides)
+
+
+def stage_sizes(cfg):
+    sizes = [s for s, share in ((cfg.low_res_size, cfg.low_res), (cfg.mid_res_size, cfg.mid_res)) if share]
+    return sizes + [cfg.model_config().img_size]
+
+
+def make_step(cfg, backend, batch, side, seed=0):
+    """-> (model_pass, optimizer_step): one training step of cfg's model and optimizer on a
+    fixed batch of side x side images, as the training loop runs it (forward,
+    cross-entropy, backward without the image gradient; then the optimizer)."""
+    model = minivit.ViT(cfg.model_config(), backend=backend, seed=seed)
+    net, opt = FastViT(model), make_optimizer(cfg, model)
+    rng = np.random.default_rng(seed)
+    x = model.xp.asarray(rng.standard_normal((batch, 3, side, side)).astype(model.dtype))
+    y = model.xp.asarray(rng.integers(0, model.config.num_classes, batch))
+
+    def model_pass():
+        logits = net.forward(x)
+        _, dlogits = minivit.cross_entropy(logits, y, cfg.label_smoothing)
+        model.zero_grad()
+        net.backward(dlogits, need_dx=False)
+    return model_pass, opt.step
+
+
+def count_flops(cfg, batch, side):
+    """-> (model FLOPs, optimizer FLOPs, [(a shape, b shape) of every product]) of one
+    step, run on the stand-in."""
+    import cupy_strict
+    from launch_count import install_stand_in
+    install_stand_in()
+    model_pass, optimizer_step = make_step(cfg, "cupy", batch, side)
+    model_pass(), optimizer_step()                 # the first step sets the optimizer up
+    shapes, real = [], cupy_strict._count_matmul
+
+    def counting(a, b):
+        shapes.append((cupy_strict._unwrap(a).shape, cupy_strict._unwrap(b).shape))
+        real(a, b)
+    cupy_strict._count_matmul = counting
+    try:
+        flops = []
+        for run in (model_pass, optimizer_step):
+            cupy_strict.COUNTS.reset()
+            run()
+            flops.append(cupy_strict.COUNTS.matmul_flops)
+    finally:
+        cupy_strict._count_matmul = real
+    return flops[0], flops[1], shapes
+
+
+def time_rounds(fn, steps, rounds, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        times.append((time.perf_counter() - t0) / steps)
+    return float(np.median(times))
+
+
+def time_gemms(shapes, steps, rounds, dtype=np.float32):
+    """Seconds for the recorded products, run by themselves on NumPy (fresh operands)."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype)) for a, b in shapes]
+
+    def run():
+        for a, b in pairs:
+            np.matmul(a, b)
+    return time_rounds(run, steps, rounds, warmup=1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tune_host_allocator()
+    cfg = train_config(args)
+    c = cfg.model_config()
+    sizes = args.sizes or stage_sizes(cfg)
+    print(f"preset {args.preset}: ViT dim {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, "
+          f"stem {c.stem_channels or 'none'}, pool {c.pool}, {cfg.optimizer}; batch {args.batch_size}, "
+          f"float32, NumPy, {FastViT(minivit.ViT(c)).threads} threads")
+    print(f"{'side':>4} {'tokens':>6} {'model GFLOP':>11} {'opt GFLOP':>9} {'step ms':>8} "
+          f"{'img/s':>7} {'GFLOP/s':>7} {'GEMM ref':>8} {'fraction':>8} {'GEMMs alone ms':>14} "
+          f"{'their share':>11}")
+    for side in sizes:
+        model_flops, opt_flops, shapes = count_flops(cfg, args.batch_size, side)
+        model_pass, optimizer_step = make_step(cfg, "numpy", args.batch_size, side)
+        ref = gemm_gflops()
+        seconds = time_rounds(lambda: (model_pass(), optimizer_step()), args.steps, args.rounds,
+                              args.warmup)
+        gemms = time_gemms(shapes, args.steps, args.rounds)
+        flops = model_flops + opt_flops
+        print(f"{side:>4} {(side // c.side_unit) ** 2 + 1:>6} {model_flops / 1e9:>11.3f} "
+              f"{opt_flops / 1e9:>9.3f} {1e3 * seconds:>8.1f} {args.batch_size / seconds:>7.1f} "
+              f"{flops / seconds / 1e9:>7.1f} {ref:>8.1f} {flops / (ref * 1e9) / seconds:>8.2f} "
+              f"{1e3 * gemms:>14.1f} {gemms / seconds:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
