@@ -7,8 +7,9 @@ A ViT's step is mostly matrix products; everything else (LayerNorm, softmax, GEL
 residuals, the optimizer's elementwise work, copies) moves memory. For each image size:
 
 - **matmul GFLOP per step**: counted, not estimated: the step (forward, cross-entropy,
-  backward, the preset's optimizer) runs once on the strict CuPy stand-in of the tests,
-  which adds up 2 m k n for every product it performs (the same code as on NumPy; only
+  backward, the preset's optimizer) runs on the strict CuPy stand-in of the tests (a first
+  step sets the optimizer up, the second is counted), which adds up 2 m k n for every
+  product it performs (the same code as on NumPy; only
   the cutting of the batch into shards differs, which changes no product's total);
 - **step ms**: the same step on NumPy, as training runs it (FastViT's shards in
   threads), the median of --rounds rounds of --steps steps after a warm-up;
@@ -35,9 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import minivit  # noqa: E402
-from minivit.config import PRESETS, TrainConfig  # noqa: E402
+from minivit.config import POOLS, PRESETS, TrainConfig  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
-from minivit.threads import gemm_gflops, tune_host_allocator  # noqa: E402
+from minivit.threads import cpu_threads, gemm_gflops, tune_host_allocator  # noqa: E402
 from minivit.train import make_optimizer  # noqa: E402
 
 
@@ -47,15 +48,15 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
                     help="image sides to time (default: the preset's stages, e.g. 16 24 32)")
-    ap.add_argument("--pool", default=None, help="override the preset's pooling (cls, mean, seq)")
+    ap.add_argument("--pool", default=None, choices=POOLS, help="override the preset's pooling")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per size (default 3)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--embed-dim", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--depth", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")
+    ap.add_argument("--depth", type=int, default=None, help="override the preset's depth")
     args = ap.parse_args(argv)
-    for name in ("batch_size", "steps", "rounds"):
-        if getattr(args, name) < 1:
+    for name in ("batch_size", "steps", "rounds", "warmup"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
             ap.error(f"--{name.replace('_', '-')} must be positive")
     return args
 
@@ -97,20 +98,12 @@ def count_flops(cfg, batch, side):
     install_stand_in()
     model_pass, optimizer_step = make_step(cfg, "cupy", batch, side)
     model_pass(), optimizer_step()                 # the first step sets the optimizer up
-    shapes, real = [], cupy_strict._count_matmul
-
-    def counting(a, b):
-        shapes.append((cupy_strict._unwrap(a).shape, cupy_strict._unwrap(b).shape))
-        real(a, b)
-    cupy_strict._count_matmul = counting
-    try:
-        flops = []
-        for run in (model_pass, optimizer_step):
-            cupy_strict.COUNTS.reset()
-            run()
-            flops.append(cupy_strict.COUNTS.matmul_flops)
-    finally:
-        cupy_strict._count_matmul = real
+    flops, shapes = [], []
+    for run in (model_pass, optimizer_step):
+        cupy_strict.COUNTS.reset()
+        run()
+        flops.append(cupy_strict.COUNTS.matmul_flops)
+        shapes += cupy_strict.COUNTS.matmul_shapes
     return flops[0], flops[1], shapes
 
 
@@ -126,7 +119,7 @@ def time_rounds(fn, steps, rounds, warmup):
     return float(np.median(times))
 
 
-def time_gemms(shapes, steps, rounds, dtype=np.float32):
+def time_gemms(shapes, steps, rounds, dtype):
     """Seconds for the recorded products, run by themselves on NumPy (fresh operands)."""
     rng = np.random.default_rng(0)
     pairs = [(rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype)) for a, b in shapes]
@@ -145,7 +138,7 @@ def main(argv=None):
     sizes = args.sizes or stage_sizes(cfg)
     print(f"preset {args.preset}: ViT dim {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, "
           f"stem {c.stem_channels or 'none'}, pool {c.pool}, {cfg.optimizer}; batch {args.batch_size}, "
-          f"float32, NumPy, {FastViT(minivit.ViT(c)).threads} threads")
+          f"{c.dtype}, NumPy, {cpu_threads()} threads")
     print(f"{'side':>4} {'tokens':>6} {'model GFLOP':>11} {'opt GFLOP':>9} {'step ms':>8} "
           f"{'img/s':>7} {'GFLOP/s':>7} {'GEMM ref':>8} {'fraction':>8} {'GEMMs alone ms':>14} "
           f"{'their share':>11}")
@@ -155,7 +148,7 @@ def main(argv=None):
         ref = gemm_gflops()
         seconds = time_rounds(lambda: (model_pass(), optimizer_step()), args.steps, args.rounds,
                               args.warmup)
-        gemms = time_gemms(shapes, args.steps, args.rounds)
+        gemms = time_gemms(shapes, args.steps, args.rounds, c.dtype)
         flops = model_flops + opt_flops
         print(f"{side:>4} {(side // c.side_unit) ** 2 + 1:>6} {model_flops / 1e9:>11.3f} "
               f"{opt_flops / 1e9:>9.3f} {1e3 * seconds:>8.1f} {args.batch_size / seconds:>7.1f} "

@@ -216,8 +216,8 @@ assert report.passed"""),
 `check_model` nudges every input pixel and every parameter of a small ViT (float64), and
 compares with the hand-derived backward of the whole network. In a terminal,
 `minivit gradcheck --model` does this for the configurations the presets train (conv
-stem, smaller images, drop path, mean pooling) through both the reference and the fast
-path."""),
+stem, smaller images, drop path, mean and sequence pooling) through both the reference and
+the fast path."""),
     ("code", """model = minivit.ViT(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
                     num_classes=3, dtype="float64", backend="numpy")
 report = gradcheck.check_model(model, batch_size=2)

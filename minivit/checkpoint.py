@@ -9,7 +9,8 @@ Inside the file:
                                  optimizer scalars, position in the epoch, normalization,
                                  best accuracy
 
-The weights keep PyTorch's names, so the PyTorch SimpleViT loads them directly:
+The weights keep PyTorch's names, so the PyTorch SimpleViT loads them directly (a model
+of the same shape: no conv stem, pool "cls" or "mean"):
 
     sd = minivit.checkpoint.load_weights("best.npz")
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})

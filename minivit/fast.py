@@ -280,7 +280,7 @@ class FastViT:
         for i in range(c.depth):
             h, cb = block_fused(h, m.block_params(i), c.num_heads, c.gelu, masks[i], self._cls_only(i))
             c_blocks.append(cb if keep_cache else None)
-        pooled, c_pool = layers.pool_forward(h, c.pool, p.get("attention_pool.weight"))  # [B, D]
+        pooled, c_pool = layers.pool_forward(h, c.pool, p.get(layers.SEQ_POOL_WEIGHT))  # [B, D]
         z, c_norm = layernorm_fused(pooled, p["norm.weight"], p["norm.bias"])
         logits, c_lin = linear_nobias(z, p["head.weight"])
         logits += p["head.bias"]                                             # [B, K]
@@ -308,7 +308,7 @@ class FastViT:
         else:
             dh, dpool_w = layers.pool_backward(dpooled, head.pool)           # [B, N, D]
             if dpool_w is not None:                                          # pool "seq"
-                g["attention_pool.weight"][...] = dpool_w
+                g[layers.SEQ_POOL_WEIGHT][...] = dpool_w
         for i in reversed(range(c.depth)):
             prefix = f"blocks.{i}."
             block_grads = {name: g[prefix + name] for name in layers.BLOCK_PARAM_NAMES}

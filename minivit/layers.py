@@ -427,11 +427,17 @@ def block_backward(dy, cache):
 
 # ------------------------------------------------------------------ the head's pooling
 
+# the model's parameter of sequence pooling (CCT's name for it)
+SEQ_POOL_WEIGHT = "attention_pool.weight"
+
+
 def pool_forward(h, pool, w=None):
     """What the head reads of the tokens h [B, N, D] -> [B, D]: the class token's row
     (pool "cls"), the mean of the P = N - 1 patch tokens (pool "mean"), or their
     attention-weighted sum (pool "seq", with its weight w [1, D]: seq_pool_forward)."""
     if pool == "seq":
+        if w is None:
+            raise ValueError(f"pool 'seq' needs its weight: pass the model's {SEQ_POOL_WEIGHT} as w")
         return seq_pool_forward(h, w)
     pooled = h[:, 0] if pool == "cls" else h[:, 1:].mean(axis=1)
     return pooled, Cache(pool=pool, h_shape=h.shape)

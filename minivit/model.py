@@ -5,12 +5,12 @@
       -> patch_embed   (conv p x p, stride p)          [B, P, D]
       -> vit_embed     (class token, position embed)   [B, N, D]
       -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
-      -> pool          (class token, mean, or a learned   [B, D]
-                        softmax over the tokens: seq)
+      -> pool          (class token, mean, or seq)     [B, D]
       -> norm, head    (LayerNorm, linear)             [B, num_classes]
 
 Parameter names and shapes are those of the PyTorch SimpleViT this engine reproduces,
-so a state_dict moves between the two without renaming.
+so a state_dict moves between the two without renaming (the options SimpleViT lacks add
+parameters of their own: the stem's convs, sequence pooling's attention_pool.weight).
 
     model = ViT(ViTConfig(embed_dim=192, depth=6, num_heads=3))   # or ViT(embed_dim=...)
     logits = model.forward(images)                                # keeps what backward needs
@@ -94,8 +94,8 @@ class ViT:
         })
         for i in range(c.depth):
             shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
-        if c.pool == "seq":                  # sequence pooling's score (CCT's name)
-            shapes["attention_pool.weight"] = (1, D)
+        if c.pool == "seq":                  # sequence pooling's score
+            shapes[layers.SEQ_POOL_WEIGHT] = (1, D)
         shapes.update({"norm.weight": (D,), "norm.bias": (D,),
                        "head.weight": (K, D), "head.bias": (K,)})
         return shapes
@@ -303,13 +303,14 @@ class ViT:
         """The head on the tokens h [B, N, D] -> logits [B, K] (head_forward below)."""
         p = self.params
         return head_forward(h, p["norm.weight"], p["norm.bias"], p["head.weight"], p["head.bias"],
-                            self.config.pool, p.get("attention_pool.weight"))
+                            self.config.pool, p.get(layers.SEQ_POOL_WEIGHT))
 
     def head_backward(self, dlogits, cache, grads):
-        """-> dL/dh [B, N, D]; adds the norm's and the head's gradients into grads."""
+        """-> dL/dh [B, N, D]; adds the norm's and the head's gradients (and the pooling
+        weight's, with pool "seq") into grads."""
         dh, *head_grads = head_backward(dlogits, cache)
-        names = ("norm.weight", "norm.bias", "head.weight", "head.bias", "attention_pool.weight")
-        for name, g in zip(names, head_grads):
+        names = ("norm.weight", "norm.bias", "head.weight", "head.bias", layers.SEQ_POOL_WEIGHT)
+        for name, g in zip(names[:len(head_grads)], head_grads):
             grads[name] += g
         return dh
 

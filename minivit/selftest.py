@@ -45,7 +45,8 @@ STEPS_RTOL = {"float64": 1e-9, "float32": 1e-3}
 VARIANTS = {"AdamW, EMA, clipping, drop path": {},
             "conv stem": dict(stem_channels=4),
             "low-resolution batch": dict(low_res_side=4),
-            "Muon": dict(stem_channels=4, optimizer="muon")}
+            "Muon": dict(stem_channels=4, optimizer="muon"),
+            "sequence pooling": dict(pool="seq")}
 LOADER_ATOL = 1e-4
 
 

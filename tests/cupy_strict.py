@@ -23,7 +23,8 @@ arguments, ufuncs with their operand types): tests/cupy_real.py replays them thr
 CuPy's type rules, code generator and compiler.
 
 COUNTS holds the totals: `ops` (kernel launches, host->device copies), `syncs` (reads of
-device data on the host). Launches follow real CuPy 14's rules where one call is several
+device data on the host), and the matmuls' `matmul_flops` (2 m k n each; the other
+products, dot, tensordot, einsum, are not counted: minivit uses none) and `matmul_shapes`. Launches follow real CuPy 14's rules where one call is several
 kernels (`extra_launches`): an N-d matmul copies each operand that is not C-contiguous
 before its batched GEMM; a full reduction through CUB is two kernels, a mean through CUB
 adds a division; vdot is a multiply and a CUB sum; indexing with integer arrays gathers
@@ -52,6 +53,7 @@ class Counts:
         self.ops = 0
         self.syncs = 0
         self.matmul_flops = 0      # 2 m k n per product (benchmarks/roofline.py reads it)
+        self.matmul_shapes = []    # (a shape, b shape) of each product
 
     def snapshot(self):
         return self.ops, self.syncs
@@ -103,12 +105,13 @@ def _op(n=1):
 
 def _count_matmul(a, b):
     """Add a matmul's floating-point operations: [..., m, k] @ [..., k, n] is 2 m k n per
-    matrix of the (broadcast) batch."""
+    matrix of the (broadcast) batch; a 1-d operand is a row (a) or a column (b), as in NumPy."""
     a, b = _unwrap(a), _unwrap(b)
-    if a.ndim < 2 or b.ndim < 2:
-        raise TypeError("the stand-in counts matmuls of matrices only")
+    m = a.shape[-2] if a.ndim > 1 else 1
+    n = b.shape[-1] if b.ndim > 1 else 1
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    COUNTS.matmul_flops += 2 * int(np.prod(batch)) * a.shape[-2] * a.shape[-1] * b.shape[-1]
+    COUNTS.matmul_flops += 2 * int(np.prod(batch)) * m * a.shape[-1] * n
+    COUNTS.matmul_shapes.append((a.shape, b.shape))
 
 
 def _sync():

@@ -149,3 +149,15 @@ def test_every_file_the_docs_and_docstrings_name_exists(path):
         text = read(name)
         for ref in re.findall(r"\b((?:benchmarks|examples|tests|docs|minivit|data)/[\w/.-]+\.(?:py|md|ipynb|npz))", text):
             assert os.path.exists(os.path.join(ROOT, ref)), f"{name} names {ref}, which does not exist"
+
+
+def test_no_text_file_hides_a_control_character():
+    """A formula written through an escaping layer can lose a backslash: "\\bar x" becomes a
+    backspace and "ar x". Every doc, module and script is plain text (tabs and newlines)."""
+    paths = ["README.md", "CHANGELOG.md"] + [os.path.join(d, f) for d in ("docs", "minivit", "benchmarks",
+                                                                          "examples", "tests")
+                                             for f in sorted(os.listdir(os.path.join(ROOT, d)))
+                                             if f.endswith((".md", ".py", ".ipynb"))]
+    for path in paths:
+        bad = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", read(path))
+        assert bad is None, f"{path}: control character {bad.group()!r} at offset {bad.start()}"
