@@ -295,7 +295,8 @@ a 2-core CPU; `minivit/pretrained/README.md`). Here it is on 16 images of the sa
     ("code", """model, meta = checkpoint.load_model(checkpoint.SHIPPED_MODEL, backend="numpy")
 images, labels = x_test[:16], y_test[:16]
 x = data.normalize(images, meta["mean"], meta["std"], model.config.dtype)
-logits, maps = model.attention(x)                   # maps[l]: [B, heads, N, N], block l
+logits, maps, readout = model.attention(x)          # maps[l]: [B, heads, N, N], block l
+assert readout is None                              # this model's head reads the class token
 pred = logits.argmax(axis=1)
 print(f"{(pred == labels).sum()} of 16 right")
 
@@ -309,7 +310,7 @@ plt.show()"""),
     ("md", """Where the class token looks: each head's attention from the class token to the 64
 patches in the last block, and the attention rollout through all blocks (attention
 chained through the residual connections)."""),
-    ("code", """heads = attention_maps.to_grid(attention_maps.cls_attention(maps[-1]))    # [B, heads, 8, 8]
+    ("code", """heads = attention_maps.to_grid(attention_maps.reader_attention(maps[-1]))  # [B, heads, 8, 8]
 roll = attention_maps.to_grid(attention_maps.rollout(maps))                  # [B, 8, 8]
 assert np.allclose(maps[-1].sum(axis=-1), 1.0, atol=1e-5)                    # rows of probabilities
 

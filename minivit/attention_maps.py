@@ -1,13 +1,19 @@
-"""What the class token looks at: per-head attention maps and attention rollout.
+"""What the head looks at: per-head attention maps and attention rollout.
 
-    logits, maps = model.attention(x)            # maps[l]: [B, heads, N, N]
-    heads = cls_attention(maps[-1])              # [B, heads, P]: class token -> patches
-    roll = rollout(maps)                         # [B, P]: through every layer
+    logits, maps, readout = model.attention(x)   # maps[l]: [B, heads, N, N]
+    heads = reader_attention(maps[-1], readout)  # [B, heads, P]: the head's reader -> patches
+    roll = rollout(maps, readout)                # [B, P]: through every layer
+
+The head reads the class token (readout None: pool "cls"), or a weighted sum of the patch
+tokens' outputs, readout [B, P] (pool "mean": 1/P each; pool "seq": the learned softmax).
+The maps follow that reader: the class token's attention row, or the patch tokens' rows
+mixed with the readout's weights.
 
 Rollout (Abnar & Zuidema, 2020) follows attention through the residual stream: each
 block's head-averaged attention A is mixed with the identity for the skip connection,
 A' = (A + I) / 2 (rows still sum to one), and the blocks are chained, R = A'_L ... A'_1.
-Row 0 of R, over the patch tokens, says how much each patch fed the class token.
+The reader's row of R, over the patch tokens, says how much each patch fed what the head
+reads.
 """
 
 import numpy as np
@@ -16,13 +22,24 @@ from .backend import array_module, to_host
 from .files import atomic_write
 
 
-def cls_attention(a):
-    """a [B, heads, N, N] -> [B, heads, P]: the class token's attention to each patch."""
-    return a[:, :, 0, 1:]
+def reader_row(a, readout=None):
+    """a [B, ..., N, M] -> [B, ..., M]: row 0, the class token's (readout None), or the
+    patch tokens' rows 1..N-1 weighted by readout [B, P]."""
+    if readout is None:
+        return a[..., 0, :]
+    w = readout.reshape(len(readout), *([1] * (a.ndim - 3)), 1, -1)          # [B, 1.., 1, P]
+    return (w @ a[..., 1:, :])[..., 0, :]
 
 
-def rollout(maps):
-    """maps: list of [B, heads, N, N] (first block first) -> [B, P], rows summing to <= 1."""
+def reader_attention(a, readout=None):
+    """a [B, heads, N, N] -> [B, heads, P]: the attention of what the head reads (the class
+    token, or the readout's mix of patch tokens) to each patch."""
+    return reader_row(a, readout)[..., 1:]
+
+
+def rollout(maps, readout=None):
+    """maps: list of [B, heads, N, N] (first block first) -> [B, P], rows summing to <= 1;
+    readout: as in reader_attention."""
     xp = array_module(maps[0])
     B, _, N, _ = maps[0].shape
     eye = xp.eye(N, dtype=maps[0].dtype)
@@ -31,7 +48,7 @@ def rollout(maps):
         A = 0.5 * (a.mean(axis=1) + eye)                 # [B, N, N], rows sum to one
         A = A / A.sum(axis=-1, keepdims=True)
         R = A @ R
-    return R[:, 0, 1:]
+    return reader_row(R, readout)[:, 1:]
 
 
 def to_grid(weights):
@@ -43,9 +60,10 @@ def to_grid(weights):
     return weights.reshape(*weights.shape[:-1], g, g)
 
 
-def draw(image, head_maps, roll_map, path, title=""):
-    """Draw one image [3, H, W] uint8 with its per-head maps [heads, g, g] and rollout
-    [g, g] laid over it; writes a PNG (matplotlib needed). Returns path."""
+def draw(image, head_maps, roll_map, path, title="", readout_map=None):
+    """Draw one image [3, H, W] uint8 with its per-head maps [heads, g, g], rollout [g, g]
+    and, when given, the head's readout [g, g] laid over it; writes a PNG (matplotlib
+    needed). Returns path."""
     import io
 
     import matplotlib
@@ -57,6 +75,8 @@ def draw(image, head_maps, roll_map, path, title=""):
     H, W = image.shape[:2]
     panels = [("image", None)] + [(f"head {h}", m) for h, m in enumerate(head_maps)] + \
              [("rollout", roll_map)]
+    if readout_map is not None:
+        panels.append(("pooling weights", to_host(readout_map)))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
     for ax, (name, m) in zip(np.atleast_1d(axes), panels):
         ax.imshow(image)

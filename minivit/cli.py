@@ -275,18 +275,21 @@ def cmd_attention(args, parser):
         parser.error(f"--layer {args.layer} is out of range: the model has {model.config.depth} blocks "
                      f"(0..{model.config.depth - 1}, or -1 for the last)")
     x = normalize(model.xp.asarray(image[None]), meta["mean"], meta["std"], model.config.dtype)
-    logits, maps = model.attention(x)
+    logits, maps, readout = model.attention(x)
     pred = CLASSES[int(to_host(logits).argmax())]
-    heads = am.to_grid(am.cls_attention(maps[args.layer])[0])            # [heads, g, g]
-    roll = am.to_grid(am.rollout(maps)[0])                               # [g, g]
+    heads = am.to_grid(am.reader_attention(maps[args.layer], readout)[0])  # [heads, g, g]
+    roll = am.to_grid(am.rollout(maps, readout)[0])                        # [g, g]
+    pooled = None if readout is None else am.to_grid(readout[0])           # [g, g]
     layer = args.layer % model.config.depth
-    title = f"predicted {pred}" + (f" (true {label})" if label else "") + f"; heads of block {layer}"
+    reader = "the class token" if readout is None else f"the {model.config.pool} pooling's tokens"
+    title = f"predicted {pred}" + (f" (true {label})" if label else "") + \
+        f"; heads of block {layer}, as {reader} attend"
     # by default beside the checkpoint, in its run folder (runs/shipped-model for the shipped one)
     folder = Path("runs") / "shipped-model" if path == ckpt.SHIPPED_MODEL else Path(path).parent
     out = args.out or str(folder / f"attention-{name}.png")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        am.draw(image, heads, roll, out, title)
+        am.draw(image, heads, roll, out, title, pooled)
     except ImportError:
         raise MinivitError("matplotlib is not installed: `pip install -e .[plot]` to draw "
                            "attention maps") from None

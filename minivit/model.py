@@ -315,11 +315,22 @@ class ViT:
         return dh
 
     def attention(self, x):
-        """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}]), a_l [B, heads, N, N] the
-        attention probabilities of block l (row i: how token i attends to every token;
-        token 0 is the class token). Nothing is kept for backward."""
-        logits, cache = self.forward_pass(self.check_images(x), [None] * self.config.depth)
-        return logits, [c.attn.sdpa.a for c in cache.blocks]
+        """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}], readout): a_l [B, heads, N, N]
+        the attention probabilities of block l (row i: how token i attends to every token;
+        token 0 is the class token); readout [B, P] the weight the head gives each patch
+        token's output (None when it reads the class token: pool "cls"; 1/P each for
+        "mean"; the learned softmax for "seq"). Nothing is kept for backward."""
+        x = self.check_images(x)
+        logits, cache = self.forward_pass(x, [None] * self.config.depth)
+        pool = cache.head.pool
+        if pool.pool == "cls":
+            readout = None
+        elif pool.pool == "mean":
+            P = pool.h_shape[1] - 1
+            readout = self.xp.full((len(x), P), 1.0 / P, dtype=self.dtype)   # [B, P]
+        else:
+            readout = pool.softmax.a                                          # [B, P]
+        return logits, [c.attn.sdpa.a for c in cache.blocks], readout
 
     # ------------------------------------------------------------------ input checks
 

@@ -49,12 +49,13 @@ def test_attention_maps_rows_sum_to_one_and_rollout_shape(backend):
     H = minivit.to_host
     model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3, backend=backend)
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
-    logits, maps = model.attention(x)
+    logits, maps, readout = model.attention(x)
+    assert readout is None                               # the head reads the class token
     np.testing.assert_allclose(H(logits), H(model.forward(x)), rtol=1e-5, atol=1e-6)
     assert len(maps) == 3 and all(a.shape == (2, 3, 17, 17) for a in maps)
     for a in maps:
         np.testing.assert_allclose(H(a.sum(-1)), 1.0, rtol=1e-5)
-    heads = attention_maps.cls_attention(maps[-1])
+    heads = attention_maps.reader_attention(maps[-1])
     assert heads.shape == (2, 3, 16)
     roll = H(attention_maps.rollout(maps))
     assert roll.shape == (2, 16) and np.all(roll > 0) and np.all(roll.sum(-1) < 1)
@@ -81,6 +82,10 @@ def test_attention_command_draws_a_png(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["attention", "--checkpoint", str(tmp_path / "m.npz"), "--layer", "5"])
     assert "--layer 5 is out of range: the model has 2 blocks" in capsys.readouterr().err
+    seq = minivit.ViT(embed_dim=16, depth=2, num_heads=2, pool="seq")
+    checkpoint.save(tmp_path / "s.npz", seq, {"mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 1})
+    assert cli.main(["attention", "--checkpoint", str(tmp_path / "s.npz"), "--out", str(out)]) == 0
+    assert "heads of block 1, as the seq pooling's tokens attend" in capsys.readouterr().out
 
 
 def test_walkthrough_example_runs():
@@ -146,3 +151,29 @@ def test_the_blocked_gelu_check_reaches_the_blocked_path_and_catches_an_error(mo
     monkeypatch.setattr(kernels, "normal_cdf", lambda x, gauss: real_cdf(x, gauss) + np.float32(1e-5))
     report = gradcheck.check_blocked_gelu()
     assert not report["GELU(x)"].passed and not report["GELU'(x)"].passed
+
+
+@pytest.mark.parametrize("pool", ["mean", "seq"])
+def test_attention_maps_follow_what_a_pooling_head_reads(backend, pool):
+    """With mean or sequence pooling the head reads the patch tokens, weighted by readout
+    [B, P] (1/P each, or the learned softmax); the maps mix those tokens' rows alike."""
+    H = minivit.to_host
+    model = minivit.ViT(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, pool=pool,
+                        dtype="float64", backend=backend, seed=1)
+    if pool == "seq":       # a score that prefers some tokens: the readout is not uniform
+        model.params["attention_pool.weight"][...] = model.xp.asarray(
+            np.random.default_rng(0).standard_normal((1, 24)))
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
+    logits, maps, readout = model.attention(x)
+    r = H(readout)
+    assert r.shape == (2, 16) and np.allclose(r.sum(axis=1), 1.0)
+    assert np.allclose(r, 1 / 16) == (pool == "mean")
+    a = H(maps[-1])
+    want = np.einsum("bp,bhpn->bhn", r, a[:, :, 1:, 1:])          # the readout's mix of rows
+    np.testing.assert_allclose(H(attention_maps.reader_attention(maps[-1], readout)), want, rtol=1e-12)
+    roll = H(attention_maps.rollout(maps, readout))
+    assert roll.shape == (2, 16) and np.all(roll > 0) and np.all(roll.sum(-1) <= 1 + 1e-12)
+    one_hot = np.zeros((1, 16))
+    one_hot[0, 3] = 1.0                                            # reading token 4 alone
+    uniform = np.full((1, 2, 17, 17), 1 / 17)
+    np.testing.assert_allclose(attention_maps.reader_attention(uniform, one_hot), 1 / 17)
