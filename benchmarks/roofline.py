@@ -28,7 +28,6 @@ of the step timed here (the training log's images/s include them).
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -40,6 +39,7 @@ from minivit.config import POOLS, PRESETS, TrainConfig  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
 from minivit.threads import cpu_threads, gemm_gflops, tune_host_allocator  # noqa: E402
 from minivit.train import make_optimizer  # noqa: E402
+from train_step import timer  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
 
 def parse_args(argv=None):
@@ -108,15 +108,10 @@ def count_flops(cfg, batch, side):
 
 
 def time_rounds(fn, steps, rounds, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        times.append((time.perf_counter() - t0) / steps)
-    return float(np.median(times))
+    """Seconds per call of fn: the median of `rounds` rounds of `steps` calls, after
+    `warmup` calls (train_step.timer, with nothing to wait for on NumPy)."""
+    time_round = timer(fn, lambda: None, steps, warmup)
+    return float(np.median([time_round() for _ in range(rounds)]))
 
 
 def time_gemms(shapes, steps, rounds, dtype):
