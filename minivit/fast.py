@@ -326,7 +326,7 @@ class FastViT:
         if not (need_dx or embed.stem):
             return None
         dx = layers.unpatchify(dpatch, embed.x_shape, c.patch_size)
-        dx, stem_grads = m.stem_backward(dx, embed.stem, self._stem_gelu_backward)
+        dx, stem_grads = m.stem_backward(dx, embed.stem, self._stem_gelu_backward, need_dx)
         for name, grad in stem_grads.items():
             g[name][...] = grad
-        return dx if need_dx else None
+        return dx

@@ -35,15 +35,15 @@ def linear_forward(x, w, b):
     return y.reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
 
 
-def linear_backward(dy, cache):
+def linear_backward(dy, cache, need_dx=True):
     """y_mj = sum_i x_mi W_ji + b_j, so
 
-        dx = dy W          [M, Din]
+        dx = dy W          [M, Din]   (None with need_dx=False: an input no one trains)
         dW = dy^T x        [Dout, Din]   (summed over every row m)
         db = sum_m dy      [Dout]
     """
     dy2 = dy.reshape(-1, cache.w.shape[0])          # [M, Dout]
-    dx = (dy2 @ cache.w).reshape(cache.x_shape)     # [..., Din]
+    dx = (dy2 @ cache.w).reshape(cache.x_shape) if need_dx else None  # [..., Din]
     dw = dy2.T @ cache.x2                           # [Dout, Din]
     db = dy2.sum(axis=0)                            # [Dout]
     return dx, dw, db
@@ -119,13 +119,16 @@ def conv2d_forward(x, w, b, stride=1, padding=1):
     return y, Cache(linear=c_lin, x_shape=x.shape, w_shape=w.shape, stride=stride, padding=padding)
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, need_dx=True):
     """The linear backward on the windows, then every window's gradient added back at
     its place in the padded image (windows overlap when k > s, so gradients sum: col2im),
     and the padding cut off:
 
         dcols, dW_flat, db = linear_backward(dy as [B, Ho Wo, Co])
         dxpad[b, c, s ho + i, s wo + j] += dcols[b, (ho, wo), (c, i, j)]
+
+    need_dx=False (the first conv of a training step: the images need no gradient)
+    skips dcols and the scatter, and returns dx None.
     """
     xp = array_module(dy)
     B, C, H, W = cache.x_shape
@@ -133,7 +136,9 @@ def conv2d_backward(dy, cache):
     s, pad = cache.stride, cache.padding
     Ho, Wo = dy.shape[2], dy.shape[3]
     dy2 = dy.transpose(0, 2, 3, 1).reshape(B, Ho * Wo, Co)           # [B, Ho Wo, Co]
-    dcols, dw, db = linear_backward(dy2, cache.linear)
+    dcols, dw, db = linear_backward(dy2, cache.linear, need_dx)
+    if not need_dx:
+        return None, dw.reshape(cache.w_shape), db
     dcols = dcols.reshape(B, Ho, Wo, C, k, k)
     dxpad = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=dy.dtype)
     for i in range(k):

@@ -268,13 +268,14 @@ class ViT:
             caches.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
         return x, caches
 
-    def stem_backward(self, dx, caches, gelu_backward=None):
-        """The backward of stem_forward -> (dL/dx [B, C, H, W], {parameter name: gradient})."""
+    def stem_backward(self, dx, caches, gelu_backward=None, need_dx=True):
+        """The backward of stem_forward -> (dL/dx [B, C, H, W], {parameter name: gradient});
+        need_dx=False: the first conv skips its input's gradient and dL/dx is None."""
         gelu_backward = gelu_backward or layers.GELUS[self.config.gelu][1]
         grads = {}
-        for c in reversed(caches):
+        for i, c in reversed(list(enumerate(caches))):
             dx, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = layers.conv2d_backward(
-                gelu_backward(dx, c.gelu), c.conv)
+                gelu_backward(dx, c.gelu), c.conv, need_dx=need_dx or i > 0)
         return dx, grads
 
     def pos_embed_for(self, grid, area_weights=resize.area_weights):
