@@ -19,7 +19,8 @@ residuals, the optimizer's elementwise work, copies) moves memory. For each imag
   doing nothing but large products at full speed would need;
 - **GEMMs alone**: the step's own products (the shapes recorded on the stand-in), timed
   by themselves on NumPy's BLAS (all threads, one after the other): what these shapes
-  reach at best, so the step's time splits into "the products are small" and "the rest".
+  reach at best, so the step's time splits into "the products are small" and "the rest";
+  with --torch, the same products on PyTorch's CPU matmul too (its BLAS against NumPy's).
 
 The loader's batch, its augmentation and the resizing to the stage's size are not part
 of the step timed here (the training log's images/s include them).
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")
     ap.add_argument("--depth", type=int, default=None, help="override the preset's depth")
+    ap.add_argument("--torch", action="store_true", help="also time the same products on "
+                    "PyTorch's CPU matmul (needs torch)")
     args = ap.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "warmup"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
@@ -114,14 +117,21 @@ def time_rounds(fn, steps, rounds, warmup):
     return float(np.median([time_round() for _ in range(rounds)]))
 
 
-def time_gemms(shapes, steps, rounds, dtype):
-    """Seconds for the recorded products, run by themselves on NumPy (fresh operands)."""
+def time_gemms(shapes, steps, rounds, dtype, library="numpy"):
+    """Seconds for the recorded products, run by themselves (fresh operands) on NumPy's
+    BLAS, or with library="torch" on PyTorch's CPU matmul (the same shapes, its own BLAS
+    and threads): how fast these products can be on this machine, whoever runs them."""
     rng = np.random.default_rng(0)
     pairs = [(rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype)) for a, b in shapes]
+    matmul = np.matmul
+    if library == "torch":
+        import torch
+        pairs = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in pairs]
+        matmul = torch.matmul
 
     def run():
         for a, b in pairs:
-            np.matmul(a, b)
+            matmul(a, b)
     return time_rounds(run, steps, rounds, warmup=1)
 
 
@@ -136,7 +146,7 @@ def main(argv=None):
           f"{c.dtype}, NumPy, {cpu_threads()} threads")
     print(f"{'side':>4} {'tokens':>6} {'model GFLOP':>11} {'opt GFLOP':>9} {'step ms':>8} "
           f"{'img/s':>7} {'GFLOP/s':>7} {'GEMM ref':>8} {'fraction':>8} {'GEMMs alone ms':>14} "
-          f"{'their share':>11}")
+          f"{'their share':>11}" + (f" {'torch GEMMs ms':>14}" if args.torch else ""))
     for side in sizes:
         model_flops, opt_flops, shapes = count_flops(cfg, args.batch_size, side)
         model_pass, optimizer_step = make_step(cfg, "numpy", args.batch_size, side)
@@ -144,11 +154,13 @@ def main(argv=None):
         seconds = time_rounds(lambda: (model_pass(), optimizer_step()), args.steps, args.rounds,
                               args.warmup)
         gemms = time_gemms(shapes, args.steps, args.rounds, c.dtype)
+        torch_gemms = time_gemms(shapes, args.steps, args.rounds, c.dtype, "torch") if args.torch else None
         flops = model_flops + opt_flops
         print(f"{side:>4} {(side // c.side_unit) ** 2 + 1:>6} {model_flops / 1e9:>11.3f} "
               f"{opt_flops / 1e9:>9.3f} {1e3 * seconds:>8.1f} {args.batch_size / seconds:>7.1f} "
               f"{flops / seconds / 1e9:>7.1f} {ref:>8.1f} {flops / (ref * 1e9) / seconds:>8.2f} "
-              f"{1e3 * gemms:>14.1f} {gemms / seconds:>11.2f}")
+              f"{1e3 * gemms:>14.1f} {gemms / seconds:>11.2f}"
+              + (f" {1e3 * torch_gemms:>14.1f}" if args.torch else ""))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def bench_minivit(args, x_host, y_host):
         logits = net.forward(x)
         _, dlogits = minivit.cross_entropy(logits, y)
         model.zero_grad()
-        net.backward(dlogits)
+        net.backward(dlogits, need_dx=False)      # as training: the images need no gradient
         opt.step()
 
     def sync():

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,6 +57,8 @@ def test_roofline_counts_every_product_of_a_step_and_prints_its_figures():
     the script prints one row per image size."""
     code = """
 import sys
+
+import pytest
 sys.path[:0] = [{bench!r}, {tests!r}]
 import roofline
 from minivit.config import TrainConfig
@@ -81,3 +85,14 @@ print(model == B * (3 * forward - patch), opt == 0, len(shapes))
     rows = re.findall(r"^ +(\d+) +(\d+) +(\d+\.\d+) +(\d+\.\d+)( +\d+\.\d+){7}$", proc.stdout, re.M)
     assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 17), (24, 37), (32, 65)]   # hybrid stages
     assert all(float(r[3]) > 0 for r in rows)              # Muon's products are counted
+
+
+def test_roofline_times_the_same_products_on_pytorch():
+    pytest.importorskip("torch")
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "roofline.py"), "--preset", "default",
+           "--embed-dim", "12", "--depth", "1", "--batch-size", "4", "--sizes", "32", "--steps", "1",
+           "--rounds", "1", "--warmup", "0", "--torch"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^ +32 +65( +\d+\.\d+){10}$", proc.stdout, re.M)
+    assert len(rows) == 1 and "torch GEMMs ms" in proc.stdout
