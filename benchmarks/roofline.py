@@ -58,6 +58,11 @@ def parse_args(argv=None):
     ap.add_argument("--torch", action="store_true", help="also time the same products on "
                     "PyTorch's CPU matmul (needs torch)")
     args = ap.parse_args(argv)
+    if args.torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            ap.error("--torch needs PyTorch (pip install torch), or leave --torch out")
     for name in ("batch_size", "steps", "rounds", "warmup"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             ap.error(f"--{name.replace('_', '-')} must be positive")
@@ -143,7 +148,9 @@ def main(argv=None):
     sizes = args.sizes or stage_sizes(cfg)
     print(f"preset {args.preset}: ViT dim {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, "
           f"stem {c.stem_channels or 'none'}, pool {c.pool}, {cfg.optimizer}; batch {args.batch_size}, "
-          f"{c.dtype}, NumPy, {cpu_threads()} threads")
+          f"{c.dtype}, NumPy, {cpu_threads()} threads"
+          + (f"; PyTorch {sys.modules['torch'].__version__}, {sys.modules['torch'].get_num_threads()} threads"
+             if args.torch else ""))
     print(f"{'side':>4} {'tokens':>6} {'model GFLOP':>11} {'opt GFLOP':>9} {'step ms':>8} "
           f"{'img/s':>7} {'GFLOP/s':>7} {'GEMM ref':>8} {'fraction':>8} {'GEMMs alone ms':>14} "
           f"{'their share':>11}" + (f" {'torch GEMMs ms':>14}" if args.torch else ""))

@@ -239,7 +239,8 @@ class FastViT:
 
     def backward(self, dlogits, need_dx=True):
         """model.backward, fast: adds the gradients into model.grads() and returns dL/dx
-        (None with need_dx=False, which saves the patch embedding's input gradient)."""
+        (None with need_dx=False, which skips the patch embedding's input gradient, or with a
+        conv stem its first conv's)."""
         if self._cache is None:
             raise RuntimeError("backward() called without a forward() since the last backward: "
                                "run logits = net.forward(x) first")

@@ -57,8 +57,6 @@ def test_roofline_counts_every_product_of_a_step_and_prints_its_figures():
     the script prints one row per image size."""
     code = """
 import sys
-
-import pytest
 sys.path[:0] = [{bench!r}, {tests!r}]
 import roofline
 from minivit.config import TrainConfig

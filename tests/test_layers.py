@@ -184,3 +184,18 @@ def test_conv2d_with_kernel_equal_to_stride_is_the_patch_embedding():
     dy = dtokens.transpose(0, 2, 1).reshape(y.shape)
     for conv, patch in zip(layers.conv2d_backward(dy, c_conv), layers.patch_embed_backward(dtokens, c_patch)):
         np.testing.assert_allclose(conv, patch, rtol=1e-12, atol=1e-14)
+
+
+def test_backwards_without_the_input_gradient_return_none_and_the_same_parameter_gradients():
+    """need_dx=False (an input no one trains: the images) skips dx and changes nothing else."""
+    rng = np.random.default_rng(6)
+    x, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    y, c_conv = layers.conv2d_forward(x, w, b, stride=2, padding=1)             # [2, 5, 4, 4]
+    dy = rng.standard_normal(y.shape)
+    h, c_lin = layers.linear_forward(x.reshape(2, 3, 64), rng.standard_normal((7, 64)), b[:1].repeat(7))
+    dh = rng.standard_normal(h.shape)
+    for backward, grad, cache in ((layers.conv2d_backward, dy, c_conv), (layers.linear_backward, dh, c_lin)):
+        full, skipped = backward(grad, cache), backward(grad, cache, need_dx=False)
+        assert full[0] is not None and skipped[0] is None
+        for got, want in zip(skipped[1:], full[1:]):
+            np.testing.assert_array_equal(got, want)
