@@ -146,11 +146,13 @@ def main(argv=None):
     cfg = train_config(args)
     c = cfg.model_config()
     sizes = args.sizes or stage_sizes(cfg)
+    torch_note = ""
+    if args.torch:
+        import torch
+        torch_note = f"; PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"preset {args.preset}: ViT dim {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, "
           f"stem {c.stem_channels or 'none'}, pool {c.pool}, {cfg.optimizer}; batch {args.batch_size}, "
-          f"{c.dtype}, NumPy, {cpu_threads()} threads"
-          + (f"; PyTorch {sys.modules['torch'].__version__}, {sys.modules['torch'].get_num_threads()} threads"
-             if args.torch else ""))
+          f"{c.dtype}, NumPy, {cpu_threads()} threads{torch_note}")
     print(f"{'side':>4} {'tokens':>6} {'model GFLOP':>11} {'opt GFLOP':>9} {'step ms':>8} "
           f"{'img/s':>7} {'GFLOP/s':>7} {'GEMM ref':>8} {'fraction':>8} {'GEMMs alone ms':>14} "
           f"{'their share':>11}" + (f" {'torch GEMMs ms':>14}" if args.torch else ""))
