@@ -164,15 +164,17 @@ def checkpoint_or_shipped(args, parser):
 
 def cmd_eval(args, parser):
     args.checkpoint = checkpoint_or_shipped(args, parser)
+    views = "crops" if args.crops else "flip" if args.flip else "one"
     r = score_checkpoint(args.checkpoint, data=args.data, backend=args.backend,
-                         batch_size=args.batch_size, log=print, wrap=FastViT, flip=args.flip)
+                         batch_size=args.batch_size, log=print, wrap=FastViT, views=views)
     print(f"checkpoint {args.checkpoint} (epoch {r['meta'].get('epoch')}), {len(r['preds'])} test "
           f"images from {r['folder']}")
-    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}" + ("  (with flipped copies)" if args.flip else ""))
+    said = dict(one="", flip="  (with flipped copies)", crops="  (six views: shifted and flipped copies)")
+    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}{said[views]}")
     for name, a, n in zip(CLASSES, r["per_class"], np.bincount(r["y_test"], minlength=10)):
         print(f"  {name:<11s} {a:.4f}  ({n} images)")
     if args.out:
-        result = dict(checkpoint=str(args.checkpoint), data=r["folder"], test_images=int(len(r["preds"])),
+        result = dict(checkpoint=str(args.checkpoint), data=r["folder"], test_images=int(len(r["preds"])), views=views,
                       accuracy=r["accuracy"], loss=r["loss"], per_class_acc=dict(zip(CLASSES, r["per_class"])))
         _write_json_file(args.out, result)
     return 0

@@ -103,8 +103,12 @@ def build_parser():
                        description="Overall and per-class accuracy of a checkpoint on the test set.")
     e.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     e.add_argument("--batch-size", type=_number(int, "positive_int"), default=500)
-    e.add_argument("--flip", action="store_true",
-                   help="average each image's logits with its mirror image's (test-time augmentation)")
+    tta = e.add_mutually_exclusive_group()       # test-time augmentation
+    tta.add_argument("--flip", action="store_true",
+                     help="average each image's logits with its mirror image's (test-time augmentation)")
+    tta.add_argument("--crops", action="store_true",
+                     help="average over six views: the image and two copies shifted one pixel along "
+                          "the diagonal, each with its mirror image (test-time augmentation)")
     _common(e, out_help="also write the results as JSON to this file")
 
     p = sub.add_parser("predict", help="classify image files",

@@ -253,9 +253,11 @@ def test_eval_predict_and_attention_use_the_shipped_model_without_a_checkpoint(r
     assert "no --checkpoint given and no model ships" in capsys.readouterr().err
 
 
-def test_eval_with_flip_averaging(capsys, backend, tmp_path):
+def test_eval_with_flip_averaging_and_crops(capsys, backend, tmp_path):
     """eval --flip scores the mean of the model's logits on each test image and on its
-    mirror image (a model with random weights, so that mirroring matters)."""
+    mirror image; --crops on six views (weighted as evaluate.tta_logits says, checked in
+    test_train); the two together are refused (a model with random weights, so that the
+    views matter)."""
     import numpy as np
     from minivit import ViT, checkpoint, cross_entropy, to_host
     model = ViT(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, seed=0)
@@ -263,18 +265,24 @@ def test_eval_with_flip_averaging(capsys, backend, tmp_path):
     meta = dict(mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], epoch=0, data_arg=None)
     checkpoint.save(tmp_path / "random.npz", model, meta)
     scores = {}
-    for flip in ([], ["--flip"]):
-        out = tmp_path / f"eval{len(flip)}.json"
+    for views in ("one", "flip", "crops"):
+        out = tmp_path / f"eval-{views}.json"
         assert cli.main(["eval", "--checkpoint", str(tmp_path / "random.npz"), "--backend", backend,
-                         "--out", str(out), *flip]) == 0
-        scores[bool(flip)] = json.loads(out.read_text())
-    assert "(with flipped copies)" in capsys.readouterr().out
+                         "--out", str(out)] + ([] if views == "one" else [f"--{views}"])) == 0
+        scores[views] = json.loads(out.read_text())
+        assert scores[views]["views"] == views
+    printed = capsys.readouterr().out
+    assert "(with flipped copies)" in printed and "(six views: shifted and flipped copies)" in printed
     x_test, y_test = data.load_test(data.SAMPLE_FOLDER)
     images = data.normalize(x_test, meta["mean"], meta["std"])
     logits = 0.5 * (to_host(model.forward(images)) + to_host(model.forward(images[..., ::-1])))
-    assert scores[True]["loss"] == pytest.approx(float(cross_entropy(logits, y_test)[0]), rel=1e-4)
-    assert scores[True]["accuracy"] == pytest.approx(float((logits.argmax(axis=1) == y_test).mean()), abs=0.005)
-    assert abs(scores[True]["loss"] - scores[False]["loss"]) > 1e-2     # mirroring matters here
+    assert scores["flip"]["loss"] == pytest.approx(float(cross_entropy(logits, y_test)[0]), rel=1e-4)
+    assert scores["flip"]["accuracy"] == pytest.approx(float((logits.argmax(axis=1) == y_test).mean()), abs=0.005)
+    assert abs(scores["flip"]["loss"] - scores["one"]["loss"]) > 1e-2     # mirroring matters here
+    assert abs(scores["crops"]["loss"] - scores["flip"]["loss"]) > 1e-3   # and so do the shifts
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--checkpoint", str(tmp_path / "random.npz"), "--flip", "--crops"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_version_broken_pipe_plot_exit_code_and_file_modes(run_dir, tmp_path, capsys, monkeypatch):

@@ -74,6 +74,7 @@ def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_mod
     on = ["--backend", "cupy"]
     with cupy_strict.recording() as ops:
         assert cli.main(["eval", "--checkpoint", ckpt, "--flip", *on]) == 0
+        assert cli.main(["eval", "--checkpoint", ckpt, "--crops", *on]) == 0
         assert cli.main(["predict", "--checkpoint", ckpt, str(image), *on]) == 0
         assert cli.main(["attention", "--checkpoint", ckpt, "--out", str(tmp_path / "a.png"), *on]) == 0
     _check(ops, "float32")
