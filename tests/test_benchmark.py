@@ -51,6 +51,36 @@ def test_accuracy_against_time_prints_each_run_and_draws_them(tmp_path):
     assert proc.returncode == 2 and "1 runs but 2 labels: give one label per run" in proc.stderr
 
 
+def test_test_time_views_rebuild_the_validation_split_and_score_each_view_set(tmp_path):
+    """On a tiny run: the one-view validation figure of final.npz is the run's last logged
+    validation accuracy (so the split is rebuilt as training made it), and the one-view
+    test figure of best.npz the test accuracy the run reported."""
+    import json
+    from minivit import cli
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(run), "--no-plots", "--no-progress",
+                     "--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-ratio", "2",
+                     "--batch-size", "32", "--limit-train", "200"]) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    summary = json.loads((run / "summary.json").read_text())
+    script = os.path.join(ROOT, "benchmarks", "test_time_views.py")
+    figures = {}
+    for name in ("final.npz", "best.npz"):
+        proc = subprocess.run([sys.executable, script, str(run), "--checkpoint", name],
+                              capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert proc.returncode == 0, proc.stderr
+        assert "one     flip    crops" in proc.stdout
+        row = proc.stdout.splitlines()[-1]
+        assert row.endswith(f"(20 validation, {summary['test_images']} test images)")
+        figures[name] = [float(f) / 100 for f in re.findall(r"(\d+\.\d\d)%", row)]
+        assert len(figures[name]) == 6
+    assert figures["final.npz"][0] == pytest.approx(last["val_acc"], abs=5e-5)
+    assert figures["best.npz"][3] == pytest.approx(summary["test_acc"], abs=5e-5)
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and "give the folder of a finished `minivit train` run" in proc.stderr
+
+
 def test_roofline_counts_every_product_of_a_step_and_prints_its_figures():
     """The stand-in's count of a step's matmul FLOPs equals the count by hand for a plain
     ViT (no stem, class-token-only last block, no image gradient, Adam: no products), and

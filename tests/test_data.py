@@ -222,7 +222,7 @@ def test_random_streams_are_separate_and_repeatable():
         seeds.generator(0, 1, 0, "dropout")
 
 
-def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch):
+def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch, tmp_path):
     """Every generator the training loop and the loader make is a named stream of its own."""
     from minivit import seeds, train as train_module
     from minivit.config import TrainConfig
@@ -232,15 +232,10 @@ def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch):
     cfg = TrainConfig.from_preset("sample", epochs=1, embed_dim=16, depth=2, num_heads=2,
                                   batch_size=32, limit_train=100, drop_path=0.2, random_erase=0.5,
                                   mixup=0.8, randaugment=1)
-    train_module.train(cfg, out=_tmp_dir(), progress=False, plots=False, log=lambda *a: None)
+    train_module.train(cfg, out=tmp_path / "run", progress=False, plots=False, log=lambda *a: None)
     streams = {key[3] for key in made}
     assert streams == set(seeds.STREAMS)
     assert len(made) == len(set(made))                  # no key used twice
-
-
-def _tmp_dir():
-    import tempfile
-    return tempfile.mkdtemp(prefix="minivit-streams-") + "/run"
 
 
 def test_scoring_needs_only_the_test_batch(tmp_path, capsys):
