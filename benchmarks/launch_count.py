@@ -18,6 +18,7 @@ every ATen operation that computes (views excluded).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -31,7 +32,7 @@ from minivit.config import TrainConfig  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
 from minivit.optim import clip_grad_norm  # noqa: E402
 from minivit.guards import NonFiniteGuard  # noqa: E402
-from minivit.train import make_optimizer  # noqa: E402
+from minivit.train import make_optimizer, training_loader  # noqa: E402
 
 PHASES = ("loader", "forward", "loss", "backward", "grad norm", "nan check", "clip", "optimizer", "ema")
 
@@ -50,7 +51,6 @@ def count_step(cp, config, batch=80, steps=2, preset="default"):
     on the stand-in cp, with the recipe of `preset` (loader augmentation, optimizer,
     clipping, smoothing, EMA), as the training loop runs it."""
     import cupy_strict
-    from minivit.data import Loader
     from minivit.optim import EMA, grad_norm_squared
     cfg = TrainConfig.from_preset(preset)
     model = minivit.ViT(config, backend="cupy")
@@ -61,10 +61,9 @@ def count_step(cp, config, batch=80, steps=2, preset="default"):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (batch * (steps + 1), config.in_chans, config.img_size, config.img_size),
                           dtype=np.uint8)
-    loader = Loader(pixels, rng.integers(0, config.num_classes, len(pixels)), batch, cp,
-                    [0.5] * config.in_chans, [0.25] * config.in_chans, shuffle=True,
-                    augment=cfg.augment, randaugment=(cfg.randaugment, cfg.randaugment_magnitude),
-                    dtype=config.dtype, seed=0)
+    loader = training_loader(dataclasses.replace(cfg, batch_size=batch, dtype=config.dtype), pixels,
+                             rng.integers(0, config.num_classes, len(pixels)), cp,
+                             [0.5] * config.in_chans, [0.25] * config.in_chans)
     batches = loader.batches(1)
     counts = {}
 

@@ -21,9 +21,10 @@ ERASE_AREA = (0.02, 1 / 3)         # random_erase: the box's share of the image,
 ERASE_ASPECT = (0.3, 3.3)          # ... and its height / width, log-uniform in this range
 
 
-def random_crop_flip(x, rng):
+def random_crop_flip(x, rng, mirror=None):
     """Augment a batch x [B, C, H, W] at once: pad every image by CROP_PADDING zeros, cut a
-    random H x W window from each, and mirror about half of them left-right.
+    random H x W window from each, and mirror about half of them left-right (or the images
+    a host bool array mirror [B] names: alternating_mirror).
     Offsets and flips come from the host generator rng; the host turns them into the
     rows and columns each image reads (a mirrored image reads its columns backwards), so
     the device gets one small upload and one gather."""
@@ -32,7 +33,7 @@ def random_crop_flip(x, rng):
     pad = CROP_PADDING
     dy = rng.integers(0, 2 * pad + 1, B)
     dx = rng.integers(0, 2 * pad + 1, B)
-    mirror = rng.random(B) < 0.5
+    mirror = rng.random(B) < 0.5 if mirror is None else np.asarray(mirror, dtype=bool)   # [B]
     rows = dy[:, None] + np.arange(H)                                        # [B, H]
     cols = dx[:, None] + np.where(mirror[:, None], np.arange(W)[::-1], np.arange(W))  # [B, W]
     index = xp.asarray(np.concatenate([np.arange(B), np.arange(C), rows.ravel(), cols.ravel()]))
@@ -41,6 +42,16 @@ def random_crop_flip(x, rng):
     padded = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
     padded[:, :, pad:pad + H, pad:pad + W] = x
     return padded[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def alternating_mirror(seed, epoch, n):
+    """Which of n training images epoch (1-based) mirrors under airbench's alternating
+    flip -> host bool [n], by position in the training set. Epoch 1 mirrors a random half
+    (one draw per image from the "flip" stream of the seed); every even epoch mirrors the
+    other half and every odd epoch that half again, so any two epochs in a row show every
+    image both ways."""
+    first = seeds.generator(seed, 0, 0, "flip").random(n) < 0.5
+    return first ^ (epoch % 2 == 0)
 
 
 def random_erase(x, rng, prob=0.25):

@@ -199,6 +199,9 @@ class TrainConfig(ViTConfig):
                             "images' 3x3 patches, whiten.py)")
     # data
     augment: bool = _field(True, help="random crop (padding 4) + horizontal flip")
+    alternate_flip: bool = _field(False, help="the flip of augment alternates: epoch 1 mirrors a "
+                                  "random half of the images, even epochs the other half, odd "
+                                  "epochs the first half again (airbench)")
     randaugment: int = _field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
     randaugment_magnitude: float = _field(9.0, "magnitude", help="their strength, 0..10")
     mixup: float = _field(0.0, "nonneg", help="mixup Beta alpha (0: off)")

@@ -309,7 +309,8 @@ class Loader:
             ...   # images: normalized float [B, 3, 32, 32] on xp, labels: int [B] on xp
 
     Augmentation: randaugment=(N, M) applies rand_augment (N operations per image at
-    magnitude M) to the pixels, then augment=True a random crop (padding 4) and flip.
+    magnitude M) to the pixels, then augment=True a random crop (padding 4) and flip
+    (alternate_flip=True: the flips alternate between epochs, augment.alternating_mirror).
 
     Randomness is counter-based (seeds.py): epoch e is shuffled by the "shuffle" stream of
     (seed, e) and batch i of it augmented by the streams of (seed, e, i). So any batch
@@ -319,7 +320,8 @@ class Loader:
     """
 
     def __init__(self, x, y, batch_size, xp, mean, std, *, shuffle=False, augment=False,
-                 seed=0, dtype="float32", drop_last=False, randaugment=(0, 9.0)):
+                 seed=0, dtype="float32", drop_last=False, randaugment=(0, 9.0),
+                 alternate_flip=False):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.x = to_device(x, xp)               # uint8 [N, 3, 32, 32] on the device
@@ -328,6 +330,7 @@ class Loader:
         self.shuffle, self.augment, self.seed, self.dtype = shuffle, augment, seed, dtype
         self.drop_last = drop_last
         self.randaugment = tuple(randaugment)   # (operations per image, magnitude); 0: off
+        self.alternate_flip = alternate_flip    # augment's flips alternate (alternating_mirror)
         self.epoch = 0                          # epochs started by plain iteration
         self._normalize = {scale: normalizer(mean, std, xp, dtype, scale)      # on the device once
                            for scale in (1.0 / 255.0, 1.0)}
@@ -345,6 +348,8 @@ class Loader:
         n = len(self.y)
         order = seeds.generator(self.seed, epoch, 0, "shuffle").permutation(n) if self.shuffle \
             else np.arange(n)
+        mirror = augment.alternating_mirror(self.seed, epoch, n)[order] if self.alternate_flip \
+            else None                                            # host bool [n], in batch order
         order = self.xp.asarray(order)
         num_ops, magnitude = self.randaugment
         for i in range(start, len(self)):
@@ -357,5 +362,7 @@ class Loader:
             else:
                 images = kernels.scale_shift(self.x[idx], *self._normalize[1.0 / 255.0])
             if self.augment:
-                images = augment.random_crop_flip(images, seeds.generator(self.seed, epoch, i, "crop_flip"))
+                images = augment.random_crop_flip(
+                    images, seeds.generator(self.seed, epoch, i, "crop_flip"),
+                    None if mirror is None else mirror[i * self.batch_size:(i + 1) * self.batch_size])
             yield images, self.y[idx]

@@ -11,7 +11,7 @@ without talking. Each use has its own stream, so no two uses ever share random n
 
 import numpy as np
 
-STREAMS = ("shuffle", "crop_flip", "randaugment", "erase", "mix", "drop_path")
+STREAMS = ("shuffle", "crop_flip", "randaugment", "erase", "mix", "drop_path", "flip")
 
 
 def generator(seed, epoch, batch, stream):

@@ -324,6 +324,15 @@ def check_run_folder(out, resume, world):
     return None
 
 
+def training_loader(cfg, x, y, xp, mean, std):
+    """The training images' Loader with the augmentation cfg asks for (shuffled, full
+    batches but for a set smaller than one)."""
+    return Loader(x, y, cfg.batch_size, xp, mean, std, shuffle=True, augment=cfg.augment,
+                  seed=cfg.seed, dtype=cfg.dtype, drop_last=len(y) > cfg.batch_size,
+                  randaugment=(cfg.randaugment, cfg.randaugment_magnitude),
+                  alternate_flip=cfg.alternate_flip)
+
+
 def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, log=print,
               progress=True, on_step=None):
     """Everything a run needs: the data, the model (new, from init_from's weights, or as
@@ -342,10 +351,7 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     if world.local_size > 1 and threads is not None:
         limit_blas_threads(threads)               # the ranks on this machine share its cores
     xp = model.xp
-    train_loader = Loader(d["x_train"], d["y_train"], cfg.batch_size, xp, mean, std,
-                          shuffle=True, augment=cfg.augment, seed=cfg.seed, dtype=cfg.dtype,
-                          drop_last=len(d["y_train"]) > cfg.batch_size,
-                          randaugment=(cfg.randaugment, cfg.randaugment_magnitude))
+    train_loader = training_loader(cfg, d["x_train"], d["y_train"], xp, mean, std)
     run = Run(cfg=cfg, out=out, world=world, model=model, net=FastViT(model, threads=threads),
               opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
               train_loader=train_loader,

@@ -172,6 +172,34 @@ def test_random_crop_is_a_shifted_window_and_flip_mirrors(backend):
     assert 0 < flips.sum() < 16 and (dy != 4).any()
 
 
+def test_alternating_flip_shows_every_image_both_ways_in_two_epochs(backend):
+    """airbench's alternating flip: epoch 1 mirrors a random half, epoch 2 the other half,
+    epoch 3 the first half again; the crops stay random."""
+    n, side = 64, 8
+    x = np.broadcast_to(10 + np.arange(side, dtype=np.uint8), (n, 3, side, side)).copy()  # a ramp
+    xp = minivit.get_xp(backend)
+
+    def mirrored(loader, epoch):          # image index -> mirrored in this epoch?
+        out = {}
+        for images, labels in loader.batches(epoch):
+            row = minivit.to_host(images)[:, 0].sum(axis=1)                     # [B, W]
+            for r, label in zip(row, minivit.to_host(labels)):
+                ramp = r[r > 0]                                                  # the crop's zeros out
+                out[int(label)] = bool(ramp[0] > ramp[-1])
+        return np.array([out[i] for i in range(n)])
+
+    alternate = data.Loader(x, np.arange(n), 16, xp, [0] * 3, [1 / 255] * 3, shuffle=True,
+                            augment=True, seed=4, alternate_flip=True)
+    first, second, third = (mirrored(alternate, e) for e in (1, 2, 3))
+    assert 0.3 < first.mean() < 0.7
+    np.testing.assert_array_equal(second, ~first)
+    np.testing.assert_array_equal(third, first)
+    np.testing.assert_array_equal(first, augment.alternating_mirror(4, 1, n))
+    random = data.Loader(x, np.arange(n), 16, xp, [0] * 3, [1 / 255] * 3, shuffle=True,
+                         augment=True, seed=4)
+    assert not np.array_equal(mirrored(random, 2), ~mirrored(random, 1))   # random flips don't
+
+
 def test_loader_batches_cover_the_split_once(backend):
     from minivit import get_xp, to_host
     xp = get_xp(backend)
@@ -231,7 +259,7 @@ def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch, tmp_path)
     monkeypatch.setattr(seeds, "generator", lambda *key: made.append(key) or real(*key))
     cfg = TrainConfig.from_preset("sample", epochs=1, embed_dim=16, depth=2, num_heads=2,
                                   batch_size=32, limit_train=100, drop_path=0.2, random_erase=0.5,
-                                  mixup=0.8, randaugment=1)
+                                  mixup=0.8, randaugment=1, alternate_flip=True)
     train_module.train(cfg, out=tmp_path / "run", progress=False, plots=False, log=lambda *a: None)
     streams = {key[3] for key in made}
     assert streams == set(seeds.STREAMS)
