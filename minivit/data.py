@@ -353,7 +353,8 @@ class Loader:
         order = self.xp.asarray(order)
         num_ops, magnitude = self.randaugment
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)   # batch i of the order
+            idx = order[rows]
             if num_ops:             # on [0, 1] pixels, before normalizing
                 pixels = self.x[idx].astype(self.dtype) * (1.0 / 255.0)
                 pixels = augment.rand_augment(pixels, seeds.generator(self.seed, epoch, i, "randaugment"),
@@ -364,5 +365,5 @@ class Loader:
             if self.augment:
                 images = augment.random_crop_flip(
                     images, seeds.generator(self.seed, epoch, i, "crop_flip"),
-                    None if mirror is None else mirror[i * self.batch_size:(i + 1) * self.batch_size])
+                    None if mirror is None else mirror[rows])
             yield images, self.y[idx]

@@ -107,7 +107,7 @@ def build_parser():
     tta.add_argument("--flip", action="store_true",
                      help="average each image's logits with its mirror image's (test-time augmentation)")
     tta.add_argument("--crops", action="store_true",
-                     help="average over six views: the image and two copies shifted one pixel along "
+                     help="average over six views: the image and two copies shifted two pixels along "
                           "the diagonal, each with its mirror image (test-time augmentation)")
     _common(e, out_help="also write the results as JSON to this file")
 

@@ -158,15 +158,16 @@ def test_flip_averages_the_logits_of_each_image_and_its_mirror_image(backend):
 
 def test_crops_weight_six_views_as_airbench(backend):
     """evaluate(views="crops"): the image and its mirror image weigh 1/4 each; the two copies
-    shifted one pixel along the diagonal (edges reflected: row -1 reads row 1, row H reads
-    row H-2) and their mirror images 1/8 each. The shifts are built here by indexing."""
+    shifted CROP_SHIFT (2) pixels along the diagonal (edges reflected: row -1 reads row 1,
+    row H reads row H-2) and their mirror images 1/8 each. The shifts are built here by
+    indexing."""
     from minivit.data import normalize
-    from minivit.evaluate import evaluate
+    from minivit.evaluate import CROP_SHIFT as s, evaluate
     model, x, y, mean, std, loader = _tta_case(backend)
     H = x.shape[-1]
-    down = np.abs(np.arange(H) - 1)                       # view row i shows row i - 1
-    up = (H - 1) - np.abs(np.arange(H) - (H - 2))         # view row i shows row i + 1
-    assert list(down[:3]) == [1, 0, 1] and list(up[-3:]) == [H - 2, H - 1, H - 2]
+    down = np.abs(np.arange(H) - s)                       # view row i shows row i - s
+    up = (H - 1) - np.abs(np.arange(H) - (H - 1 - s))     # view row i shows row i + s
+    assert s == 2 and list(down[:4]) == [2, 1, 0, 1] and list(up[-4:]) == [H - 2, H - 1, H - 2, H - 3]
     views = [(x, 0.25)] + [(x[..., idx[:, None], idx[None, :]], 0.125) for idx in (down, up)]
     logits = 0
     for view, weight in views:
