@@ -35,10 +35,10 @@ RUNS = {
     # the hybrid's parts: a two-conv stem, progressive resizing, mean pooling, tanh GELU
     "stem-lowres-meanpool-f32": dict(stem_channels=8, stem_layers=2, low_res=0.5,
                                      low_res_size=16, pool="mean", gelu="tanh"),
-    # Muon, a whitened stem, three image sizes (16, 24, 32), sequence pooling
+    # Muon, a whitened stem, three image sizes (16, 24, 32), sequence pooling, alternating flip
     "muon-whiten-midres-seqpool-f32": dict(optimizer="muon", stem_channels=8, stem_init="whiten",
                                            low_res=0.3, low_res_size=16, mid_res=0.3,
-                                           mid_res_size=24, pool="seq"),
+                                           mid_res_size=24, pool="seq", alternate_flip=True),
 }
 
 
