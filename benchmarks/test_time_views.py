@@ -6,8 +6,9 @@ For each run folder: rebuild its validation split from the data it trained on (i
 config.json's seed, val_fraction and limit_train, as `minivit train` split it), then score
 the checkpoint on the validation and the test images under each of evaluate.VIEWS: one
 view, the image and its mirror image (`minivit eval --flip`), six shifted and flipped
-views (`minivit eval --crops`). One row a run (the table of ACCURACY.md). The validation
-figures are what to choose a view set by; `minivit eval` gives the test figures alone.
+views (`minivit eval --crops`); each forward pass runs once for all three. One row a run
+(the table of ACCURACY.md). The validation figures are what to choose a view set by;
+`minivit eval` gives the test figures alone.
 """
 
 import argparse
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minivit import checkpoint as ckpt  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.data import Loader  # noqa: E402
-from minivit.evaluate import VIEWS, evaluate  # noqa: E402
+from minivit.evaluate import VIEWS, evaluate_views  # noqa: E402
 from minivit.fast import FastViT  # noqa: E402
 from minivit.files import read_json  # noqa: E402
 from minivit.train import prepare_data  # noqa: E402
@@ -47,7 +48,8 @@ def main(argv=None):
         for split in ("val", "test"):
             loader = Loader(d[f"x_{split}"], d[f"y_{split}"], cfg.eval_batch_size, model.xp,
                             meta["mean"], meta["std"], dtype=model.config.dtype)
-            scores.append(" ".join(f"{evaluate(net, loader, views=v)[1]:>8.2%}" for v in VIEWS))
+            accuracy = {v: acc for v, (_, acc, _) in evaluate_views(net, loader, views=VIEWS).items()}
+            scores.append(" ".join(f"{accuracy[v]:>8.2%}" for v in VIEWS))
         print(f"{str(run)[-32:]:<32s} {'   '.join(scores)}   ({len(d['y_val'])} validation, "
               f"{len(d['y_test'])} test images)", flush=True)
 

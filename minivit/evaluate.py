@@ -21,21 +21,28 @@ def tta_logits(net, images, views="one"):
     CROP_SHIFT pixels along the diagonal, one each way (edges reflected): six views an
     image, weighted as airbench scores CIFAR-10 (which shifts one pixel; two scored higher
     here, benchmarks/ACCURACY.md)."""
+    return view_logits(net, images, (views,))[views]
+
+
+def view_logits(net, images, views=VIEWS):
+    """{view set: logits [B, classes]} for each of views (names from VIEWS, tta_logits),
+    every forward pass run once: the six crops hold the flip pair, which holds the image."""
     def forward(x):
         return net.forward(x, keep_cache=False)
 
     def mirrored(x):                          # the image and its mirror image, equally
         return 0.5 * (forward(x) + forward(x[..., ::-1]))
 
-    if views == "one":
-        return forward(images)
-    if views == "flip":
-        return mirrored(images)
-    H, W, s = *images.shape[-2:], CROP_SHIFT
-    padded = array_module(images).pad(images, ((0, 0), (0, 0), (s, s), (s, s)),
-                                      mode="reflect")                   # [B, C, H+2s, W+2s]
-    shifted = 0.5 * (mirrored(padded[..., :H, :W]) + mirrored(padded[..., 2 * s:, 2 * s:]))
-    return 0.5 * mirrored(images) + 0.5 * shifted
+    out = {"one": forward(images)}
+    if "flip" in views or "crops" in views:
+        out["flip"] = 0.5 * (out["one"] + forward(images[..., ::-1]))
+    if "crops" in views:
+        H, W, s = *images.shape[-2:], CROP_SHIFT
+        padded = array_module(images).pad(images, ((0, 0), (0, 0), (s, s), (s, s)),
+                                          mode="reflect")               # [B, C, H+2s, W+2s]
+        shifted = 0.5 * (mirrored(padded[..., :H, :W]) + mirrored(padded[..., 2 * s:, 2 * s:]))
+        out["crops"] = 0.5 * out["flip"] + 0.5 * shifted
+    return {v: out[v] for v in views}
 
 
 def evaluate(net, loader, world=None, views="one"):
@@ -44,23 +51,31 @@ def evaluate(net, loader, world=None, views="one"):
     (default distributed.world(), as everywhere: every rank of an MPI job, else this
     process alone); each rank scores its rows of every batch, and the results are
     combined. views: test-time augmentation, one of VIEWS (tta_logits)."""
-    if views not in VIEWS:
-        raise ValueError(f"views={views!r}: choose one of {', '.join(VIEWS)}")
+    return evaluate_views(net, loader, world, (views,))[views]
+
+
+def evaluate_views(net, loader, world=None, views=VIEWS):
+    """evaluate under several view sets at once -> {view set: (loss, accuracy, predictions)},
+    each forward pass run once for all of them (view_logits)."""
+    for v in views:
+        if v not in VIEWS:
+            raise ValueError(f"views={v!r}: choose one of {', '.join(VIEWS)}")
     world = world or distributed.world()
-    loss_sum, preds = 0.0, []
+    loss_sum, preds = dict.fromkeys(views, 0.0), {v: [] for v in views}
     for images, labels in loader:
         rows = world.part(len(labels))
-        logits = tta_logits(net, images[rows], views)
-        if len(logits):
-            loss, _ = cross_entropy(logits, labels[rows])
-            loss_sum += float(loss) * len(logits)
-        preds.append(world.gather(to_host(logits.argmax(axis=1))))
-    loss_sum = world.sum([loss_sum])[0]
-    preds = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        for v, logits in view_logits(net, images[rows], views).items():
+            if len(logits):
+                loss, _ = cross_entropy(logits, labels[rows])
+                loss_sum[v] += float(loss) * len(logits)
+            preds[v].append(world.gather(to_host(logits.argmax(axis=1))))
     y = to_host(loader.y)
-    if not len(y):
-        return 0.0, 0.0, preds
-    return loss_sum / len(y), float((preds == y).mean()), preds
+    scores = {}
+    for v in views:
+        total = world.sum([loss_sum[v]])[0]
+        p = np.concatenate(preds[v]) if preds[v] else np.zeros(0, dtype=np.int64)
+        scores[v] = (0.0, 0.0, p) if not len(y) else (total / len(y), float((p == y).mean()), p)
+    return scores
 
 
 def per_class_accuracy(y_true, y_pred, num_classes=len(CLASSES)):

@@ -183,6 +183,27 @@ def test_crops_weight_six_views_as_airbench(backend):
         evaluate(model, loader, views="five")
 
 
+def test_every_view_set_at_once_runs_each_forward_pass_once(backend):
+    """evaluate_views: for every view set, exactly what evaluate gives for it alone, from
+    six forward passes a batch (the crops' views hold the flip pair's, which hold the image's)
+    where one at a time takes 1 + 2 + 6."""
+    from minivit.evaluate import VIEWS, evaluate, evaluate_views
+    model, x, y, mean, std, loader = _tta_case(backend)
+    calls = []
+    forward = model.forward
+    counting = type("Counting", (), {"forward": lambda self, v, **kw: calls.append(1) or forward(v, **kw)})()
+    scores = evaluate_views(counting, loader, views=VIEWS)
+    batches = len(range(0, len(y), 5))
+    assert list(scores) == list(VIEWS) and len(calls) == 6 * batches
+    for v in VIEWS:
+        loss, acc, preds = evaluate(model, loader, views=v)
+        assert scores[v][0] == loss and scores[v][1] == acc
+        np.testing.assert_array_equal(scores[v][2], preds)
+    calls.clear()
+    evaluate_views(counting, loader, views=("one", "flip"))
+    assert len(calls) == 2 * batches
+
+
 @pytest.mark.parametrize("over, message", [
     (dict(epochs=0), "epochs must be a positive integer, got 0"), (dict(lr=-1.0), "lr must be a positive number"),
     (dict(optimizer="sgd"), "unknown optimizer 'sgd'"), (dict(patch_size=5), "patch_size 5"),
