@@ -198,7 +198,7 @@ def test_a_host_erasing_mask_fails_the_suite(cp, monkeypatch):
 
 def test_host_labels_in_evaluate_fail_the_suite(cp, monkeypatch, tmp_path):
     import test_train
-    plant(monkeypatch, evaluate, "evaluate", "y = to_host(loader.y)", "y = loader.y")
+    plant(monkeypatch, evaluate, "evaluate_views", "y = to_host(loader.y)", "y = loader.y")
     with pytest.raises(TypeError, match="NumPy array"):
         test_train.test_resume_after_interruption_gives_the_same_weights(tmp_path, "cupy")
 
