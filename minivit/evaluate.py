@@ -30,17 +30,18 @@ def view_logits(net, images, views=VIEWS):
     def forward(x):
         return net.forward(x, keep_cache=False)
 
-    def mirrored(x):                          # the image and its mirror image, equally
-        return 0.5 * (forward(x) + forward(x[..., ::-1]))
+    def with_mirror(x, logits):               # x's logits and its mirror image's, equally
+        return 0.5 * (logits + forward(x[..., ::-1]))
 
     out = {"one": forward(images)}
     if "flip" in views or "crops" in views:
-        out["flip"] = 0.5 * (out["one"] + forward(images[..., ::-1]))
+        out["flip"] = with_mirror(images, out["one"])
     if "crops" in views:
         H, W, s = *images.shape[-2:], CROP_SHIFT
         padded = array_module(images).pad(images, ((0, 0), (0, 0), (s, s), (s, s)),
                                           mode="reflect")               # [B, C, H+2s, W+2s]
-        shifted = 0.5 * (mirrored(padded[..., :H, :W]) + mirrored(padded[..., 2 * s:, 2 * s:]))
+        copies = (padded[..., :H, :W], padded[..., 2 * s:, 2 * s:])     # shifted each way
+        shifted = 0.5 * sum(with_mirror(c, forward(c)) for c in copies)
         out["crops"] = 0.5 * out["flip"] + 0.5 * shifted
     return {v: out[v] for v in views}
 
