@@ -32,7 +32,7 @@ def test_normal_cdf_is_accurate_to_float32():
 
 def test_blocked_gelu_is_accurate_at_the_extremes():
     x = np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 8.0, -8.0, 40.0, -40.0, 1e4, -1e4]
-                 * kernels.MIN_SIZE, np.float32)[:kernels.MIN_SIZE]
+                 * kernels.BLOCK, np.float32)[:4 * kernels.BLOCK]         # four blocks
     y, dgelu = kernels.blocked_gelu(x)
     xd = x.astype(np.float64)
     cdf = 0.5 * (1 + erf(xd / np.sqrt(2)))
@@ -61,6 +61,8 @@ def test_gelu_kernels_agree_with_the_reference(big, kind):
 
 def test_small_and_float64_arrays_skip_the_blocked_gelu(monkeypatch):
     assert not kernels.applies(np.zeros(10, np.float32))
+    # one thread's shard of the hybrid's MLP activation at 16x16 (64 images, 17 tokens, 192)
+    assert kernels.applies(np.zeros((64, 17, 192), np.float32))
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float64))
     monkeypatch.setattr(kernels, "ENABLED", False)          # the switch (MINIVIT_NO_BLOCKED_GELU=1)
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float32))
