@@ -235,8 +235,8 @@ def check_models(dtype="float64", backend="numpy", *, max_checks=None, seed=0):
 def check_blocked_gelu(seed=0, tol=1e-6):
     """The CPU's float32 GELU (kernels.blocked_gelu, taken for float32 arrays of MIN_SIZE
     elements and more) against the exact GELU and its derivative in float64, on four
-    blocks: training's MLP activations on NumPy go through it, the float64 checks above
-    never reach it."""
+    blocks: training's MLP activations on NumPy go through it, the small float64 checks
+    above never reach it."""
     x = (3 * np.random.default_rng(seed).standard_normal(4 * kernels.BLOCK)).astype(np.float32)
     x[:4] = (-10.0, -0.05, 0.05, 10.0)              # the tails, and where normal_cdf errs most
     y, dgelu = kernels.blocked_gelu(x)

@@ -77,7 +77,8 @@ _F32 = np.float32
 
 
 def applies(x):
-    """True when x should take the blocked GELU: a big float32 NumPy array."""
+    """True when x should take the blocked GELU: a float32 NumPy array of MIN_SIZE
+    elements or more."""
     return ENABLED and type(x) is np.ndarray and x.dtype == np.float32 and x.size >= MIN_SIZE
 
 

@@ -142,8 +142,9 @@ def build_parser():
     gc.add_argument("--backend", choices=BACKENDS, default=None)
 
     at = sub.add_parser("attention", help="draw attention maps of a trained model",
-                        description="Per-head attention of the class token in one layer and the "
-                                    "attention rollout across layers, over the image, as a PNG.")
+                        description="Per-head attention of what the head reads (the class token, or the "
+                                    "pooled patch tokens) in one layer, the attention rollout "
+                                    "across layers and any pooling weights, over the image, as a PNG.")
     at.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.npz, best.npz or final.npz (default: the model shipped with minivit)")
     at.add_argument("image", nargs="?", metavar="IMAGE", help="a PNG/JPEG file (default: a test image)")
     at.add_argument("--index", type=_number(int, "nonneg_int"), default=0, help="test image index when no IMAGE")

@@ -84,6 +84,9 @@ def draw_curves(plt, metrics, config=None):
             minutes, epochs = [0.0] + xs, [0] + [m["epoch"] for m in metrics]
             top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, minutes, epochs),
                                                        lambda e: np.interp(e, epochs, minutes)))
+            from matplotlib.ticker import MaxNLocator      # matplotlib is there: plt is
+            ticks = MaxNLocator(integer=True).tick_values(0, epochs[-1])
+            top.set_ticks([e for e in ticks if 0 <= e <= epochs[-1]])  # none past the last epoch
             top.set_xlabel("epoch", fontsize=8)
             ax.set_title(ax.get_title(), pad=26)
     if timed:

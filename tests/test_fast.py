@@ -60,7 +60,8 @@ def test_gelu_kernels_agree_with_the_reference(big, kind):
 
 
 def test_small_and_float64_arrays_skip_the_blocked_gelu(monkeypatch):
-    assert not kernels.applies(np.zeros(10, np.float32))
+    assert not kernels.applies(np.zeros(kernels.MIN_SIZE - 1, np.float32))
+    assert kernels.applies(np.zeros(kernels.MIN_SIZE, np.float32))
     # one thread's shard of the hybrid's MLP activation at 16x16 (64 images, 17 tokens, 192)
     assert kernels.applies(np.zeros((64, 17, 192), np.float32))
     assert not kernels.applies(np.zeros(4 * kernels.BLOCK, np.float64))

@@ -206,6 +206,8 @@ def test_time_budget_curves_read_against_minutes_with_the_resolution_switch_mark
         assert list(ax.lines[0].get_xdata()) == [0.5, 1.0, 3.0, 5.0]
         switch = [l for l in ax.lines if l.get_label() == "16px -> 32px images"]
         assert len(switch) == 1 and list(switch[0].get_xdata()) == [1.0, 1.0]   # 20% of 5 minutes
+        top = ax.child_axes[0]                                # the epochs, above
+        assert top.get_xlabel() == "epoch" and 0 < max(top.get_xticks()) <= 4   # none past the last
     plt.close(fig)
     by_epochs = dict(budget, time_budget=0.0, epochs=4, low_res=0.5)          # switch at step 200
     fig = plots.draw_curves(plt, metrics, by_epochs)
