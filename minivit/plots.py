@@ -76,17 +76,19 @@ def draw_curves(plt, metrics, config=None):
     a3.set(ylabel="learning rate", title="learning rate (at the epoch's end)")
     a3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     switches = resolution_switches(metrics, config) if timed else []
+    epoch_axis = timed and len(metrics) > 1            # the epochs, above the minutes
+    if epoch_axis:
+        clock, epochs = [0.0] + xs, [0] + [m["epoch"] for m in metrics]
+        to_epoch = (lambda t: np.interp(t, clock, epochs), lambda e: np.interp(e, epochs, clock))
+        ticks = [e for e in plt.MaxNLocator(integer=True).tick_values(0, epochs[-1])
+                 if 0 <= e <= epochs[-1]]              # none past the last epoch
     for ax in (a1, a2, a3):
         ax.set_xlabel("minutes of training" if timed else "epoch")
         for (minutes, label), ls in zip(switches, ("--", ":")):
             ax.axvline(minutes, color="tab:purple", ls=ls, lw=1, label=label)
-        if timed and len(metrics) > 1:                 # the epochs, above
-            minutes, epochs = [0.0] + xs, [0] + [m["epoch"] for m in metrics]
-            top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, minutes, epochs),
-                                                       lambda e: np.interp(e, epochs, minutes)))
-            from matplotlib.ticker import MaxNLocator      # matplotlib is there: plt is
-            ticks = MaxNLocator(integer=True).tick_values(0, epochs[-1])
-            top.set_ticks([e for e in ticks if 0 <= e <= epochs[-1]])  # none past the last epoch
+        if epoch_axis:
+            top = ax.secondary_xaxis("top", functions=to_epoch)
+            top.set_ticks(ticks)
             top.set_xlabel("epoch", fontsize=8)
             ax.set_title(ax.get_title(), pad=26)
     if timed:
