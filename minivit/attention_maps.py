@@ -18,7 +18,7 @@ reads.
 
 import numpy as np
 
-from .backend import array_module, to_host
+from .engine.backend import array_module, to_host
 from .files import atomic_write
 
 

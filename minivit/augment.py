@@ -12,8 +12,8 @@ for its random draws (so NumPy and CuPy runs with the same seed see the same dra
 
 import numpy as np
 
-from . import kernels, seeds
-from .backend import array_module
+from . import seeds
+from .engine.backend import array_module, kernel
 
 
 CROP_PADDING = 4                   # random_crop_flip: zeros around each image before the cut
@@ -95,6 +95,24 @@ def _gray(x):
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
+@kernel
+def bilinear_tap(xp, r, c, rr, cc, r_max, c_max, width, plane, fill):
+    """One neighbour (rr, cc) of the source points (r, c) [B, 1, HW] -> (its weight where
+    it lies inside the image, else 0; weight * fill where it lies outside, else 0; its
+    flat index into x [B, C, H, W], clamped to the image: plane [B, C, 1] + rr W + cc)."""
+    weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))
+    inside = (rr >= 0) & (rr <= r_max) & (cc >= 0) & (cc <= c_max)
+    pixel = xp.minimum(xp.maximum(rr, 0), r_max) * width + xp.minimum(xp.maximum(cc, 0), c_max)
+    return (xp.where(inside, weight, 0.0), xp.where(inside, 0.0, weight * fill),
+            plane + pixel.astype(xp.int64))
+
+
+@kernel
+def bilinear_add(xp, out, inside, value, outside):
+    """out + inside value + outside: one neighbour's share of a bilinear sample."""
+    return out + inside * value + outside
+
+
 def affine(x, matrix, fill=0.5):
     """Resample every image of x [B, C, H, W] through its own 2x3 matrix [B, 2, 3]: output
     pixel (row, col) reads input (r, c) = matrix @ (row, col, 1), relative to the image
@@ -116,9 +134,9 @@ def affine(x, matrix, fill=0.5):
     flat = x.ravel()
     for dr in (0, 1):                     # the four neighbours, weighted bilinearly
         for dc in (0, 1):
-            inside, outside, index = kernels.bilinear_tap(r, c, r0 + dr, c0 + dc, H - 1, W - 1,
-                                                          W, plane, fill)
-            out = kernels.bilinear_add(out, inside, xp.take(flat, index), outside)  # [B, C, HW]
+            inside, outside, index = bilinear_tap(r, c, r0 + dr, c0 + dc, H - 1, W - 1,
+                                                  W, plane, fill)
+            out = bilinear_add(out, inside, xp.take(flat, index), outside)  # [B, C, HW]
     return out.reshape(B, C, H, W)
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_host
-from .config import ViTConfig
-from .errors import MinivitError
+from .engine.backend import to_host
+from .engine.config import ViTConfig
+from .engine.model import ViT
+from .errors import BadValue
 from .files import atomic_write
-from .model import ViT
 
 FORMAT = "minivit-checkpoint-1"
 # the trained model that ships with minivit (pretrained/README.md says how it was made)
@@ -36,7 +36,7 @@ META_KEY = "minivit.meta"
 OPTIM_PREFIX = "optim."
 
 
-class CheckpointError(MinivitError):
+class CheckpointError(BadValue):
     """A checkpoint file is missing, damaged, or not a minivit checkpoint. problem: the
     message without its advice (for callers that give their own)."""
 

@@ -1,5 +1,5 @@
-"""The `minivit` command: train, eval, predict, plot, download (options.py holds the
-options, this file what each command does).
+"""The `minivit` command: train, eval, predict, plot, download, gradcheck, attention and
+selftest (options.py holds the options, this file what each command does).
 
     minivit train                       # full CIFAR-10 if found, else the shipped sample
     minivit train --preset seed --data ~/cifar10 --backend cupy
@@ -10,6 +10,8 @@ options, this file what each command does).
     minivit plot runs/...
     minivit gradcheck --layer attention
     minivit attention --checkpoint runs/.../best.npz --index 3
+    minivit download
+    minivit selftest --backend cupy
 """
 
 import os
@@ -21,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import distributed, gradcheck
-from .backend import to_host
+from . import distributed, fast
 from .config import TrainConfig
 from .data import (CLASSES, DataError, data_or_sample, download_cifar10, find_cifar10, is_sample,
                    load_test, normalize)
-from .errors import MinivitError
+from .engine import gradcheck
+from .engine.backend import to_host
+from .errors import BadValue, MinivitError, MissingPackage
 from .evaluate import score_checkpoint
-from .fast import FastViT
+from .fast.check import fast_path_reports, one_thread
 from .files import read_json, write_json
 from .options import DEBUG_ENV_VAR, build_parser
 from .runlock import train_locked
@@ -162,11 +165,25 @@ def checkpoint_or_shipped(args, parser):
     return ckpt.SHIPPED_MODEL
 
 
+def _runner(engine):
+    """What scores a model: the engine's ViT itself, or the fast path once it was checked
+    against the engine (a disagreement stops with one line)."""
+    if engine == "reference":
+        return None
+
+    def checked(model):
+        problem = fast.check_against_engine(model)
+        if problem:
+            raise BadValue(problem)
+        return fast.FastRunner(model)
+    return checked
+
+
 def cmd_eval(args, parser):
     args.checkpoint = checkpoint_or_shipped(args, parser)
     views = "crops" if args.crops else "flip" if args.flip else "one"
     r = score_checkpoint(args.checkpoint, data=args.data, backend=args.backend,
-                         batch_size=args.batch_size, log=print, wrap=FastViT, views=views)
+                         batch_size=args.batch_size, log=print, wrap=_runner(args.engine), views=views)
     print(f"checkpoint {args.checkpoint} (epoch {r['meta'].get('epoch')}), {len(r['preds'])} test "
           f"images from {r['folder']}")
     said = dict(one="", flip="  (with flipped copies)", crops="  (six views: shifted and flipped copies)")
@@ -194,7 +211,7 @@ def load_image(path, size):
 
 
 def cmd_predict(args, parser):
-    from .layers import softmax_forward
+    from .engine.layers import softmax_forward
     model, meta = ckpt.load_model(checkpoint_or_shipped(args, parser), backend=args.backend)
     size = model.config.img_size
     images = np.stack([load_image(p, size) for p in args.images])                # [B, 3, H, W]
@@ -238,7 +255,9 @@ def cmd_gradcheck(args, parser):
     reports = [gradcheck.check_layer(name, args.dtype, args.backend, max_checks=args.max_checks)
                for name in names]
     if args.model or not args.layer:
-        reports += gradcheck.check_models(args.dtype, args.backend, max_checks=args.max_checks)
+        reports += gradcheck.check_models(args.dtype, args.backend, max_checks=args.max_checks,
+                                          runners={"reference": None, "fast": one_thread})
+        reports += fast_path_reports(args.dtype, args.backend, args.max_checks)
     for r in reports:
         print(r)
         print()
@@ -293,8 +312,8 @@ def cmd_attention(args, parser):
     try:
         am.draw(image, heads, roll, out, title, pooled)
     except ImportError:
-        raise MinivitError("matplotlib is not installed: `pip install -e .[plot]` to draw "
-                           "attention maps") from None
+        raise MissingPackage("matplotlib is not installed: `pip install -e .[plot]` to draw "
+                             "attention maps") from None
     print(f"{title}\nwrote {out}")
     return 0
 

@@ -1,56 +1,17 @@
-"""Configurations: the model's (ViTConfig) and the training run's (TrainConfig, which
-builds on it), with every check in one place and the presets.
-
-Each field says in its metadata what values it takes ("range" or "choices") and what it
-means ("help"); `validate()` and the command line's options (options.py) both come from that,
-so a field is described once.
+"""The training run's configuration (TrainConfig: the model's fields of engine/config.py
+plus the recipe) and the presets.
 
     cfg = TrainConfig.from_preset("sample", epochs=3)
     cfg.model_config()          # the ViTConfig part
 """
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import layers
+from .engine.config import RANGES, ViTConfig, option_field, range_problem  # noqa: F401 (options.py reads them here)
 
-DTYPES = ("float32", "float64")
-POOLS = ("cls", "mean", "seq")
+ENGINES = ("fast", "reference")
 STEM_INITS = ("random", "whiten")
-
-# range name -> (test, what a value must be)
-RANGES = {
-    "positive_int": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "nonneg_int": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "positive": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "nonneg": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "fraction": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "probability": (lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
-    "magnitude": (lambda v: _is_number(v) and 0 <= v <= 10, "in [0, 10]"),
-}
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) or type(v).__name__.startswith(("int", "uint"))
-
-
-def _is_number(v):
-    return (_is_int(v) or isinstance(v, float)) and v == v and abs(v) != float("inf")
-
-
-def range_problem(value, f):
-    """None when value lies in the range field f asks for, else "must be ...". """
-    if "range" not in f.metadata:
-        return None
-    test, what = RANGES[f.metadata["range"]]
-    return None if test(value) else f"must be {what}"
-
-
-def _field(default, range=None, choices=None, help=None, parse=None):
-    meta = {k: v for k, v in (("range", range), ("choices", choices), ("help", help),
-                              ("parse", parse)) if v is not None}
-    return field(default=default, metadata=meta)
 
 
 def parse_duration(text):
@@ -64,163 +25,61 @@ def parse_duration(text):
 
 
 @dataclass
-class ViTConfig:
-    """Everything that fixes the network's shape and function (saved in checkpoints)."""
-    img_size: int = _field(32, "positive_int", help="image height and width")
-    patch_size: int = _field(4, "positive_int", help="patch height and width")
-    in_chans: int = _field(3, "positive_int", help="image channels")
-    embed_dim: int = _field(192, "positive_int", help="token width D")
-    depth: int = _field(6, "positive_int", help="transformer blocks")
-    num_heads: int = _field(3, "positive_int", help="attention heads (must divide embed_dim)")
-    mlp_ratio: float = _field(4.0, "positive", help="MLP hidden width / embed_dim")
-    num_classes: int = _field(10, "positive_int", help="classes")
-    dtype: str = _field("float32", choices=DTYPES, help="floating-point precision")
-    gelu: str = _field("exact", choices=tuple(layers.GELUS), help="GELU exact (erf) or tanh")
-    drop_path: float = _field(0.0, "fraction", help="stochastic depth rate of the last block "
-                              "(block l: rate * l / (depth - 1))")
-    pool: str = _field("cls", choices=POOLS, help="the head reads the class token, the "
-                       "mean of the patch tokens, or their sum weighted by a learned softmax "
-                       "(seq: CCT's sequence pooling)")
-    stem_channels: int = _field(0, "nonneg_int", help="a 3x3 conv + GELU stem with this many "
-                                "channels before the patch embedding (0: none, as SimpleViT)")
-    stem_stride: int = _field(1, "positive_int", help="the stem's stride")
-    stem_layers: int = _field(1, "positive_int", help="3x3 convs in the stem, each + GELU: "
-                              "the first gives stem_channels, each later one doubles the "
-                              "channels at stride 2")
-
-    def validate(self):
-        """Raise ValueError naming the first bad field and how to fix it; returns self."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            problem = range_problem(value, f)
-            if problem:
-                raise ValueError(f"{f.name} {problem}, got {value!r}")
-            if "choices" in f.metadata and value not in f.metadata["choices"]:
-                raise ValueError(f"unknown {f.name} {value!r}: use one of "
-                                 f"{', '.join(f.metadata['choices'])}")
-        if self.img_size % self.stem_reduction or self.grid_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size "
-                             f"{self.patch_size}" + (f" times the stem's reduction "
-                                                     f"{self.stem_reduction}"
-                                                     if self.stem_reduction > 1 else "")
-                             + ": choose a patch size that divides the image size (e.g. 4 for 32)")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
-                             f"{self.num_heads}: each head gets embed_dim / num_heads channels")
-        if self.hidden < 1:
-            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units")
-        return self
-
-    @property
-    def stem_convs(self):
-        """The stem's convs, first to last, as (parameter prefix, in channels, out
-        channels, stride): stem.conv, stem.conv2, ..."""
-        if not self.stem_channels:
-            return []
-        out = [self.stem_channels * 2 ** i for i in range(self.stem_layers)]
-        return [("stem.conv" + (str(i + 1) if i else ""), c_in, c_out,
-                 self.stem_stride if i == 0 else 2)
-                for i, (c_in, c_out) in enumerate(zip([self.in_chans] + out, out))]
-
-    @property
-    def stem_reduction(self):
-        """How many times smaller the stem's output is than the image (1: no stem)."""
-        return math.prod(s for *_, s in self.stem_convs)
-
-    @property
-    def side_unit(self):
-        """Image sides must be multiples of this: one patch of the stem's output."""
-        return self.stem_reduction * self.patch_size
-
-    def takes_side(self, side):
-        """Whether side x side images fit: at most img_size and a whole number of patches
-        (smaller ones get an area-resized position embedding: progressive resizing)."""
-        return side <= self.img_size and side % self.side_unit == 0
-
-    @property
-    def grid_size(self):
-        """Height and width of what the patch embedding cuts: the image, or the stem's output."""
-        return self.img_size // self.stem_reduction
-
-    @property
-    def num_patches(self):
-        return (self.grid_size // self.patch_size) ** 2
-
-    @property
-    def patch_in_chans(self):
-        """Channels the patch embedding reads: the image's, or the stem's last conv's."""
-        return self.stem_convs[-1][2] if self.stem_channels else self.in_chans
-
-    @property
-    def hidden(self):
-        """The MLP's hidden width F."""
-        return int(self.embed_dim * self.mlp_ratio)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The configuration in a saved dict (other keys, e.g. a training config's, are
-        ignored; missing ones take their defaults)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def model_config(self):
-        """Only the ViTConfig part (of a TrainConfig, say)."""
-        return ViTConfig.from_dict(dataclasses.asdict(self))
-
-
-@dataclass
 class TrainConfig(ViTConfig):
     """A training run on CIFAR-10: the model's fields plus the recipe."""
-    preset: str = _field("default", help="the preset these values started from")
+    preset: str = option_field("default", help="the preset these values started from")
+    engine: str = option_field("fast", choices=ENGINES, help="what runs the model's forward and "
+                         "backward: the fast path (checked against the engine before the first "
+                         "step), or the engine's reference code as it reads")
     # optimization
-    optimizer: str = _field("adamw", choices=("adam", "adamw", "muon"), help="Adam, AdamW (decoupled "
+    optimizer: str = option_field("adamw", choices=("adam", "adamw", "muon"), help="Adam, AdamW (decoupled "
                             "decay), or Muon (orthogonalized updates of the blocks' matrices and "
                             "the patch embedding, AdamW for the rest)")
-    lr: float = _field(1e-3, "positive", help="peak learning rate")
-    weight_decay: float = _field(0.05, "nonneg", help="adamw: decoupled, on weight matrices and conv kernels; "
+    lr: float = option_field(1e-3, "positive", help="peak learning rate")
+    weight_decay: float = option_field(0.05, "nonneg", help="adamw: decoupled, on weight matrices and conv kernels; "
                                  "adam: an L2 term on every parameter")
     betas: tuple = (0.9, 0.999)
-    batch_size: int = _field(128, "positive_int", help="images per step")
-    epochs: int = _field(50, "positive_int", help="passes over the training images (ignored "
+    batch_size: int = option_field(128, "positive_int", help="images per step")
+    epochs: int = option_field(50, "positive_int", help="passes over the training images (ignored "
                          "with a time budget)")
-    time_budget: float = _field(0.0, "nonneg", help="train for this much training time "
+    time_budget: float = option_field(0.0, "nonneg", help="train for this much training time "
                                 "instead of a number of epochs, e.g. 30m, 90s, 1h (0: off); "
                                 "warmup and decay follow the clock", parse="duration")
-    warmup_epochs: float = _field(5.0, "nonneg", help="linear warmup, in epochs")
-    warmup_fraction: float = _field(0.05, "fraction", help="with a time budget: the share of it "
+    warmup_epochs: float = option_field(5.0, "nonneg", help="linear warmup, in epochs")
+    warmup_fraction: float = option_field(0.05, "fraction", help="with a time budget: the share of it "
                                     "spent warming up")
-    schedule: str = _field("cosine", choices=("cosine", "linear", "constant"),
+    schedule: str = option_field("cosine", choices=("cosine", "linear", "constant"),
                            help="after warmup: cosine or linear decay to min_lr, or constant")
-    min_lr: float = _field(1e-5, "nonneg", help="where the decay ends")
-    clip_grad: float = _field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
-    label_smoothing: float = _field(0.1, "fraction", help="share of the target spread over all classes")
-    stem_init: str = _field("random", choices=STEM_INITS, help="the stem's first conv: random "
+    min_lr: float = option_field(1e-5, "nonneg", help="where the decay ends")
+    clip_grad: float = option_field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
+    label_smoothing: float = option_field(0.1, "fraction", help="share of the target spread over all classes")
+    stem_init: str = option_field("random", choices=STEM_INITS, help="the stem's first conv: random "
                             "(LeCun normal) or whiten (whitening filters of the training "
                             "images' 3x3 patches, whiten.py)")
     # data
-    augment: bool = _field(True, help="random crop (padding 4) + horizontal flip")
-    alternate_flip: bool = _field(False, help="the flip of augment alternates: epoch 1 mirrors a "
+    augment: bool = option_field(True, help="random crop (padding 4) + horizontal flip")
+    alternate_flip: bool = option_field(False, help="the flip of augment alternates: epoch 1 mirrors a "
                                   "random half of the images, even epochs the other half, odd "
                                   "epochs the first half again (airbench)")
-    randaugment: int = _field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
-    randaugment_magnitude: float = _field(9.0, "magnitude", help="their strength, 0..10")
-    mixup: float = _field(0.0, "nonneg", help="mixup Beta alpha (0: off)")
-    cutmix: float = _field(0.0, "nonneg", help="cutmix Beta alpha (0: off)")
-    random_erase: float = _field(0.0, "probability", help="probability of erasing a box per image")
-    ema: float = _field(0.0, "fraction", help="decay of a weight average used for evaluation (0: off)")
-    low_res: float = _field(0.0, "fraction", help="progressive resizing: the share of training "
+    randaugment: int = option_field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
+    randaugment_magnitude: float = option_field(9.0, "magnitude", help="their strength, 0..10")
+    mixup: float = option_field(0.0, "nonneg", help="mixup Beta alpha (0: off)")
+    cutmix: float = option_field(0.0, "nonneg", help="cutmix Beta alpha (0: off)")
+    random_erase: float = option_field(0.0, "probability", help="probability of erasing a box per image")
+    ema: float = option_field(0.0, "fraction", help="decay of a weight average used for evaluation (0: off)")
+    low_res: float = option_field(0.0, "fraction", help="progressive resizing: the share of training "
                             "(of the time budget, or of the epochs) run first on images "
                             "area-resized to low_res_size (0: off)")
-    low_res_size: int = _field(16, "positive_int", help="the image side of that first part")
-    mid_res: float = _field(0.0, "fraction", help="progressive resizing's middle stage: the share "
+    low_res_size: int = option_field(16, "positive_int", help="the image side of that first part")
+    mid_res: float = option_field(0.0, "fraction", help="progressive resizing's middle stage: the share "
                             "of training after the low_res one run on mid_res_size images (0: off)")
-    mid_res_size: int = _field(24, "positive_int", help="the image side of that middle stage")
-    val_fraction: float = _field(0.1, "fraction", help="share of training images held out")
-    limit_train: int = _field(0, "nonneg_int", help="use only the first N training images (0: all)")
-    eval_batch_size: int = _field(500, "positive_int", help="images per evaluation batch")
-    checkpoint_minutes: float = _field(10.0, "nonneg", help="inside an epoch, also save "
+    mid_res_size: int = option_field(24, "positive_int", help="the image side of that middle stage")
+    val_fraction: float = option_field(0.1, "fraction", help="share of training images held out")
+    limit_train: int = option_field(0, "nonneg_int", help="use only the first N training images (0: all)")
+    eval_batch_size: int = option_field(500, "positive_int", help="images per evaluation batch")
+    checkpoint_minutes: float = option_field(10.0, "nonneg", help="inside an epoch, also save "
                                        "checkpoint.npz every this many minutes (0: at epoch ends only)")
-    seed: int = _field(0, "nonneg_int", help="weights, split, order and every random draw")
+    seed: int = option_field(0, "nonneg_int", help="weights, split, order and every random draw")
 
     def validate(self):
         super().validate()

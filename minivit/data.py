@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, kernels, seeds
-from .backend import array_module, to_device
-from .errors import MinivitError
+from . import augment, seeds
+from .engine.backend import array_module, kernel, to_device
+from .errors import BadValue
 from .files import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -44,7 +44,7 @@ SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"
 SAMPLE_FOLDER = SAMPLE_ROOT / FOLDER
 
 
-class DataError(MinivitError):
+class DataError(BadValue):
     """A data set folder or file is missing or damaged; the message says how to fix it."""
 
 
@@ -288,6 +288,12 @@ def channel_stats(x):
     return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
 
 
+@kernel
+def scale_shift(xp, x, a, b):
+    """x a + b, in the dtype of a and b (x may be uint8 pixels: normalizing)."""
+    return x * a + b
+
+
 def normalizer(mean, std, xp, dtype="float32", scale=1.0 / 255.0):
     """(a, b), each [1, C, 1, 1] on xp, with x a + b = (x scale - mean) / std."""
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
@@ -298,7 +304,7 @@ def normalizer(mean, std, xp, dtype="float32", scale=1.0 / 255.0):
 def normalize(images, mean, std, dtype="float32", scale=1.0 / 255.0):
     """uint8 [B, 3, H, W] on any backend -> (images/255 - mean) / std, as dtype.
     For float images already in [0, 1] pass scale=1."""
-    return kernels.scale_shift(images, *normalizer(mean, std, array_module(images), dtype, scale))
+    return scale_shift(images, *normalizer(mean, std, array_module(images), dtype, scale))
 
 
 class Loader:
@@ -359,9 +365,9 @@ class Loader:
                 pixels = self.x[idx].astype(self.dtype) * (1.0 / 255.0)
                 pixels = augment.rand_augment(pixels, seeds.generator(self.seed, epoch, i, "randaugment"),
                                               num_ops, magnitude)
-                images = kernels.scale_shift(pixels, *self._normalize[1.0])
+                images = scale_shift(pixels, *self._normalize[1.0])
             else:
-                images = kernels.scale_shift(self.x[idx], *self._normalize[1.0 / 255.0])
+                images = scale_shift(self.x[idx], *self._normalize[1.0 / 255.0])
             if self.augment:
                 images = augment.random_crop_flip(
                     images, seeds.generator(self.seed, epoch, i, "crop_flip"),

@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from .backend import array_module
-from .errors import MinivitError
+from .engine.backend import array_module
+from .errors import BadValue, MissingPackage
 
 # set by MPI launchers (MPICH/Intel MPI, Open MPI, PMIx, MVAPICH) in every process they start
 LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
@@ -140,7 +140,7 @@ def cuda_aware_mpi():
     if setting in ("0", "1"):
         return setting == "1"
     if setting:
-        raise MinivitError(f"MINIVIT_CUDA_AWARE_MPI={setting!r}: set it to 1 (the MPI library "
+        raise BadValue(f"MINIVIT_CUDA_AWARE_MPI={setting!r}: set it to 1 (the MPI library "
                          f"takes GPU buffers) or 0 (it does not), or unset it to ask the library")
     import ctypes
     from mpi4py import MPI
@@ -165,7 +165,7 @@ def world():
             try:
                 from mpi4py import MPI
             except ImportError as e:
-                raise MinivitError(f"started by an MPI launcher, but mpi4py cannot be imported "
+                raise MissingPackage(f"started by an MPI launcher, but mpi4py cannot be imported "
                                    f"({e}): {INSTALL_HINT}") from None
             _world = World(MPI.COMM_WORLD)
         else:

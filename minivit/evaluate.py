@@ -5,9 +5,9 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import distributed
-from .backend import array_module, to_host
+from .engine.backend import array_module, to_host
 from .data import CLASSES, Loader, data_or_sample, load_test
-from .loss import cross_entropy
+from .engine.loss import cross_entropy
 
 
 VIEWS = ("one", "flip", "crops")     # test-time augmentation: the views each image is scored on
@@ -48,7 +48,7 @@ def view_logits(net, images, views=VIEWS):
 
 def evaluate(net, loader, world=None, views="one"):
     """-> (mean loss, accuracy, predictions int [N] on the host), no gradients kept.
-    net: a ViT or anything with its forward (fast.FastViT). world: a distributed.World
+    net: a ViT or anything with its forward (fast.FastRunner). world: a distributed.World
     (default distributed.world(), as everywhere: every rank of an MPI job, else this
     process alone); each rank scores its rows of every batch, and the results are
     combined. views: test-time augmentation, one of VIEWS (tta_logits)."""
@@ -94,7 +94,7 @@ def score_checkpoint(path, data=None, backend=None, batch_size=500, log=None, wr
                      views="one"):
     """Score a checkpoint on a test set: data (a folder), else the folder the run trained
     on, else the full CIFAR-10 wherever it is found, else the shipped sample. Only the
-    test batch is read. wrap(model) may return a faster runner (fast.FastViT); views: the
+    test batch is read. wrap(model) may return a faster runner (fast.FastRunner); views: the
     test-time augmentation (tta_logits).
     -> dict: accuracy, loss, per_class, preds, x_test, y_test, folder, source, model, meta."""
     model, meta = ckpt.load_model(path, backend=backend)

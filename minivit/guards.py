@@ -13,9 +13,8 @@ import signal
 
 import numpy as np
 
-from .backend import to_host
+from .engine.backend import kernel, to_host
 from .errors import RunFailed
-from .kernels import kernel
 
 
 class StopRequest:

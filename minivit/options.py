@@ -5,9 +5,10 @@ embed_dim), its type, range, choices and help taken from the field."""
 import argparse
 import dataclasses
 
-from . import __version__, distributed, gradcheck
-from .backend import BACKENDS
-from .config import PRESETS, RANGES, TrainConfig, parse_duration, range_problem
+from . import __version__, distributed
+from .config import ENGINES, PRESETS, RANGES, TrainConfig, parse_duration, range_problem
+from .engine import gradcheck
+from .engine.backend import BACKENDS
 from .data import DEFAULT_ROOT
 
 DEBUG_ENV_VAR = "MINIVIT_DEBUG"
@@ -86,8 +87,9 @@ def build_parser():
     _common(t, out_help="run folder (default: runs/PRESET-DATE-TIME)")
     t.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="seed: the reference recipe (Adam 3e-4, batch 80, 30 epochs); default: "
-                        "AdamW, warmup + cosine, label smoothing, crop + flip; sample: a small "
-                        "ViT for a quick CPU run")
+                        "AdamW, warmup + cosine, label smoothing, crop + flip; hybrid: a conv stem, "
+                        "Muon and progressive resizing, for CPU time budgets (--time-budget 30m); "
+                        "sample: a small ViT for a quick CPU run")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the latest run under runs/)")
     t.add_argument("--init-from", metavar="CHECKPOINT", default=None,
@@ -109,6 +111,9 @@ def build_parser():
     tta.add_argument("--crops", action="store_true",
                      help="average over six views: the image and two copies shifted two pixels along "
                           "the diagonal, each with its mirror image (test-time augmentation)")
+    e.add_argument("--engine", choices=ENGINES, default="fast",
+                   help="what runs the model: the fast path (checked against the engine first; "
+                        "default) or the engine's reference code")
     _common(e, out_help="also write the results as JSON to this file")
 
     p = sub.add_parser("predict", help="classify image files",
@@ -134,7 +139,8 @@ def build_parser():
     what.add_argument("--model", action="store_true",
                       help="check whole (small) ViTs as the presets train them: the plain ViT, the "
                            "conv stem at stride 1 and 2, low-res images, drop path, mean and sequence pooling, "
-                           "each through the reference and the fast path; and the blocked GELU")
+                           "each through the engine and the fast path; the fast path's "
+                           "class-token-only block and blocked GELU")
     gc.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                     help="float64 (default, strict) or float32 (to see why it needs looser marks)")
     gc.add_argument("--max-checks", type=_number(int, "positive_int"), default=None,

@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import CLASSES
-from .errors import MinivitError
+from .errors import BadValue
 from .evaluate import confusion_matrix, per_class_accuracy
 from .files import atomic_write, read_jsonl
 from .schedule import resize_stages
@@ -153,7 +153,7 @@ def plot_run(run_dir, log=print, out_dir=None):
         return []
     metrics = read_jsonl(run_dir / "metrics.jsonl", log)
     if not metrics:
-        raise MinivitError(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
+        raise BadValue(f"no metrics.jsonl in {run_dir}: is it a run folder written by "
                                 f"`minivit train`?")
     written = []
     config_path = run_dir / "config.json"

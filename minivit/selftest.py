@@ -27,15 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gradcheck, resize
 from .augment import regularize
-from .backend import get_xp, gpu_unavailable_reason, resolve_backend, to_host
-from .config import TrainConfig, ViTConfig
+from .config import TrainConfig
 from .data import Loader
-from .fast import FastViT
-from .loss import cross_entropy
-from .model import ViT
-from .optim import EMA, clip_grad_norm
+from .engine import gradcheck, resize
+from .engine.backend import get_xp, gpu_unavailable_reason, resolve_backend, to_host
+from .engine.config import ViTConfig
+from .engine.draws import StepDraws
+from .engine.model import ViT
+from .engine.optim import EMA, clip_grad_norm
+from .fast import FastRunner
+from .fast.loss import cross_entropy
 from .train import make_optimizer
 
 SMALL = ViTConfig(img_size=8, patch_size=4, embed_dim=12, depth=2, num_heads=3, mlp_ratio=2.0,
@@ -64,14 +66,15 @@ def _train_steps(backend, dtype="float64", steps=3, batch=6, low_res_side=None, 
     cfg = TrainConfig.from_preset("default", **{**SMALL.__dict__, "dtype": dtype, "drop_path": 0.3,
                                                 **overrides})
     model = ViT(cfg.model_config(), backend=backend, seed=1)
-    net, opt, ema = FastViT(model), make_optimizer(cfg, model), EMA(model, 0.9)
+    net, opt, ema = FastRunner(model), make_optimizer(cfg, model), EMA(model, 0.9)
     rng = np.random.default_rng(0)
     for step in range(steps):
         x = model.xp.asarray(rng.standard_normal((batch, 3, SMALL.img_size, SMALL.img_size)).astype(dtype))
         if low_res_side:
             x, _ = resize.area_resize_forward(x, low_res_side)
         y = model.xp.asarray(rng.integers(0, SMALL.num_classes, batch))
-        logits = net.forward(x, rng=np.random.default_rng(step))
+        draws = StepDraws.sample(cfg, batch, np.random.default_rng(step), model.xp, model.dtype)
+        logits = net.forward(x, draws=draws)
         loss, dlogits = cross_entropy(logits, y, cfg.label_smoothing)
         model.zero_grad()
         net.backward(dlogits, need_dx=False)
@@ -106,7 +109,7 @@ def _step_times(backend, batch=80, repeats=3):
     of the default ViT (float32) at batch 80."""
     cfg = TrainConfig.from_preset("default")
     model = ViT(cfg.model_config(), backend=backend)
-    net, opt = FastViT(model), make_optimizer(cfg, model)
+    net, opt = FastRunner(model), make_optimizer(cfg, model)
     xp = model.xp
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
@@ -150,7 +153,7 @@ def run_checks(backend, log=print):
 
     def fast_path():
         model = ViT(SMALL, backend=backend, seed=0)
-        r = gradcheck.check_model(model, batch_size=3, max_checks=20, drop_path_seed=None, net=FastViT(model))
+        r = gradcheck.check_model(model, batch_size=3, max_checks=20, net=FastRunner(model))
         return r.passed, f"max rel err {r.max_rel_err:.1e}"
     check("gradcheck fast path", fast_path)
     if backend != "numpy":

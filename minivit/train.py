@@ -31,22 +31,20 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import augment, distributed, resize, seeds
+from . import augment, distributed, fast, seeds
 from . import checkpoint as ckpt
-from .backend import get_xp
 from .config import TrainConfig
 from .data import CLASSES, Loader, channel_stats, data_or_sample, load_cifar10, split_validation
-from .errors import MinivitError
+from .engine import loss, optim, resize
+from .engine.backend import get_xp
+from .engine.draws import StepDraws
+from .engine.model import ViT
+from .errors import BadValue
 from .evaluate import evaluate, score_checkpoint
-from .fast import FastViT, kept_area_weights
 from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .guards import NonFiniteGuard, StopRequest
-from .loss import cross_entropy
-from .model import ViT
-from .optim import EMA, Adam, AdamW, Muon, clip_grad_norm, grad_norm_squared
 from .plots import plot_run
 from .schedule import image_size_at, lr_at, resize_stages
-from .threads import cpu_threads, gemm_gflops, limit_blas_threads, tune_host_allocator
 from .whiten import whiten_stem
 
 
@@ -64,14 +62,25 @@ def decay_groups(model, weight_decay):
 
 
 def make_optimizer(cfg, model):
+    """cfg's optimizer for model's parameters (Muon: the fast path's, whose stacks share
+    the CPU's threads, unless cfg trains the engine itself)."""
     if cfg.optimizer == "adam":
-        return Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     groups = decay_groups(model, cfg.weight_decay)
     if cfg.optimizer == "muon":      # the blocks' matrices and the patch embedding by Muon
         matrices = [p for p in groups[0]["params"] if p.name.startswith(MUON_PREFIXES)]
         groups[0]["params"] = [p for p in groups[0]["params"] if p not in matrices]
-        return Muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        muon = fast.Muon if cfg.engine == "fast" else optim.Muon
+        return muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def make_net(cfg, model, threads=None):
+    """What runs model's forward and backward -> (net, cross_entropy): the fast path and
+    its fused loss, or (cfg.engine "reference") the engine's ViT and loss as they read."""
+    if cfg.engine == "reference":
+        return model, loss.cross_entropy
+    return fast.FastRunner(model, threads=threads), fast.cross_entropy
 
 
 def prepare_data(cfg, data, log=None):
@@ -100,9 +109,10 @@ class Run:
     out: Path                          # the run folder
     world: distributed.World           # the processes training together; rank 0 writes
     model: ViT
-    net: FastViT                       # the model's forward and backward, run fast
-    opt: Adam                          # Adam or AdamW
-    ema: Optional[EMA]                 # the weight average evaluated, or None
+    net: object                        # runs the model: the fast path, or the ViT itself
+    loss: Callable                     # cross_entropy(logits, targets, smoothing), net's
+    opt: optim.Adam                    # Adam, AdamW or Muon
+    ema: Optional[optim.EMA]           # the weight average evaluated, or None
     train_loader: Loader
     val_loader: Loader
     guard: NonFiniteGuard              # stops the run at a NaN or Inf step
@@ -144,7 +154,7 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
     cfg.validate()
-    tune_host_allocator()
+    fast.tune_host_allocator()
     run = start_run(cfg, data, out, world, saved=saved, init_from=init_from, backend=backend,
                     log=log, progress=progress, on_step=on_step)
 
@@ -185,24 +195,28 @@ def train_step(run, images, labels, epoch, i, elapsed):
     images, targets = augment.regularize(cfg, images, labels, epoch, i)
     size = image_size_at(cfg, run.step, steps, elapsed)
     if size != cfg.img_size:                                         # [B, C, size, size]
-        images, _ = resize.area_resize_forward(images, size, kept_area_weights)
+        images, _ = resize.area_resize_forward(images, size)
     rows, batch = world.part(len(labels)), len(labels)               # this rank's rows
-    drop_rng = seeds.generator(cfg.seed, epoch, i, "drop_path") if cfg.drop_path else None
-    logits = run.net.forward(images, rng=drop_rng, rows=rows)
-    loss, dlogits = cross_entropy(logits, targets[rows], cfg.label_smoothing)
+    draws = StepDraws.sample(cfg, batch, seeds.generator(cfg.seed, epoch, i, "drop_path")
+                             if cfg.drop_path else None, model.xp, model.dtype).rows(rows)
+    logits = run.net.forward(images[rows], draws=draws)
+    step_loss, dlogits = run.loss(logits, targets[rows], cfg.label_smoothing)
     share = len(logits) / batch                       # 1 on one process
     model.zero_grad()
-    run.net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
+    if run.net is model:                              # the engine's ViT: dL/dx too
+        model.backward(dlogits if share == 1 else dlogits * share)
+    else:
+        run.net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
     world.sum_gradients(model.flat_grads)             # the whole batch's gradient, on every rank
-    sum_sq = grad_norm_squared(model.parameters())   # for the NaN watch and clipping
-    ok = run.guard.watch(run.step + 1, loss, sum_sq)
+    sum_sq = optim.grad_norm_squared(model.parameters())   # for the NaN watch and clipping
+    ok = run.guard.watch(run.step + 1, step_loss, sum_sq)
     if cfg.clip_grad:
-        clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq)
+        optim.clip_grad_norm(model.parameters(), cfg.clip_grad, sum_sq)
     run.opt.step(ok)
     if run.ema is not None:
         run.ema.update()
     run.step += 1
-    return loss, logits, rows
+    return step_loss, logits, rows
 
 
 def train_epoch(run, stop):
@@ -310,15 +324,15 @@ def check_run_folder(out, resume, world):
     last_path = out / "checkpoint.npz"
     if resume:
         if not last_path.exists():
-            raise MinivitError(f"--resume: no checkpoint at {last_path}; start a new run "
+            raise BadValue(f"--resume: no checkpoint at {last_path}; start a new run "
                                f"without --resume, or point --out at an earlier run folder")
         return ckpt.load_to_resume(last_path)      # damaged: names what is intact
     if last_path.exists():
-        raise MinivitError(f"{out} already holds a run (checkpoint.npz): pass --resume to "
+        raise BadValue(f"{out} already holds a run (checkpoint.npz): pass --resume to "
                            f"continue it, or choose another --out")
     if world.main and out.is_dir() and any(out.iterdir()):    # (rank 0 writes there soon)
         held = sorted(p.name for p in out.iterdir())
-        raise MinivitError(f"{out} is not empty (it holds {', '.join(held[:4])}"
+        raise BadValue(f"{out} is not empty (it holds {', '.join(held[:4])}"
                            f"{', ...' if len(held) > 4 else ''}): a new run needs a new or "
                            f"empty folder, so that no two runs mix their files; choose another --out")
     return None
@@ -347,13 +361,18 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
         whiten_stem(model, d["x_train"], mean, std)
     if world.main:
         out.mkdir(parents=True, exist_ok=True)    # only now: a failed start leaves nothing
-    threads = max(1, cpu_threads() // world.local_size) if model.xp is np else None
+    threads = max(1, fast.cpu_threads() // world.local_size) if model.xp is np else None
     if world.local_size > 1 and threads is not None:
-        limit_blas_threads(threads)               # the ranks on this machine share its cores
+        fast.limit_blas_threads(threads)          # the ranks on this machine share its cores
+    if cfg.engine == "fast":                      # the fast path must compute the engine's numbers
+        problem = fast.check_against_engine(model, sides=sorted({side for _, side in resize_stages(cfg)}))
+        if problem:
+            raise BadValue(problem)
     xp = model.xp
+    net, loss_fn = make_net(cfg, model, threads)
     train_loader = training_loader(cfg, d["x_train"], d["y_train"], xp, mean, std)
-    run = Run(cfg=cfg, out=out, world=world, model=model, net=FastViT(model, threads=threads),
-              opt=make_optimizer(cfg, model), ema=EMA(model, cfg.ema) if cfg.ema else None,
+    run = Run(cfg=cfg, out=out, world=world, model=model, net=net, loss=loss_fn,
+              opt=make_optimizer(cfg, model), ema=optim.EMA(model, cfg.ema) if cfg.ema else None,
               train_loader=train_loader,
               val_loader=Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype),
               guard=NonFiniteGuard(model, len(train_loader)),
@@ -366,10 +385,11 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
         write_json(out / "config.json", dataclasses.asdict(cfg))
     length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{cfg.epochs} epochs")
     ranks = f" on {world.size} processes" if world.size > 1 else ""
-    log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}; preset "
-        f"{cfg.preset}; {length}, {len(train_loader)} steps of batch {cfg.batch_size} an epoch.")
+    engine = "the fast path (checked against the engine)" if cfg.engine == "fast" else "the engine"
+    log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}, run by {engine}; "
+        f"preset {cfg.preset}; {length}, {len(train_loader)} steps of batch {cfg.batch_size} an epoch.")
     if cfg.time_budget:                  # the figures of a budget carry the machine's speed
-        run.meta["gemm_gflops"] = round(gemm_gflops(xp), 1)
+        run.meta["gemm_gflops"] = round(fast.gemm_gflops(xp), 1)
         log(f"Machine reference: float32 GEMM at {run.meta['gemm_gflops']:g} GFLOP/s on {model.backend}.")
     if cfg.time_budget and not run.compiled:
         log("Time budget: the clock starts after the first step, which compiles the GPU kernels "
@@ -387,7 +407,7 @@ def start_from(model, path, log=print):
     weights, _, meta = ckpt.load(path)
     problem = ckpt.init_from_mismatch(path, meta["model"], dataclasses.asdict(model.config))
     if problem:
-        raise MinivitError(problem)
+        raise BadValue(problem)
     model.load_state_dict(weights)
     log(f"Starting from the weights of {path} (epoch {meta.get('epoch')}).")
 
@@ -429,7 +449,8 @@ def finish(out, backend=None, log=print, plots=True, data=None, world=None):
     cfg = TrainConfig.from_dict(ckpt.load(out / "checkpoint.npz")[2]["train"])
     chosen = "final.npz" if cfg.time_budget or not cfg.val_fraction else "best.npz"
     world = world or distributed.world()
-    r = score_checkpoint(out / chosen, data=data, backend=backend, wrap=FastViT, world=world)
+    r = score_checkpoint(out / chosen, data=data, backend=backend,
+                         wrap=lambda model: make_net(cfg, model)[0], world=world)
     meta = r["meta"]
     if not world.main:
         return None

@@ -14,7 +14,7 @@ otherwise drop the negative half of each). The filters train like any other weig
 
 import numpy as np
 
-from .backend import to_device
+from .engine.backend import to_device
 from .data import normalize
 
 KERNEL = 3        # the stem's convs are 3x3

@@ -1,5 +1,8 @@
 """The fast path: the ViT's forward and backward with fewer operations, checked against
-the reference (layers.py, model.py) by tests/test_fast.py, as llm.c checks its kernels.
+the engine (engine/layers.py, transformer.py, model.py) by the tests and before every fast
+training run (check.py), as llm.c checks its kernels. It shares the engine's parameter
+layout (model.params, model.flat_grads) and its pure layer functions where nothing is to
+be gained (patchify, the stem's convs, the pooling), and walks the model on its own.
 
 The math is the reference's; what changes is how it is scheduled:
 
@@ -13,22 +16,22 @@ The math is the reference's; what changes is how it is scheduled:
 - on NumPy each batch is cut into one shard per CPU core, run at once in threads
   (threads.py).
 
-One training step of the default ViT at batch 80, loader included, is 420 kernel launches
-by real CuPy's rules and no host sync (benchmarks/launch_count.py counts them).
+benchmarks/launch_count.py counts a step's GPU launches (benchmarks/RESULTS.md).
 
-    net = FastViT(model)                  # the model's parameters, run fast
-    logits = net.forward(images, rng=rng)
+    net = FastRunner(model)               # the model's parameters, run fast
+    logits = net.forward(images, draws=draws)
     net.backward(dlogits)                 # adds into model.grads(), like model.backward
 """
 
-import functools
 import math
 from types import SimpleNamespace as Cache
 
 import numpy as np
 
-from . import kernels, layers, resize
-from .backend import array_module
+from ..engine import layers, resize, transformer
+from ..engine.backend import array_module
+from ..engine.draws import StepDraws
+from . import kernels
 from .threads import cpu_threads, parallel_map, shards
 
 
@@ -77,8 +80,27 @@ def layernorm_backward_into(dy, c, gw, gb, dres=0.0):
                                          c.eps, dres)
 
 
+def norm_fused(x, p, name, kind="layernorm"):
+    """engine layers.norm_forward: the fused LayerNorm, or the engine's own RMSNorm (no
+    fused version: it is the engine's code, so it needs no check against it)."""
+    if kind == "rmsnorm":
+        y, cache = layers.rmsnorm_forward(x, p[name + ".weight"])
+    else:
+        y, cache = layernorm_fused(x, p[name + ".weight"], p[name + ".bias"])
+    return y, Cache(kind=kind, name=name, norm=cache)
+
+
+def norm_backward_into(dy, c, g, dres=0.0):
+    """The backward of norm_fused, writing its parameter gradients into g[name.weight]
+    (and g[name.bias]); -> dx, plus dres (a residual gradient)."""
+    if c.kind == "rmsnorm":
+        dx, g[c.name + ".weight"][...] = layers.rmsnorm_backward(dy, c.norm)
+        return dx + dres
+    return layernorm_backward_into(dy, c.norm, g[c.name + ".weight"], g[c.name + ".bias"], dres)
+
+
 def sdpa_fused(q, k, v):
-    """layers.sdpa_forward: softmax(q k^T / sqrt d) v; q may have fewer rows than k."""
+    """transformer.sdpa_forward: softmax(q k^T / sqrt d) v; q may have fewer rows than k."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = q @ k.transpose(0, 1, 3, 2)                                          # [B, h, Nq, N]
     a = kernels.scaled_exp(s, s.max(axis=-1, keepdims=True), scale)
@@ -87,7 +109,7 @@ def sdpa_fused(q, k, v):
 
 
 def sdpa_fused_backward(do, c, dheads):
-    """layers.sdpa_backward, the softmax's backward in one kernel, writing dq, dk, dv into
+    """transformer.sdpa_backward, the softmax's backward in one kernel, writing dq, dk, dv into
     dheads[0], [1], [2] ([B, h, N, d] each; dq into its first Nq rows, the rest zero).
     do [B, h, Nq, d] contiguous."""
     xp = array_module(do)
@@ -102,7 +124,7 @@ def sdpa_fused_backward(do, c, dheads):
 
 
 def attention_nobias(x, p, num_heads, queries=None):
-    """layers.attention_forward without the output bias (the residual kernel adds it).
+    """transformer.attention_forward without the output bias (the residual kernel adds it).
     queries: only the first `queries` tokens ask (the class-token block).
 
     The projection's output is laid out once as heads [3, B, h, N, d] (q, k, v, each
@@ -119,15 +141,15 @@ def attention_nobias(x, p, num_heads, queries=None):
     if queries is not None:
         q = q[:, :, :queries]
     o, c_sdpa = sdpa_fused(q, k, v)                                          # [B, h, Nq, d]
-    y, c_out = linear_nobias(layers.merge_heads(o), p["attn.out_proj.weight"])  # [B, Nq, D]
+    y, c_out = linear_nobias(transformer.merge_heads(o), p["attn.out_proj.weight"])  # [B, Nq, D]
     return y, Cache(linear_in=c_in, sdpa=c_sdpa, linear_out=c_out, num_heads=num_heads)
 
 
 def attention_backward_into(dy, c, g, xp):
-    """layers.attention_backward, writing the four gradients into g (keyed like
-    layers.BLOCK_PARAM_NAMES); -> dx [B, N, D]."""
+    """transformer.attention_backward, writing the four gradients into g (keyed like
+    transformer.block_param_shapes); -> dx [B, N, D]."""
     do = linear_backward_into(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
-    do = xp.ascontiguousarray(layers.split_heads(do, c.num_heads))          # [B, h, Nq, d]
+    do = xp.ascontiguousarray(transformer.split_heads(do, c.num_heads))          # [B, h, Nq, d]
     B, h, N, d = c.sdpa.k.shape
     dheads = xp.empty((3, B, h, N, d), dtype=do.dtype)                       # dq, dk, dv
     sdpa_fused_backward(do, c.sdpa, dheads)
@@ -139,14 +161,14 @@ def attention_backward_into(dy, c, g, xp):
 GELU_BIAS_KERNELS = {"exact": kernels.gelu_bias, "tanh": kernels.gelu_tanh_bias}
 
 
-def block_fused(x, p, num_heads, gelu="exact", keep=None, cls_only=False):
-    """layers.block_forward (cls_only: only the class token's output row, [B, 1, D])."""
+def block_fused(x, p, num_heads, gelu="exact", keep=None, cls_only=False, norm="layernorm"):
+    """transformer.block_forward (cls_only: only the class token's output row, [B, 1, D])."""
     k1, k2 = keep if keep is not None else (None, None)
-    h, c_n1 = layernorm_fused(x, p["norm1.weight"], p["norm1.bias"])
+    h, c_n1 = norm_fused(x, p, "norm1", norm)
     h, c_attn = attention_nobias(h, p, num_heads, queries=1 if cls_only else None)
     x1 = kernels.residual(x[:, :1] if cls_only else x, h, p["attn.out_proj.bias"],
                           1.0 if k1 is None else k1)
-    h, c_n2 = layernorm_fused(x1, p["norm2.weight"], p["norm2.bias"])
+    h, c_n2 = norm_fused(x1, p, "norm2", norm)
     h, c_fc1 = linear_nobias(h, p["mlp.0.weight"])
     h, dgelu = GELU_BIAS_KERNELS[gelu](h, p["mlp.0.bias"])
     h, c_fc2 = linear_nobias(h, p["mlp.2.weight"])
@@ -156,39 +178,29 @@ def block_fused(x, p, num_heads, gelu="exact", keep=None, cls_only=False):
 
 
 def block_backward_into(dy, c, g, xp):
-    """layers.block_backward, writing the block's gradients into g (arrays keyed like
-    layers.BLOCK_PARAM_NAMES); -> dx. With cls_only, dy is [B, 1, D]: the residual
+    """transformer.block_backward, writing the block's gradients into g (arrays keyed like
+    transformer.block_param_shapes); -> dx. With cls_only, dy is [B, 1, D]: the residual
     gradient reaches the class token's row only. k1, k2: None without stochastic depth."""
     dh = linear_backward_into(dy if c.k2 is None else kernels.scale(dy, c.k2), c.mlp.linear2,
                               g["mlp.2.weight"], g["mlp.2.bias"])
     dh = linear_backward_into(dh * c.mlp.dgelu, c.mlp.linear1, g["mlp.0.weight"], g["mlp.0.bias"])
-    dx1 = layernorm_backward_into(dh, c.norm2, g["norm2.weight"], g["norm2.bias"], dres=dy)
+    dx1 = norm_backward_into(dh, c.norm2, g, dres=dy)
     dh = attention_backward_into(dx1 if c.k1 is None else kernels.scale(dx1, c.k1), c.attn, g, xp)
     if not c.cls_only:
-        return layernorm_backward_into(dh, c.norm1, g["norm1.weight"], g["norm1.bias"], dres=dx1)
-    dx = layernorm_backward_into(dh, c.norm1, g["norm1.weight"], g["norm1.bias"])
+        return norm_backward_into(dh, c.norm1, g, dres=dx1)
+    dx = norm_backward_into(dh, c.norm1, g)
     dx[:, :1] += dx1
     return dx
 
 
-@functools.lru_cache(maxsize=None)
-def kept_area_weights(n_in, n_out, xp=np, dtype=np.float64):
-    """resize.area_weights, built and copied to the backend once per sizes and dtype, so
-    the resizing of a low-resolution step copies no matrix to the device. Read-only."""
-    R = resize.area_weights(n_in, n_out, xp, dtype)
-    if xp is np:
-        R.flags.writeable = False         # shared by every call: a write would be an error
-    return R
-
-
 # -------------------------------------------------------------- the model, run fast
 
-class FastViT:
+class FastRunner:
     """Runs a ViT's forward and backward through the fast path; the numbers are the
-    model's own (tests compare the two), the parameters and gradients are the model's.
+    engine's own (tests compare the two), the parameters and gradients are the model's.
 
-        net = FastViT(model)             # threads: MINIVIT_THREADS, else every CPU
-        logits = net.forward(images, rng=rng)
+        net = FastRunner(model)          # threads: MINIVIT_THREADS, else every CPU
+        logits = net.forward(images, draws=draws)
         net.backward(dlogits)            # adds into model.grads(), like model.backward
 
     On NumPy each batch is cut into `threads` shards run at once (threads.parallel_map).
@@ -214,23 +226,14 @@ class FastViT:
             raise ValueError(f"threads must be a positive integer or None, got {value!r}")
         self._threads = int(value) if self.model.xp is np else 1
 
-    def forward(self, x, keep_cache=True, rng=None, rows=None):
+    def forward(self, x, keep_cache=True, draws=None):
         """model.forward, fast: logits [B, K]; keeps what backward needs unless told not.
-        rows: run only these rows of the batch (a slice; data-parallel ranks), with the
-        stochastic depth masks the whole batch would draw."""
+        draws: the step's random draws (StepDraws), as the model takes them."""
         m = self.model
         x = m.check_images(x)
-        masks = m.drop_path_masks(len(x), rng)
-        if rows is not None:
-            x = x[rows]
-            masks = [None if k is None else (k[0][rows], k[1][rows]) for k in masks]
+        draws = draws or StepDraws.none(m.config.depth)
         parts = shards(len(x), self.threads)
-
-        def run(s):
-            part_masks = [None if k is None else (k[0][s], k[1][s]) for k in masks]
-            return self._forward_pass(x[s], part_masks, keep_cache)
-
-        results = parallel_map(run, parts)
+        results = parallel_map(lambda s: self._forward_pass(x[s], draws.rows(s), keep_cache), parts)
         logits = results[0][0] if len(parts) == 1 else m.xp.concatenate([r[0] for r in results])
         self._cache = (parts, [r[1] for r in results]) if keep_cache else None
         return logits
@@ -265,24 +268,26 @@ class FastViT:
         c = self.model.config
         return i == c.depth - 1 and c.pool == "cls"
 
-    def _forward_pass(self, x, masks, keep_cache):
-        m, c = self.model, self.model.config
-        p = m.params
+    def _forward_pass(self, x, draws, keep_cache):
+        c, p = self.model.config, self.model.params
         D, C, ps = c.embed_dim, c.patch_in_chans, c.patch_size
-        x, c_stem = m.stem_forward(x, gelu=self._stem_gelu)                  # [B, S, H/r, W/r]
+        x, c_stem = self._stem_forward(x)                                    # [B, S, H/r, W/r]
         patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
         h, c_patch = linear_nobias(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
-        pos, c_pos = m.pos_embed_for(x.shape[-1] // ps, kept_area_weights)   # [1, N, D]
-        tokens = m.xp.empty((len(x), pos.shape[1], D), dtype=h.dtype)        # [B, N, D]
+        pos, c_pos = p["vit_embed.pos_embed"], None                          # [1, N, D]
+        if x.shape[-1] // ps != c.grid_size // ps:                           # smaller images
+            pos, c_pos = resize.pos_embed_resize_forward(pos, x.shape[-1] // ps)
+        tokens = self.model.xp.empty((len(x), pos.shape[1], D), dtype=h.dtype)  # [B, N, D]
         tokens[:, :1] = p["vit_embed.cls_token"] + pos[:, :1]
         tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"], pos[:, 1:], 1.0)
         h = tokens
         c_blocks = []
         for i in range(c.depth):
-            h, cb = block_fused(h, m.block_params(i), c.num_heads, c.gelu, masks[i], self._cls_only(i))
+            h, cb = block_fused(h, self._block_params(p, i), c.num_heads, c.gelu,
+                                draws.drop_path[i], self._cls_only(i), c.norm)
             c_blocks.append(cb if keep_cache else None)
-        pooled, c_pool = layers.pool_forward(h, c.pool, p.get(layers.SEQ_POOL_WEIGHT))  # [B, D]
-        z, c_norm = layernorm_fused(pooled, p["norm.weight"], p["norm.bias"])
+        pooled, c_pool = transformer.pool_forward(h, c.pool, p.get(transformer.SEQ_POOL_WEIGHT))  # [B, D]
+        z, c_norm = norm_fused(pooled, p, "norm", c.norm)
         logits, c_lin = linear_nobias(z, p["head.weight"])
         logits += p["head.bias"]                                             # [B, K]
         if not keep_cache:
@@ -290,30 +295,44 @@ class FastViT:
         return logits, Cache(embed=Cache(stem=c_stem, patch=c_patch, pos=c_pos, x_shape=x.shape),
                              blocks=c_blocks, head=Cache(pool=c_pool, norm=c_norm, linear=c_lin))
 
-    def _stem_gelu(self, h):
-        """The stem's GELU as a kernel: -> (GELU(h), GELU'(h) as its cache)."""
-        return GELU_BIAS_KERNELS[self.model.config.gelu](h, 0.0)
-
     @staticmethod
-    def _stem_gelu_backward(dy, dgelu):
-        return dy * dgelu
+    def _block_params(p, i):
+        """{name of transformer.block_param_shapes: array} of block i (p: a {name: array}
+        laid out like the model's parameters)."""
+        prefix = f"blocks.{i}."
+        return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+    def _stem_forward(self, x):
+        """The stem's convs (engine layers), each GELU as a kernel that keeps GELU'(h)."""
+        p, c = self.model.params, self.model.config
+        caches = []
+        for name, _, _, stride in c.stem_convs:
+            x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
+                                              stride=stride, padding=1)      # [B, S, H/s, W/s]
+            x, dgelu = GELU_BIAS_KERNELS[c.gelu](x, 0.0)
+            caches.append(Cache(name=name, conv=c_conv, dgelu=dgelu))
+        return x, caches
+
+    def _stem_backward(self, dx, caches, g, need_dx):
+        """-> dL/dx (None with need_dx=False); writes the convs' gradients into g."""
+        for i, c in reversed(list(enumerate(caches))):
+            dx, g[f"{c.name}.weight"][...], g[f"{c.name}.bias"][...] = layers.conv2d_backward(
+                dx * c.dgelu, c.conv, need_dx=need_dx or i > 0)
+        return dx
 
     def _backward_pass(self, dlogits, cache, g, need_dx):
-        m, c = self.model, self.model.config
-        xp = m.xp
+        c, xp = self.model.config, self.model.xp
         head, embed = cache.head, cache.embed
         dz = linear_backward_into(dlogits, head.linear, g["head.weight"], g["head.bias"])
-        dpooled = layernorm_backward_into(dz, head.norm, g["norm.weight"], g["norm.bias"])  # [B, D]
+        dpooled = norm_backward_into(dz, head.norm, g)                       # [B, D]
         if head.pool.h_shape[1] == 1:         # the class-token-only last block: nothing to pool
             dh = dpooled[:, None, :]                                         # [B, 1, D]
         else:
-            dh, dpool_w = layers.pool_backward(dpooled, head.pool)           # [B, N, D]
+            dh, dpool_w = transformer.pool_backward(dpooled, head.pool)      # [B, N, D]
             if dpool_w is not None:                                          # pool "seq"
-                g[layers.SEQ_POOL_WEIGHT][...] = dpool_w
+                g[transformer.SEQ_POOL_WEIGHT][...] = dpool_w
         for i in reversed(range(c.depth)):
-            prefix = f"blocks.{i}."
-            block_grads = {name: g[prefix + name] for name in layers.BLOCK_PARAM_NAMES}
-            dh = block_backward_into(dh, cache.blocks[i], block_grads, xp)
+            dh = block_backward_into(dh, cache.blocks[i], self._block_params(g, i), xp)
             cache.blocks[i] = None             # free this block's activations
         if embed.pos is None:
             dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])
@@ -327,7 +346,4 @@ class FastViT:
         if not (need_dx or embed.stem):
             return None
         dx = layers.unpatchify(dpatch, embed.x_shape, c.patch_size)
-        dx, stem_grads = m.stem_backward(dx, embed.stem, self._stem_gelu_backward, need_dx)
-        for name, grad in stem_grads.items():
-            g[name][...] = grad
-        return dx
+        return self._stem_backward(dx, embed.stem, g, need_dx)

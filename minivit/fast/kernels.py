@@ -1,19 +1,5 @@
-"""Elementwise kernels: each a plain function of arrays, one kernel on the GPU.
-
-A chain of elementwise operations costs one kernel launch per operation on CuPy (5-20 us
-of Python and launch overhead each) and one pass over memory per operation on NumPy.
-`@kernel` writes such a chain once, as a function body(xp, *arrays):
-
-- on CuPy it becomes `cupy.fuse(body)`: one compiled kernel, one launch;
-- on NumPy the body runs as written (or an override that computes the same numbers,
-  such as the blocked GELU below).
-
-The bodies use only arithmetic, `xp` ufuncs and `xp.where`: what cupy.fuse compiles. The
-tests run them on NumPy and on a strict CuPy stand-in that enforces the same limits.
-
-    @kernel
-    def residual(xp, x, h, b, k):        # x + k (h + b): one launch
-        return x + k * (h + b)
+"""The fast path's elementwise kernels: each a plain function of arrays, one kernel on the
+GPU (`@kernel`, engine/backend.py), and the blocked GELU of the CPU.
 
 The blocked GELU (NumPy, float32): NumPy runs an expression one operation at a time over
 the whole array. For an MLP activation of the default ViT ([80, 65, 768] float32, 16 MiB)
@@ -27,42 +13,21 @@ polynomial (erf to within 1.5e-7 in exact arithmetic; Phi in float32 to within 4
 3.6e-7 at worst, near x = 0.033).
 """
 
-import functools
 import math
 import os
 
 import numpy as np
 
-from .backend import array_module, erf_function
-from .layers import GELU_TANH_COEF, SQRT_2_OVER_PI
+from ..engine.backend import erf_function, kernel
+from ..engine.layers import GELU_TANH_COEF, SQRT_2_OVER_PI
 
 
-class kernel:
-    """An elementwise kernel from body(xp, *arrays); see the module docstring.
-    numpy: an optional function(*arrays) computing the same on NumPy."""
-
-    def __init__(self, body, numpy=None):
-        self.body, self.numpy = body, numpy
-        self._compiled = {}
-        functools.update_wrapper(self, body)
-
-    def __call__(self, *args):
-        xp = next((array_module(a) for a in args if hasattr(a, "shape")), np)
-        if xp is np:
-            return self.numpy(*args) if self.numpy is not None else self.body(np, *args)
-        if xp not in self._compiled:
-            self._compiled[xp] = xp.fuse(kernel_name=self.body.__name__)(
-                functools.partial(self.body, xp))
-        return self._compiled[xp](*args)
-
-
-# the switch: MINIVIT_NO_BLOCKED_GELU=1 (or kernels.ENABLED = False) turns the blocked GELU off
-ENABLED = not os.environ.get("MINIVIT_NO_BLOCKED_GELU")
+# the switch: MINIVIT_NO_BLOCKED_GELU=1 (or kernels.BLOCKED_GELU = False) turns the blocked GELU off
+BLOCKED_GELU = not os.environ.get("MINIVIT_NO_BLOCKED_GELU")
 
 BLOCK = 1 << 16          # elements per block: 256 KiB of float32
-MIN_SIZE = 1 << 12       # from 4,096 elements on, the blocked path is the faster (measured:
-                         # 1.3x at 4,096, 5.5x at 208,896, a half batch of the hybrid's MLP
-                         # activation at 16x16; smaller arrays take the plain body)
+MIN_SIZE = 1 << 12       # from 4,096 elements on the blocked path is the faster (benchmarks/
+                         # RESULTS.md); smaller arrays take the plain body
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -76,10 +41,10 @@ _AS_A = tuple(np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741,
 _F32 = np.float32
 
 
-def applies(x):
+def takes_blocked_gelu(x):
     """True when x should take the blocked GELU: a float32 NumPy array of MIN_SIZE
     elements or more."""
-    return ENABLED and type(x) is np.ndarray and x.dtype == np.float32 and x.size >= MIN_SIZE
+    return BLOCKED_GELU and type(x) is np.ndarray and x.dtype == np.float32 and x.size >= MIN_SIZE
 
 
 def normal_cdf(x, gauss):
@@ -176,48 +141,6 @@ def softmax_backward_ds(xp, da, a, sum_da_a, scale):
     return a * (da - sum_da_a) * scale
 
 
-# ----------------------------------------------------------------- bilinear sampling
-
-@kernel
-def bilinear_tap(xp, r, c, rr, cc, r_max, c_max, width, plane, fill):
-    """One neighbour (rr, cc) of the source points (r, c) [B, 1, HW] -> (its weight where
-    it lies inside the image, else 0; weight * fill where it lies outside, else 0; its
-    flat index into x [B, C, H, W], clamped to the image: plane [B, C, 1] + rr W + cc)."""
-    weight = (1 - xp.abs(r - rr)) * (1 - xp.abs(c - cc))
-    inside = (rr >= 0) & (rr <= r_max) & (cc >= 0) & (cc <= c_max)
-    pixel = xp.minimum(xp.maximum(rr, 0), r_max) * width + xp.minimum(xp.maximum(cc, 0), c_max)
-    return (xp.where(inside, weight, 0.0), xp.where(inside, 0.0, weight * fill),
-            plane + pixel.astype(xp.int64))
-
-
-@kernel
-def bilinear_add(xp, out, inside, value, outside):
-    """out + inside value + outside: one neighbour's share of a bilinear sample."""
-    return out + inside * value + outside
-
-
-# --------------------------------------------------------------------- cross-entropy
-
-@kernel
-def smoothed_onehot(xp, labels, classes, on, off):
-    """Targets [B, K]: `on` where the label is the class, else `off` (label smoothing)."""
-    return xp.where(labels == classes, on, off)
-
-
-@kernel
-def shifted_exp(xp, z, z_max):
-    """-> (t, exp t) with t = z - max z (exp never overflows)."""
-    t = z - z_max
-    return t, xp.exp(t)
-
-
-@kernel
-def softmax_cross_entropy(xp, t, e, e_sum, q, q_sum, inv_b):
-    """-> ((q_sum p - q) / B, -q log p / B) with p = e / e_sum, log p = t - log e_sum and
-    q_sum the target rows' sums (1 for probabilities)."""
-    return (q_sum * (e / e_sum) - q) * inv_b, -(q * (t - xp.log(e_sum))) * inv_b
-
-
 # ------------------------------------------------------------------------------ GELU
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -225,7 +148,7 @@ _SQRT_HALF = math.sqrt(0.5)
 
 def _gelu_bias_numpy(h, b):
     z = h + b
-    if applies(z):
+    if takes_blocked_gelu(z):
         return blocked_gelu(z)
     return gelu_bias.body(np, h, b)
 
@@ -261,9 +184,3 @@ def residual(xp, x, h, b, k):
 @kernel
 def scale(xp, x, k):
     return x * k
-
-
-@kernel
-def scale_shift(xp, x, a, b):
-    """x a + b, in the dtype of a and b (x may be uint8 pixels: normalizing)."""
-    return x * a + b

@@ -6,7 +6,7 @@
       -> vit_embed     (class token, position embed)   [B, N, D]
       -> blocks.0 .. blocks.{depth-1}  (pre-norm)      [B, N, D]
       -> pool          (class token, mean, or seq)     [B, D]
-      -> norm, head    (LayerNorm, linear)             [B, num_classes]
+      -> norm, head    (LayerNorm or RMSNorm, linear)  [B, num_classes]
 
 Parameter names and shapes are those of the PyTorch SimpleViT this engine reproduces,
 so a state_dict moves between the two without renaming (the options SimpleViT lacks add
@@ -15,6 +15,8 @@ parameters of their own: the stem's convs, sequence pooling's attention_pool.wei
     model = ViT(ViTConfig(embed_dim=192, depth=6, num_heads=3))   # or ViT(embed_dim=...)
     logits = model.forward(images)                                # keeps what backward needs
     dx = model.backward(dlogits)                                  # adds into model.grads()
+
+A training step's random draws (stochastic depth's masks) come in a StepDraws (draws.py).
 """
 
 import dataclasses
@@ -22,9 +24,10 @@ from types import SimpleNamespace as Cache
 
 import numpy as np
 
-from . import layers, resize
+from . import layers, resize, transformer
 from .backend import array_module, backend_name, get_xp, to_device, to_host
 from .config import ViTConfig
+from .draws import StepDraws
 
 
 class Param:
@@ -79,10 +82,11 @@ class ViT:
     # ------------------------------------------------------------------ parameters
 
     def param_shapes(self):
-        """{name: shape} in the PyTorch SimpleViT's state_dict order."""
+        """{name: shape} in the PyTorch SimpleViT's state_dict order: the parameter layout,
+        which the fast path shares."""
         c = self.config
         D, F, K = c.embed_dim, c.hidden, c.num_classes
-        block = layers.block_param_shapes(D, F)
+        block = transformer.block_param_shapes(D, F, c.norm)
         shapes = {}
         for name, c_in, c_out, _ in c.stem_convs:
             shapes.update({f"{name}.weight": (c_out, c_in, 3, 3), f"{name}.bias": (c_out,)})
@@ -94,10 +98,7 @@ class ViT:
         })
         for i in range(c.depth):
             shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
-        if c.pool == "seq":                  # sequence pooling's score
-            shapes[layers.SEQ_POOL_WEIGHT] = (1, D)
-        shapes.update({"norm.weight": (D,), "norm.bias": (D,),
-                       "head.weight": (K, D), "head.bias": (K,)})
+        shapes.update(transformer.head_param_shapes(D, K, c.pool, c.norm))
         return shapes
 
     def _init_params(self, seed):
@@ -177,33 +178,20 @@ class ViT:
             self.params[name][...] = value.astype(self.dtype, copy=False)
 
     def block_params(self, i):
-        """{name in layers.BLOCK_PARAM_NAMES: array} of block i."""
-        return {name: self.params[f"blocks.{i}.{name}"] for name in layers.BLOCK_PARAM_NAMES}
-
-    def drop_path_masks(self, batch, rng):
-        """Stochastic depth: per block, None or its masks (k1, k2), each [B, 1, 1]. Each
-        image keeps a branch with probability 1 - rate, scaled by 1/(1 - rate) so the
-        expected output is unchanged; block i's rate is drop_path * i / (depth - 1).
-        No rng (evaluation) or drop_path 0: no masks."""
-        depth = self.config.depth
-        rates = [self.config.drop_path * i / max(1, depth - 1) for i in range(depth)]
-        if rng is None or not any(rates):
-            return [None] * depth
-        kept = rng.random((depth, 2, batch)) >= np.array(rates)[:, None, None]
-        scale = 1.0 / (1.0 - np.array(rates))[:, None, None]
-        masks = to_device(kept * scale, self.xp, self.dtype)[..., None, None]  # [depth, 2, B, 1, 1]
-        return [None if rate == 0.0 else (masks[i, 0], masks[i, 1]) for i, rate in enumerate(rates)]
+        """{name of transformer.block_param_shapes: array} of block i."""
+        prefix = f"blocks.{i}."
+        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
 
     # ------------------------------------------------------------ forward / backward
 
-    def forward(self, x, keep_cache=True, rng=None):
+    def forward(self, x, keep_cache=True, draws=None):
         """x [B, C, H, W] (normalized floats) -> logits [B, num_classes].
 
         Keeps what backward needs unless keep_cache is False (evaluation). The input is
-        cast to the model's dtype. rng (a NumPy Generator) turns on stochastic depth when
-        the model has drop_path > 0 (training); without it the forward is deterministic."""
+        cast to the model's dtype. draws: a training step's random draws (StepDraws:
+        stochastic depth's masks); without them the forward is deterministic."""
         x = self.check_images(x)
-        logits, cache = self.forward_pass(x, self.drop_path_masks(len(x), rng), keep_cache)
+        logits, cache = self.forward_pass(x, draws or StepDraws.none(self.config.depth), keep_cache)
         self._cache = cache
         return logits
 
@@ -218,30 +206,34 @@ class ViT:
                                "run logits = model.forward(x) first")
         cache, self._cache = self._cache, None     # a second backward needs a new forward
         dlogits = self.check_dlogits(dlogits, cache.batch)
-        return self.backward_pass(dlogits, cache, self._grads)
+        return self.backward_pass(dlogits, cache)
 
-    def forward_pass(self, x, masks, keep_cache=True):
-        """The network on a checked batch: (logits, cache). masks: drop_path_masks()."""
+    def forward_pass(self, x, draws, keep_cache=True):
+        """The network on a checked batch: (logits, cache)."""
+        c, p = self.config, self.params
         h, c_embed = self.embed_forward(x)                                    # [B, N, D]
         c_blocks = []
-        for i in range(self.config.depth):
-            h, c = layers.block_forward(h, self.block_params(i), self.config.num_heads,
-                                        self.config.gelu, masks[i])           # [B, N, D]
-            c_blocks.append(c if keep_cache else None)
-        logits, c_head = self.head_forward(h)                                 # [B, K]
+        for i in range(c.depth):
+            h, cache = transformer.block_forward(h, self.block_params(i), c.num_heads, c.gelu,
+                                                 draws.drop_path[i], c.norm)  # [B, N, D]
+            c_blocks.append(cache if keep_cache else None)
+        logits, c_head = transformer.head_forward(h, p, c.pool, c.norm)       # [B, K]
         if not keep_cache:
             return logits, None
         return logits, Cache(batch=len(x), embed=c_embed, blocks=c_blocks, head=c_head)
 
-    def backward_pass(self, dlogits, cache, grads):
-        """The backward of forward_pass: adds every parameter gradient into the dict of
-        arrays grads (shaped like state_dict) and returns dL/dx."""
-        dh = self.head_backward(dlogits, cache.head, grads)                   # [B, N, D]
+    def backward_pass(self, dlogits, cache):
+        """The backward of forward_pass: adds every parameter gradient into grads() and
+        returns dL/dx."""
+        grads = self._grads
+        dh, head_grads = transformer.head_backward(dlogits, cache.head)       # [B, N, D]
+        for name, g in head_grads.items():
+            grads[name] += g
         for i in reversed(range(self.config.depth)):
-            dh, block_grads = layers.block_backward(dh, cache.blocks[i])
+            dh, block_grads = transformer.block_backward(dh, cache.blocks[i])
             for name, g in block_grads.items():
                 grads[f"blocks.{i}.{name}"] += g
-        return self.embed_backward(dh, cache.embed, grads)                    # [B, C, H, W]
+        return self.embed_backward(dh, cache.embed)                           # [B, C, H, W]
 
     def embed_forward(self, x):
         """The stem (if any), the patch embedding, then the class token and position
@@ -254,12 +246,23 @@ class ViT:
         h, c_tok = layers.token_embed_forward(h, p["vit_embed.cls_token"], pos)  # [B, N, D]
         return h, Cache(stem=c_stem, patch=c_patch, token=c_tok, pos=c_pos)
 
-    def stem_forward(self, x, gelu=None):
+    def embed_backward(self, dh, cache):
+        """The backward of embed_forward: adds its parameters' gradients -> dL/dx."""
+        grads = self._grads
+        dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
+        grads["vit_embed.cls_token"] += dcls
+        grads["vit_embed.pos_embed"] += dpos if cache.pos is None else \
+            resize.pos_embed_resize_backward(dpos, cache.pos)
+        dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
+        grads["patch_embed.proj.weight"] += dw
+        grads["patch_embed.proj.bias"] += db
+        return self.stem_backward(dx, cache.stem)
+
+    def stem_forward(self, x):
         """The stem's convs, each 3x3 and followed by a GELU: x [B, C, H, W] ->
-        ([B, S, H/r, W/r], their caches); no stem: (x, []). gelu: x -> (GELU(x), cache),
-        by default the config's GELU of layers.GELUS (FastViT passes its kernel)."""
+        ([B, S, H/r, W/r], their caches); no stem: (x, [])."""
         p = self.params
-        gelu = gelu or layers.GELUS[self.config.gelu][0]
+        gelu = layers.GELUS[self.config.gelu][0]
         caches = []
         for name, _, _, stride in self.config.stem_convs:
             x, c_conv = layers.conv2d_forward(x, p[f"{name}.weight"], p[f"{name}.bias"],
@@ -268,52 +271,23 @@ class ViT:
             caches.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
         return x, caches
 
-    def stem_backward(self, dx, caches, gelu_backward=None, need_dx=True):
-        """The backward of stem_forward -> (dL/dx [B, C, H, W], {parameter name: gradient});
-        need_dx=False: the first conv skips its input's gradient and dL/dx is None."""
-        gelu_backward = gelu_backward or layers.GELUS[self.config.gelu][1]
-        grads = {}
-        for i, c in reversed(list(enumerate(caches))):
-            dx, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = layers.conv2d_backward(
-                gelu_backward(dx, c.gelu), c.conv, need_dx=need_dx or i > 0)
-        return dx, grads
+    def stem_backward(self, dx, caches):
+        """The backward of stem_forward: adds the convs' gradients -> dL/dx [B, C, H, W]."""
+        gelu_backward = layers.GELUS[self.config.gelu][1]
+        for c in reversed(caches):
+            dx, dw, db = layers.conv2d_backward(gelu_backward(dx, c.gelu), c.conv)
+            self._grads[f"{c.name}.weight"] += dw
+            self._grads[f"{c.name}.bias"] += db
+        return dx
 
-    def pos_embed_for(self, grid, area_weights=resize.area_weights):
+    def pos_embed_for(self, grid):
         """The position embedding for a grid x grid patch grid: the parameter itself at
         full resolution (cache None), area-resized for smaller images (progressive
-        resizing trains on them early). area_weights: see resize.area_resize_forward."""
+        resizing trains on them early)."""
         pos = self.params["vit_embed.pos_embed"]
         if grid == self.config.grid_size // self.config.patch_size:
             return pos, None
-        return resize.pos_embed_resize_forward(pos, grid, area_weights)
-
-    def embed_backward(self, dh, cache, grads):
-        dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
-        grads["vit_embed.cls_token"] += dcls
-        grads["vit_embed.pos_embed"] += dpos if cache.pos is None else \
-            resize.pos_embed_resize_backward(dpos, cache.pos)
-        dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
-        grads["patch_embed.proj.weight"] += dw
-        grads["patch_embed.proj.bias"] += db
-        dx, stem_grads = self.stem_backward(dx, cache.stem)
-        for name, g in stem_grads.items():
-            grads[name] += g
-        return dx
-
-    def head_forward(self, h):
-        """The head on the tokens h [B, N, D] -> logits [B, K] (head_forward below)."""
-        p = self.params
-        return head_forward(h, p["norm.weight"], p["norm.bias"], p["head.weight"], p["head.bias"],
-                            self.config.pool, p.get(layers.SEQ_POOL_WEIGHT))
-
-    def head_backward(self, dlogits, cache, grads):
-        """-> dL/dh [B, N, D]; adds the norm's and the head's gradients (and the pooling
-        weight's, with pool "seq") into grads."""
-        dh, *head_grads = head_backward(dlogits, cache)
-        names = ("norm.weight", "norm.bias", "head.weight", "head.bias", layers.SEQ_POOL_WEIGHT)
-        for name, g in zip(names[:len(head_grads)], head_grads):
-            grads[name] += g
-        return dh
+        return resize.pos_embed_resize_forward(pos, grid)
 
     def attention(self, x):
         """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}], readout): a_l [B, heads, N, N]
@@ -322,7 +296,7 @@ class ViT:
         token's output (None when it reads the class token: pool "cls"; 1/P each for
         "mean"; the learned softmax for "seq"). Nothing is kept for backward."""
         x = self.check_images(x)
-        logits, cache = self.forward_pass(x, [None] * self.config.depth)
+        logits, cache = self.forward_pass(x, StepDraws.none(self.config.depth))
         pool = cache.head.pool
         if pool.pool == "cls":
             readout = None
@@ -385,29 +359,3 @@ class ViT:
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items())
         return f"ViT({fields}, backend={self.backend!r}, params={self.num_parameters():,})"
-
-
-# ---------------------------------------------------------------------------- the head
-
-def head_forward(h, norm_weight, norm_bias, head_weight, head_bias, pool="cls", pool_weight=None):
-    """Pool the tokens h [B, N, D], normalize, classify -> logits [B, K].
-
-        pooled = h[:, 0] (pool "cls"), the mean of the P patch tokens (pool "mean"),
-                 or sum_p softmax_p(h_p . pool_weight) h_p (pool "seq")
-        logits = LayerNorm(pooled) W^T + b
-    The norm comes after the pooling: with "mean" this is LN(mean of the tokens)."""
-    pooled, c_pool = layers.pool_forward(h, pool, pool_weight)                  # [B, D]
-    z, c_norm = layers.layernorm_forward(pooled, norm_weight, norm_bias)        # [B, D]
-    logits, c_lin = layers.linear_forward(z, head_weight, head_bias)            # [B, K]
-    return logits, Cache(pool=c_pool, norm=c_norm, linear=c_lin)
-
-
-def head_backward(dlogits, cache):
-    """-> dh [B, N, D], dnorm_weight, dnorm_bias, dhead_weight, dhead_bias (and dpool_weight
-    with pool "seq"). The linear and LayerNorm backwards give dpooled [B, D]; the class
-    token's row gets all of it (pool "cls"), each of the P patch tokens 1/P of it (pool
-    "mean"), or what layers.seq_pool_backward derives (pool "seq")."""
-    dz, dw, db = layers.linear_backward(dlogits, cache.linear)                 # [B, D]
-    dpooled, dnorm_w, dnorm_b = layers.layernorm_backward(dz, cache.norm)      # [B, D]
-    dh, dpool_w = layers.pool_backward(dpooled, cache.pool)
-    return (dh, dnorm_w, dnorm_b, dw, db) + (() if dpool_w is None else (dpool_w,))

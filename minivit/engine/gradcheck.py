@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import fast, kernels, layers, resize
+from . import layers, resize, transformer
 from .backend import array_module, get_xp, to_device, to_host
+from .draws import StepDraws
 from .loss import cross_entropy
-from .model import ViT, head_backward, head_forward
+from .model import ViT
 
 # dtype -> (eps, relative-error pass mark)
 # (float32: eps 1e-2 let the curvature error of whole models reach 3e-2; 3e-3 balances the two)
@@ -159,17 +160,19 @@ def check(forward, backward, inputs, *, seed=0, eps=None, tol=None, max_checks=N
 
 
 def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_checks=None,
-                drop_path_seed=None, net=None, title=None):
+                draws_seed=None, net=None, title=None):
     """Check the whole ViT: the gradient of sum(logits * G) w.r.t. the input images and
-    every parameter (perturbed in place in the model, then restored). drop_path_seed:
-    train-mode forward with stochastic depth, the same masks at every evaluation.
-    net: check another runner of the model's forward and backward (fast.FastViT).
-    x may be smaller square images than img_size (the position embedding is resized)."""
+    every parameter (perturbed in place in the model, then restored). draws_seed: a
+    training step's forward, with the random draws (StepDraws: stochastic depth's masks)
+    of this seed at every evaluation. net: check another runner of the model's forward
+    and backward (the fast path's FastRunner). x may be smaller square images than
+    img_size (the position embedding is resized)."""
     net = model if net is None else net
 
     def run():
-        rng = None if drop_path_seed is None else np.random.default_rng(drop_path_seed)
-        return net.forward(x, rng=rng)
+        draws = None if draws_seed is None else StepDraws.sample(
+            model.config, len(x), np.random.default_rng(draws_seed), model.xp, model.dtype)
+        return net.forward(x, draws=draws)
 
     rng = np.random.default_rng(seed)
     if x is None:
@@ -200,7 +203,7 @@ def check_model(model, x=None, batch_size=2, *, seed=0, eps=None, tol=None, max_
 
 _SMALL = dict(img_size=8, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=3)
 
-# name -> (ViT fields, image side, drop_path_seed, what it covers)
+# name -> (ViT fields, image side, draws_seed, what it covers)
 MODELS = {
     "vit": (dict(_SMALL, patch_size=4), 8, None,
             "SimpleViT, class token (presets seed, default, sample)"),
@@ -215,69 +218,44 @@ MODELS = {
 }
 
 
-def check_models(dtype="float64", backend="numpy", *, max_checks=None, seed=0):
-    """`minivit gradcheck --model`: every configuration in MODELS, each through the
-    reference (model.py) and the fast path (fast.py, what training runs), then the
-    blocked GELU. Returns a list of Reports."""
+def check_models(dtype="float64", backend="numpy", *, max_checks=None, seed=0, runners=None):
+    """`minivit gradcheck --model`: every configuration in MODELS -> a list of Reports.
+    runners: {name: model -> a runner of its forward and backward}, default the engine's
+    ViT alone ({"reference": None}); the command adds the fast path's."""
     reports = []
-    for name, (fields, side, drop_path_seed, what) in MODELS.items():
-        for runner in ("reference", "fast"):
+    for name, (fields, side, draws_seed, what) in MODELS.items():
+        for runner, wrap in (runners or {"reference": None}).items():
             model = ViT(**fields, dtype=dtype, backend=backend, seed=seed)
             x = np.random.default_rng(seed).standard_normal((2, model.config.in_chans, side, side))
-            net = fast.FastViT(model, threads=1) if runner == "fast" else None
-            reports.append(check_model(model, x, seed=seed, max_checks=max_checks, net=net,
-                                       drop_path_seed=drop_path_seed,
-                                       title=f"model {name}, {runner}: {what}"))
-    reports.append(check_blocked_gelu(seed=seed))
+            reports.append(check_model(model, x, seed=seed, max_checks=max_checks,
+                                       net=None if wrap is None else wrap(model),
+                                       draws_seed=draws_seed, title=f"model {name}, {runner}: {what}"))
     return reports
-
-
-def check_blocked_gelu(seed=0, tol=1e-6):
-    """The CPU's float32 GELU (kernels.blocked_gelu, taken for float32 arrays of MIN_SIZE
-    elements and more) against the exact GELU and its derivative in float64, on four
-    blocks: training's MLP activations on NumPy go through it, the small float64 checks
-    above never reach it."""
-    x = (3 * np.random.default_rng(seed).standard_normal(4 * kernels.BLOCK)).astype(np.float32)
-    x[:4] = (-10.0, -0.05, 0.05, 10.0)              # the tails, and where normal_cdf errs most
-    y, dgelu = kernels.blocked_gelu(x)
-    ref, cache = layers.gelu_forward(x.astype(np.float64))
-    dref = layers.gelu_backward(np.ones_like(ref), cache)
-    results = []
-    for name, got, want in (("GELU(x)", y, ref), ("GELU'(x)", dgelu, dref)):
-        diff = got.astype(np.float64) - want
-        rel = float(np.linalg.norm(diff) / np.linalg.norm(want))
-        results.append(TensorResult(name, x.shape, x.size, float(np.abs(diff).max()), rel, rel <= tol))
-    return Report(f"blocked GELU (float32, {x.size:,} elements: the CPU fast path) against the "
-                  f"exact GELU in float64", results, "float32", 0.0, tol)
 
 
 # ------------------------------------------------------------ every layer, small sizes
 
-def _block_case(rng, drop_path=False, cls_only=False):
-    """A pre-norm block (cls_only: the fast path's class-token-only last block)."""
+def block_case(rng, drop_path=False, norm="layernorm", forward=None, backward=None):
+    """A pre-norm block of width 8, 2 heads, as gradcheck.check takes it. forward /
+    backward: another implementation with block_forward's and block_backward's
+    signatures (the fast path's class-token-only block)."""
     D, F, H = 8, 16, 2
+    shapes = transformer.block_param_shapes(D, F, norm)
     p = {name: (1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0)
          + (0.1 if len(shape) == 1 else 0.3) * rng.standard_normal(shape)
-         for name, shape in layers.block_param_shapes(D, F).items()}
+         for name, shape in shapes.items()}
     inputs = {"x": rng.standard_normal((3, 5, D)), **p}
     # stochastic depth, rate 0.5: image 1 skips attention, image 2 skips the MLP
     keep = (np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
 
-    def forward(x, **p):
+    def run_forward(x, **p):
         k = None if not drop_path else tuple(to_device(m, array_module(x), x.dtype) for m in keep)
-        if cls_only:
-            return fast.block_fused(x, p, H, keep=k, cls_only=True)
-        return layers.block_forward(x, p, H, keep=k)
+        return (forward or transformer.block_forward)(x, p, H, keep=k, norm=norm)
 
-    def backward(dy, cache):
-        if cls_only:     # the fast block writes its gradients into arrays it is given
-            xp = array_module(dy)
-            grads = {name: xp.empty(shape, dtype=dy.dtype)
-                     for name, shape in layers.block_param_shapes(D, F).items()}
-            return {"x": fast.block_backward_into(dy, cache, grads, xp), **grads}
-        dx, grads = layers.block_backward(dy, cache)
+    def run_backward(dy, cache):
+        dx, grads = (backward or transformer.block_backward)(dy, cache)
         return {"x": dx, **grads}
-    return forward, backward, inputs
+    return run_forward, run_backward, inputs
 
 
 def _cross_entropy_case(smoothing):
@@ -306,14 +284,18 @@ def _soft_target_case(rng):
     return forward, backward, {"logits": 2 * rng.standard_normal((4, 5))}
 
 
-def _head_case(pool):
+def _head_case(pool, norm="layernorm"):
     def case(rng):
-        inputs = {"h": rng.standard_normal((3, 5, 6)), "norm_weight": 1 + 0.3 * rng.standard_normal(6),
-                  "norm_bias": 0.1 * rng.standard_normal(6), "head_weight": 0.5 * rng.standard_normal((4, 6)),
-                  "head_bias": 0.1 * rng.standard_normal(4)}
-        if pool == "seq":
-            inputs["pool_weight"] = rng.standard_normal((1, 6))
-        return (lambda **kw: head_forward(**kw, pool=pool), head_backward, inputs)
+        shapes = transformer.head_param_shapes(6, 4, pool, norm)
+        p = {name: (1.0 if name == "norm.weight" else 0.0)
+             + (0.3 if name.startswith("norm") else 0.5) * rng.standard_normal(shape)
+             for name, shape in shapes.items()}
+        inputs = {"h": rng.standard_normal((3, 5, 6)), **p}
+
+        def backward(dlogits, cache):
+            dh, grads = transformer.head_backward(dlogits, cache)
+            return {"h": dh, **grads}
+        return (lambda h, **p: transformer.head_forward(h, p, pool, norm)), backward, inputs
     return case
 
 
@@ -353,32 +335,36 @@ LAYERS = {
     "layernorm": lambda rng: (layers.layernorm_forward, layers.layernorm_backward,
                               {"x": 3 * rng.standard_normal((2, 3, 8)) + 1,
                                "w": 1 + 0.5 * rng.standard_normal(8), "b": rng.standard_normal(8)}),
+    "rmsnorm": lambda rng: (layers.rmsnorm_forward, layers.rmsnorm_backward,
+                            {"x": 3 * rng.standard_normal((2, 3, 8)) + 1,
+                             "w": 1 + 0.5 * rng.standard_normal(8)}),
     "softmax": lambda rng: (layers.softmax_forward, layers.softmax_backward,
                             {"s": 2 * rng.standard_normal((2, 3, 5))}),
     "gelu": _gelu_case("exact"),
     "gelu_tanh": _gelu_case("tanh"),
-    "sdpa": lambda rng: (layers.sdpa_forward, layers.sdpa_backward,
+    "sdpa": lambda rng: (transformer.sdpa_forward, transformer.sdpa_backward,
                          {"q": rng.standard_normal((2, 2, 3, 4)), "k": rng.standard_normal((2, 2, 5, 4)),
                           "v": rng.standard_normal((2, 2, 5, 4))}),
-    "attention": lambda rng: (lambda **kw: layers.attention_forward(**kw, num_heads=2),
-                              layers.attention_backward,
+    "attention": lambda rng: (lambda **kw: transformer.attention_forward(**kw, num_heads=2),
+                              transformer.attention_backward,
                               {"x": rng.standard_normal((2, 5, 8)),
                                "in_proj_weight": 0.4 * rng.standard_normal((24, 8)),
                                "in_proj_bias": 0.1 * rng.standard_normal(24),
                                "out_proj_weight": 0.4 * rng.standard_normal((8, 8)),
                                "out_proj_bias": 0.1 * rng.standard_normal(8)}),
-    "mlp": lambda rng: (layers.mlp_forward, layers.mlp_backward,
+    "mlp": lambda rng: (transformer.mlp_forward, transformer.mlp_backward,
                         {"x": rng.standard_normal((2, 3, 6)),
                          "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
                          "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
     "head": _head_case("cls"),
     "head_mean": _head_case("mean"),
-    "seq_pool": lambda rng: (layers.seq_pool_forward, layers.seq_pool_backward,
+    "seq_pool": lambda rng: (transformer.seq_pool_forward, transformer.seq_pool_backward,
                              {"h": rng.standard_normal((3, 5, 6)), "w": rng.standard_normal((1, 6))}),
     "head_seq": _head_case("seq"),
-    "block": _block_case,
-    "block_drop_path": lambda rng: _block_case(rng, drop_path=True),
-    "block_cls_only": lambda rng: _block_case(rng, drop_path=True, cls_only=True),
+    "head_rmsnorm": _head_case("cls", "rmsnorm"),
+    "block": block_case,
+    "block_drop_path": lambda rng: block_case(rng, drop_path=True),
+    "block_rmsnorm": lambda rng: block_case(rng, drop_path=True, norm="rmsnorm"),
     "cross_entropy": _cross_entropy_case(0.0),
     "cross_entropy_smoothed": _cross_entropy_case(0.1),
     "cross_entropy_soft": _soft_target_case,

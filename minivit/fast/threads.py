@@ -1,8 +1,8 @@
 """CPU helpers for speed: the host allocator, a pool of worker threads, and the machine
 reference that time-budget figures carry (gemm_gflops).
 
-Nothing here changes a number the model computes; fast.py uses these to run the
-reference math faster on the CPU, and the training entry points call
+Nothing here changes a number the model computes; runner.py uses these to run the
+engine's math faster on the CPU, and the training entry points call
 tune_host_allocator() once (importing minivit changes nothing in the process).
 
 NumPy runs every elementwise operation on one core; only its matmuls use several (through
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from .errors import MinivitError
+from ..engine.errors import BadValue
 
 THREADS_ENV_VAR = "MINIVIT_THREADS"
 
@@ -37,10 +37,10 @@ def tune_host_allocator():
 
     By default glibc gives every allocation above 128 KiB fresh pages from the kernel
     and returns them on free, so each temporary of a training step ([B, N, 4D] floats are
-    16 MiB) costs page faults to zero its memory again: about 0.6 s of kernel time per
-    step of the default ViT on 2 cores. Raising the mmap threshold to its maximum (32 MiB)
-    and the trim threshold to 1 GiB lets freed blocks be reused instead; one arena for
-    every thread lets the shard threads reuse those blocks too. Set
+    16 MiB) costs page faults to zero its memory again, in kernel time. Raising the mmap
+    threshold to its maximum (32 MiB) and the trim threshold to 1 GiB lets freed blocks be
+    reused instead; one arena for every thread lets the shard threads reuse those blocks
+    too. Set
     MINIVIT_KEEP_MALLOC=1 to leave the allocator alone."""
     if os.environ.get("MINIVIT_KEEP_MALLOC") or not sys.platform.startswith("linux"):
         return False
@@ -60,7 +60,7 @@ def cpu_threads():
     value = os.environ.get(THREADS_ENV_VAR, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
-            raise MinivitError(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
+            raise BadValue(f"{THREADS_ENV_VAR}={value!r} is not a positive integer: set it "
                                f"to the number of CPU threads to use (1 turns threading off)")
         return int(value)
     if not _blas_controller():

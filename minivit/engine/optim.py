@@ -12,9 +12,7 @@ import math
 
 import numpy as np
 
-from .backend import array_module, to_device, to_host
-from .kernels import kernel
-from .threads import cpu_threads, parallel_map
+from .backend import array_module, kernel, to_device, to_host
 
 
 def _groups(params, weight_decay):
@@ -313,17 +311,15 @@ class Muon(AdamW):
 
         Muon(matrices, other_groups, lr=2e-3, weight_decay=0.05)
     matrices: Params updated by Muon (weight decay weight_decay); other_groups: AdamW's
-    parameters or groups, as AdamW takes them; threads: on NumPy, how many threads share
-    the stacks (default: threads.cpu_threads()).
+    parameters or groups, as AdamW takes them.
     """
 
     def __init__(self, matrices, others, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=1e-2, momentum=0.95, steps=5, threads=None):
+                 weight_decay=1e-2, momentum=0.95, steps=5):
         super().__init__(others, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
         self.momentum, self.steps, self.muon_decay = float(momentum), int(steps), float(weight_decay)
-        self.threads = cpu_threads() if threads is None else int(threads)
         self.stacks = {}                          # (m, n) -> the Params of that shape
         for p in matrices:
             self.stacks.setdefault((len(p.data), p.data.size // len(p.data)), []).append(p)
@@ -334,17 +330,9 @@ class Muon(AdamW):
 
     def step(self, ok=None):
         ok = self._device_flag(ok)
-        super().step(ok)
-        shapes = list(self.stacks)
-        if self.threads > 1 and array_module(self.buf[shapes[0]]) is np:
-            # on NumPy the stacks split between threads, BLAS one thread each: two-thread
-            # BLAS calls on matrices this small mostly wait, and slow the next step down
-            costs = sorted(shapes, key=lambda s: -len(self.stacks[s]) * min(s) ** 2 * max(s))
-            parts = [costs[k::self.threads] for k in range(self.threads)]
-            parallel_map(lambda part: [self._update_stack(s, ok) for s in part], parts)
-        else:
-            for shape in shapes:
-                self._update_stack(shape, ok)
+        super().step(ok)                          # AdamW for the other parameters
+        for shape in self.stacks:
+            self._update_stack(shape, ok)
 
     def _update_stack(self, shape, ok):
         """Momentum, orthogonalization and update of the matrices of one shape [m, n]."""

@@ -1,8 +1,10 @@
-"""Softmax cross-entropy, the training loss, with its gradient."""
+"""Softmax cross-entropy, the training loss, with its gradient.
+
+    loss, dlogits = cross_entropy(logits, labels, label_smoothing=0.1)
+"""
 
 import numpy as np
 
-from . import kernels
 from .backend import array_module
 
 
@@ -32,24 +34,37 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     probabilities, as mixup and cutmix make) -> (loss, dlogits): loss is a 0-d array on
     the logits' backend (float(loss) reads it), dlogits [B, K] is dloss/dlogits.
 
-    Forward, with log-sum-exp for stability:
-        log p   = z - max z - log sum_k exp(z_k - max z)
+    Forward, with log-sum-exp for stability (t = z - max z, so exp never overflows):
+        log p   = t - log sum_k exp(t_k)
         target  q = (1 - eps) onehot(label) + eps / K       (eps: label_smoothing;
                                                              a soft target replaces onehot)
         loss    = -(1/B) sum_b sum_k q_bk log p_bk
     Backward: d/dz_j of -sum_k q_k log p_k = -q_j + (sum_k q_k) p_j = p_j - q_j, so
         dlogits = (p - q) / B          (with sum_k q_k = 1)
 
-    Labels on the host are checked (type, shape, range; soft targets: each entry >= 0 and
-    each row summing to 1); labels already on the GPU are checked for type and shape only,
-    since reading their values would wait for the GPU. For soft targets the gradient uses
-    (sum_k q_k) p_j - q_j, so dlogits is the gradient of the returned loss even for rows
-    that were not checked (one more sum over each row, no host read).
-
-    As computed (a few kernels on the GPU): t = z - max z and e = exp t in one kernel,
-    then with S = sum_k e_k: p = e / S, log p = t - log S, and the loss is the sum of
-    -q log p / B over the batch.
+    For soft targets the gradient keeps (sum_k q_k) p_j - q_j, so dlogits is the gradient
+    of the returned loss even for rows on the GPU that were not checked.
     """
+    xp = array_module(logits)
+    labels, soft = check_labels(logits, labels, label_smoothing)
+    B, K = logits.shape
+    if soft:
+        q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K  # [B, K]
+    else:
+        q = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)                   # [B, K]
+        q[xp.arange(B), labels] += 1.0 - label_smoothing
+    t = logits - logits.max(axis=-1, keepdims=True)                  # [B, K]
+    log_p = t - xp.log(xp.exp(t).sum(axis=-1, keepdims=True))        # [B, K]
+    loss = -(q * log_p).sum() / B
+    dlogits = (q.sum(axis=1, keepdims=True) * xp.exp(log_p) - q) / B  # [B, K]
+    return loss, dlogits
+
+
+def check_labels(logits, labels, label_smoothing):
+    """Check cross_entropy's arguments -> (labels on the logits' backend, soft): soft is
+    True for soft targets [B, K]. Labels on the host are checked in full (type, shape,
+    range; soft targets: each entry >= 0 and each row summing to 1); labels already on
+    the GPU for type and shape only, since reading their values would wait for the GPU."""
     xp = array_module(logits)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
@@ -64,25 +79,15 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
                              f"{tuple(labels.shape)}")
         if host_labels is not None:
             check_soft_targets(host_labels)
-        q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
-        q_sum = q.sum(axis=1, keepdims=True)                          # [B, 1]: 1 if checked
-    else:
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
-                            f"convert them, e.g. labels.astype(int) (or pass soft targets [B, K])")
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},), one per logits row, got "
-                             f"{tuple(labels.shape)}")
-        if host_labels is not None and B:
-            lo, hi = int(np.min(host_labels)), int(np.max(host_labels))
-            if lo < 0 or hi >= K:
-                raise ValueError(f"labels must lie in [0, {K}), got values from {lo} to {hi}")
-        scalar = logits.dtype.type       # the run's dtype: fused, two bare Python floats are float16
-        q = kernels.smoothed_onehot(labels[:, None], xp.arange(K),           # [B, K]
-                                    scalar(1.0 - label_smoothing + label_smoothing / K),
-                                    scalar(label_smoothing / K))
-        q_sum = 1.0                                                   # sum_k q_k = 1
-    t, e = kernels.shifted_exp(logits, logits.max(axis=-1, keepdims=True))  # [B, K]
-    dlogits, terms = kernels.softmax_cross_entropy(t, e, e.sum(axis=-1, keepdims=True), q, q_sum,
-                                                   1.0 / B)
-    return terms.sum(), dlogits
+        return labels, True
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}; "
+                        f"convert them, e.g. labels.astype(int) (or pass soft targets [B, K])")
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), one per logits row, got "
+                         f"{tuple(labels.shape)}")
+    if host_labels is not None and B:
+        lo, hi = int(np.min(host_labels)), int(np.max(host_labels))
+        if lo < 0 or hi >= K:
+            raise ValueError(f"labels must lie in [0, {K}), got values from {lo} to {hi}")
+    return labels, False
