@@ -1,5 +1,6 @@
-"""Adam and AdamW (PyTorch's update rules), global-norm gradient clipping and a weight
-average (EMA); the learning-rate schedules are in schedule.py.
+"""The optimizers: Adam and AdamW (PyTorch's update rules) and Muon (orthogonalized
+updates of the weight matrices), global-norm gradient clipping and a weight average (EMA);
+the learning-rate schedules are in minivit/schedule.py.
 
 An optimizer takes ``model.parameters()`` (a list of Param with .name, .data, .grad) or
 parameter groups as in PyTorch: ``[{"params": [...], "weight_decay": 0.0}, {"params": [...]}]``

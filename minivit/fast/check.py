@@ -49,7 +49,7 @@ def compare(model, images, draws_seed=0):
     return diffs
 
 
-def check_against_engine(model, sides=None, batch=2, seed=0):
+def check_against_engine(model, sides=None, batch=1, seed=0):
     """The fast path against the engine on `batch` random images of each side in sides
     (default: the model's full size), on a float64 copy of model (same config and
     weights) -> None when they agree to TOLERANCE, else one line naming the worst

@@ -1,0 +1,64 @@
+"""Bad values raise errors Python code catches by their built-in type (ValueError,
+TypeError, ImportError), and are MinivitError for the command line's one-line messages."""
+
+import importlib
+import inspect
+
+import pytest
+
+import minivit
+from minivit.engine import backend
+from minivit.engine.config import ViTConfig
+from minivit.engine.errors import BadValue, MinivitError, MissingPackage, NoDevice
+
+BUILTINS = (ValueError, TypeError, ImportError, RuntimeError, OSError)
+
+
+def test_an_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        minivit.ViT(backend="tpu")
+    with pytest.raises(MinivitError):
+        backend.get_xp("tpu")
+
+
+def test_a_bad_model_setting_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown norm 'batchnorm'"):
+        ViTConfig(norm="batchnorm").validate()
+    with pytest.raises(ValueError, match="embed_dim 10 is not divisible by num_heads 3"):
+        minivit.ViT(embed_dim=10, num_heads=3)
+
+
+def test_a_missing_cupy_is_an_import_error(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", "CuPy is not installed (no module). Install it.")
+    monkeypatch.setattr(backend, "_cupy_missing", True)
+    with pytest.raises(ImportError, match="CuPy is not installed") as e:
+        backend.get_xp("cupy")
+    assert isinstance(e.value, MissingPackage) and isinstance(e.value, MinivitError)
+
+
+def test_cupy_without_a_gpu_is_a_runtime_error(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", "no NVIDIA GPU is usable")
+    monkeypatch.setattr(backend, "_cupy_missing", False)
+    with pytest.raises(RuntimeError, match="no NVIDIA GPU") as e:
+        backend.get_xp("cupy")
+    assert isinstance(e.value, NoDevice)
+
+
+def test_images_of_the_wrong_type_are_a_type_error():
+    import numpy as np
+    model = minivit.ViT(img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2)
+    with pytest.raises(TypeError, match="uint8"):
+        model.forward(np.zeros((1, 3, 8, 8), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("module", ["minivit.errors", "minivit.checkpoint", "minivit.data",
+                                    "minivit.files", "minivit.runlock"])
+def test_every_error_of_minivit_is_also_a_builtin_error(module):
+    errors = [c for _, c in inspect.getmembers(importlib.import_module(module), inspect.isclass)
+              if issubclass(c, MinivitError) and c is not MinivitError]
+    assert errors
+    for c in errors:
+        assert issubclass(c, BUILTINS), f"{c.__name__} is not catchable as a built-in error"
+    assert issubclass(BadValue, ValueError)
