@@ -29,38 +29,38 @@ class TrainConfig(ViTConfig):
     """A training run on CIFAR-10: the model's fields plus the recipe."""
     preset: str = option_field("default", help="the preset these values started from")
     engine: str = option_field("fast", choices=ENGINES, help="what runs the model's forward and "
-                         "backward: the fast path (checked against the engine before the first "
-                         "step), or the engine's reference code as it reads")
+                               "backward: the fast path (checked against the engine before the first "
+                               "step), or the engine's reference code as it reads")
     # optimization
     optimizer: str = option_field("adamw", choices=("adam", "adamw", "muon"), help="Adam, AdamW (decoupled "
-                            "decay), or Muon (orthogonalized updates of the blocks' matrices and "
-                            "the patch embedding, AdamW for the rest)")
+                                  "decay), or Muon (orthogonalized updates of the blocks' matrices and "
+                                  "the patch embedding, AdamW for the rest)")
     lr: float = option_field(1e-3, "positive", help="peak learning rate")
     weight_decay: float = option_field(0.05, "nonneg", help="adamw: decoupled, on weight matrices and conv kernels; "
-                                 "adam: an L2 term on every parameter")
+                                       "adam: an L2 term on every parameter")
     betas: tuple = (0.9, 0.999)
     batch_size: int = option_field(128, "positive_int", help="images per step")
     epochs: int = option_field(50, "positive_int", help="passes over the training images (ignored "
-                         "with a time budget)")
+                               "with a time budget)")
     time_budget: float = option_field(0.0, "nonneg", help="train for this much training time "
-                                "instead of a number of epochs, e.g. 30m, 90s, 1h (0: off); "
-                                "warmup and decay follow the clock", parse="duration")
+                                      "instead of a number of epochs, e.g. 30m, 90s, 1h (0: off); "
+                                      "warmup and decay follow the clock", parse="duration")
     warmup_epochs: float = option_field(5.0, "nonneg", help="linear warmup, in epochs")
     warmup_fraction: float = option_field(0.05, "fraction", help="with a time budget: the share of it "
-                                    "spent warming up")
+                                          "spent warming up")
     schedule: str = option_field("cosine", choices=("cosine", "linear", "constant"),
                            help="after warmup: cosine or linear decay to min_lr, or constant")
     min_lr: float = option_field(1e-5, "nonneg", help="where the decay ends")
     clip_grad: float = option_field(1.0, "nonneg", help="global gradient-norm cap (0: off)")
     label_smoothing: float = option_field(0.1, "fraction", help="share of the target spread over all classes")
     stem_init: str = option_field("random", choices=STEM_INITS, help="the stem's first conv: random "
-                            "(LeCun normal) or whiten (whitening filters of the training "
-                            "images' 3x3 patches, whiten.py)")
+                                  "(LeCun normal) or whiten (whitening filters of the training "
+                                  "images' 3x3 patches, whiten.py)")
     # data
     augment: bool = option_field(True, help="random crop (padding 4) + horizontal flip")
     alternate_flip: bool = option_field(False, help="the flip of augment alternates: epoch 1 mirrors a "
-                                  "random half of the images, even epochs the other half, odd "
-                                  "epochs the first half again (airbench)")
+                                        "random half of the images, even epochs the other half, odd "
+                                        "epochs the first half again (airbench)")
     randaugment: int = option_field(0, "nonneg_int", help="RandAugment: operations per image (0: off)")
     randaugment_magnitude: float = option_field(9.0, "magnitude", help="their strength, 0..10")
     mixup: float = option_field(0.0, "nonneg", help="mixup Beta alpha (0: off)")
@@ -68,17 +68,17 @@ class TrainConfig(ViTConfig):
     random_erase: float = option_field(0.0, "probability", help="probability of erasing a box per image")
     ema: float = option_field(0.0, "fraction", help="decay of a weight average used for evaluation (0: off)")
     low_res: float = option_field(0.0, "fraction", help="progressive resizing: the share of training "
-                            "(of the time budget, or of the epochs) run first on images "
-                            "area-resized to low_res_size (0: off)")
+                                  "(of the time budget, or of the epochs) run first on images "
+                                  "area-resized to low_res_size (0: off)")
     low_res_size: int = option_field(16, "positive_int", help="the image side of that first part")
     mid_res: float = option_field(0.0, "fraction", help="progressive resizing's middle stage: the share "
-                            "of training after the low_res one run on mid_res_size images (0: off)")
+                                  "of training after the low_res one run on mid_res_size images (0: off)")
     mid_res_size: int = option_field(24, "positive_int", help="the image side of that middle stage")
     val_fraction: float = option_field(0.1, "fraction", help="share of training images held out")
     limit_train: int = option_field(0, "nonneg_int", help="use only the first N training images (0: all)")
     eval_batch_size: int = option_field(500, "positive_int", help="images per evaluation batch")
     checkpoint_minutes: float = option_field(10.0, "nonneg", help="inside an epoch, also save "
-                                       "checkpoint.npz every this many minutes (0: at epoch ends only)")
+                                             "checkpoint.npz every this many minutes (0: at epoch ends only)")
     seed: int = option_field(0, "nonneg_int", help="weights, split, order and every random draw")
 
     def validate(self):
@@ -130,7 +130,7 @@ PRESETS = {
     # AdamW for the rest, 2e-3, linear decay to 0 after a 5% warmup, batch 128, crop + flip;
     # progressive resizing: 40% of training on 16x16 images (16 tokens a step), 30% on
     # 24x24 (36 tokens), the rest on 32x32; the head reads the tokens by sequence pooling
-    # (CCT), which scored above the class token at 5 minutes and at 30 on a slow machine.
+    # (CCT; benchmarks/ACCURACY.md has the runs that chose each setting).
     "hybrid": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, patch_size=4, pool="seq",
                    stem_channels=24, stem_stride=1, stem_init="whiten", optimizer="muon",
                    batch_size=128, lr=2e-3, epochs=20, warmup_epochs=1.0, warmup_fraction=0.05,

@@ -66,18 +66,18 @@ class ViTConfig:
     dtype: str = option_field("float32", choices=DTYPES, help="floating-point precision")
     gelu: str = option_field("exact", choices=tuple(layers.GELUS), help="GELU exact (erf) or tanh")
     norm: str = option_field("layernorm", choices=tuple(layers.NORMS), help="the blocks' and the "
-                       "head's normalization: LayerNorm, or RMSNorm (no mean, no bias)")
+                             "head's normalization: LayerNorm, or RMSNorm (no mean, no bias)")
     drop_path: float = option_field(0.0, "fraction", help="stochastic depth rate of the last block "
-                              "(block l: rate * l / (depth - 1))")
+                                    "(block l: rate * l / (depth - 1))")
     pool: str = option_field("cls", choices=POOLS, help="the head reads the class token, the "
-                       "mean of the patch tokens, or their sum weighted by a learned softmax "
-                       "(seq: CCT's sequence pooling)")
+                             "mean of the patch tokens, or their sum weighted by a learned softmax "
+                             "(seq: CCT's sequence pooling)")
     stem_channels: int = option_field(0, "nonneg_int", help="a 3x3 conv + GELU stem with this many "
-                                "channels before the patch embedding (0: none, as SimpleViT)")
+                                      "channels before the patch embedding (0: none, as SimpleViT)")
     stem_stride: int = option_field(1, "positive_int", help="the stem's stride")
     stem_layers: int = option_field(1, "positive_int", help="3x3 convs in the stem, each + GELU: "
-                              "the first gives stem_channels, each later one doubles the "
-                              "channels at stride 2")
+                                    "the first gives stem_channels, each later one doubles the "
+                                    "channels at stride 2")
 
     def validate(self):
         """Raise ValueError naming the first bad field and how to fix it; returns self."""

@@ -6,7 +6,7 @@ the whole array. For an MLP activation of the default ViT ([80, 65, 768] float32
 every operation streams the array from memory and back, so a chain of ten operations
 costs ten trips. Running the same chain on blocks of BLOCK elements (256 KiB, inside the
 L2 cache) pays the memory trip once. And SciPy's erf computes in double precision,
-elementwise in C (about 20 ns an element here); float32 needs far less. GELU needs
+elementwise in C; float32 needs far less. GELU needs
 exp(-x^2/2) anyway (for its derivative), and that is the exponential inside Abramowitz &
 Stegun's formula 7.1.26 for erfc, so `normal_cdf` gets Phi(x) from it with a short
 polynomial (erf to within 1.5e-7 in exact arithmetic; Phi in float32 to within 4e-7,

@@ -81,20 +81,21 @@ def layernorm_backward_into(dy, c, gw, gb, dres=0.0):
 
 
 def norm_fused(x, p, name, kind="layernorm"):
-    """engine layers.norm_forward: the fused LayerNorm, or the engine's own RMSNorm (no
-    fused version: it is the engine's code, so it needs no check against it)."""
-    if kind == "rmsnorm":
-        y, cache = layers.rmsnorm_forward(x, p[name + ".weight"])
-    else:
-        y, cache = layernorm_fused(x, p[name + ".weight"], p[name + ".bias"])
+    """layers.norm_forward: LayerNorm fused; any other norm (RMSNorm) is the engine's own
+    code, which needs no check against the engine."""
+    if kind != "layernorm":
+        return layers.norm_forward(x, p, name, kind)
+    y, cache = layernorm_fused(x, p[name + ".weight"], p[name + ".bias"])
     return y, Cache(kind=kind, name=name, norm=cache)
 
 
 def norm_backward_into(dy, c, g, dres=0.0):
     """The backward of norm_fused, writing its parameter gradients into g[name.weight]
     (and g[name.bias]); -> dx, plus dres (a residual gradient)."""
-    if c.kind == "rmsnorm":
-        dx, g[c.name + ".weight"][...] = layers.rmsnorm_backward(dy, c.norm)
+    if c.kind != "layernorm":
+        dx, grads = layers.norm_backward(dy, c)
+        for name, grad in grads.items():
+            g[name][...] = grad
         return dx + dres
     return layernorm_backward_into(dy, c.norm, g[c.name + ".weight"], g[c.name + ".bias"], dres)
 
