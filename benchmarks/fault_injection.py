@@ -15,13 +15,15 @@ A tiny run on the shipped sample (3 epochs of 4 steps) meets:
   until the run ends: its weights must equal an uninterrupted run's bit for bit, and
   after every kill every file in the run folder must be whole.
 It prints the figures recorded in benchmarks/RESULTS.md (Reliability): faults injected, runs
-resumed, files lost or damaged (the goal: 0). tests/test_faults.py runs the same
+resumed, files lost or damaged (the goal: 0). tests/unmigrated/test_faults.py runs the same
 machinery, on fewer kill points, plus CuPy, MPI, signals and lock cases.
 
 The faults are injected from outside minivit's code: a run in a child process
-(`python -c CHILD train ...`) wraps FastViT.forward/backward, os.fsync and os.replace,
-and at its FAULT_AT-th such event sends itself FAULT_SIGNALS (default KILL); a disk-full
-run patches os.fsync in this process to raise ENOSPC at its N-th write.
+(`python -c CHILD train ...`) wraps FastRunner.forward/backward (not counting those of
+the fast path's check against the engine before training, which writes nothing),
+os.fsync and os.replace, and at its FAULT_AT-th such event sends itself FAULT_SIGNALS
+(default KILL); a disk-full run patches os.fsync in this process to raise ENOSPC at its
+N-th write.
 """
 
 import argparse
@@ -53,7 +55,8 @@ ARGS = ["--preset", "sample", "--data", str(SAMPLE_FOLDER), "--epochs", "3", "--
 
 # A run of `minivit` in a child process that sends itself FAULT_SIGNALS (names, default KILL;
 # ENOSPC: a full disk at that write instead) at its FAULT_AT-th event: a forward pass
-# (training step or evaluation), a backward pass, a temporary file written (before fsync),
+# (training step or evaluation; the fast path's check against the engine is not counted),
+# a backward pass, a temporary file written (before fsync),
 # a rename before and after it. FAULT_RANK: only that MPI rank counts. FAULT_LOG=1: print
 # every event. FAULT_CUPY_STRICT=1: the strict CuPy stand-in is installed as CuPy.
 CHILD = r"""
@@ -85,14 +88,26 @@ def name_of(fd):
         return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))[1:].rsplit(".", 2)[0]
     except OSError:
         return "a file"
-real_forward, real_backward = fast.FastViT.forward, fast.FastViT.backward
+real_forward, real_backward = fast.FastRunner.forward, fast.FastRunner.backward
+checking = False
 def forward(self, x, keep_cache=True, **kw):
-    event("step: forward" if keep_cache else "evaluation: forward")
+    if not checking:
+        event("step: forward" if keep_cache else "evaluation: forward")
     return real_forward(self, x, keep_cache, **kw)
 def backward(self, *a, **kw):
-    event("step: backward")
+    if not checking:
+        event("step: backward")
     return real_backward(self, *a, **kw)
-fast.FastViT.forward, fast.FastViT.backward = forward, backward
+fast.FastRunner.forward, fast.FastRunner.backward = forward, backward
+real_check = fast.check_against_engine
+def check_against_engine(*a, **kw):
+    global checking
+    checking = True
+    try:
+        return real_check(*a, **kw)
+    finally:
+        checking = False
+fast.check_against_engine = check_against_engine
 real_fsync, real_replace = os.fsync, os.replace
 def fsync(fd):
     event("save: temporary file written, " + name_of(fd))
@@ -227,8 +242,9 @@ def kill_chain(out, rng, kills, span, args=ARGS, mpirun=None, **fault):
         done["kills"].append(fault_of(proc))
         done["damaged"] += damaged_files(out)
     else:
-        proc = run_child(resume, mpirun=mpirun, **fault)
-        done["resumes"] += 1
+        started = (out / "config.json").exists() or (out / "checkpoint.npz").exists()
+        proc = run_child(resume if started else start, mpirun=mpirun, **fault)
+        done["resumes" if started else "starts"] += 1
     done.update(code=proc.returncode, stderr=proc.stderr)
     done["damaged"] += damaged_files(out) + [(name, "left over") for name in leftovers(out)]
     return done

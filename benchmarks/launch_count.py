@@ -29,10 +29,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import minivit  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
-from minivit.fast import FastViT  # noqa: E402
-from minivit.optim import clip_grad_norm  # noqa: E402
+from minivit.engine.optim import clip_grad_norm  # noqa: E402
 from minivit.guards import NonFiniteGuard  # noqa: E402
-from minivit.train import make_optimizer, training_loader  # noqa: E402
+from minivit.train import make_net, make_optimizer, training_loader  # noqa: E402
 
 PHASES = ("loader", "forward", "loss", "backward", "grad norm", "nan check", "clip", "optimizer", "ema")
 
@@ -51,10 +50,10 @@ def count_step(cp, config, batch=80, steps=2, preset="default"):
     on the stand-in cp, with the recipe of `preset` (loader augmentation, optimizer,
     clipping, smoothing, EMA), as the training loop runs it."""
     import cupy_strict
-    from minivit.optim import EMA, grad_norm_squared
+    from minivit.engine.optim import EMA, grad_norm_squared
     cfg = TrainConfig.from_preset(preset)
     model = minivit.ViT(config, backend="cupy")
-    net = FastViT(model)
+    net, cross_entropy = make_net(cfg, model)     # the fast path and its fused loss
     opt = make_optimizer(cfg, model)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     guard = NonFiniteGuard(model, steps_per_epoch=steps)
@@ -77,7 +76,7 @@ def count_step(cp, config, batch=80, steps=2, preset="default"):
     for step in range(1, steps + 1):
         x, y = phase("loader", lambda: next(batches))
         logits = phase("forward", lambda: net.forward(x))
-        loss, dlogits = phase("loss", lambda: minivit.cross_entropy(logits, y, cfg.label_smoothing))
+        loss, dlogits = phase("loss", lambda: cross_entropy(logits, y, cfg.label_smoothing))
         phase("backward", lambda: (model.zero_grad(), net.backward(dlogits, need_dx=False)))
         sum_sq = phase("grad norm", lambda: grad_norm_squared(model.parameters()))
         ok = phase("nan check", lambda: guard.watch(step, loss, sum_sq))

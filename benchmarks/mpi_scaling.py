@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minivit  # noqa: E402
 from minivit import distributed  # noqa: E402
-from minivit.fast import FastViT  # noqa: E402
-from minivit.threads import cpu_threads, limit_blas_threads, tune_host_allocator  # noqa: E402
+from minivit.fast import FastRunner, cross_entropy  # noqa: E402
+from minivit.fast.threads import cpu_threads, limit_blas_threads, tune_host_allocator  # noqa: E402
 
 
 def main(argv=None):
@@ -35,7 +35,7 @@ def main(argv=None):
     threads = max(1, cpu_threads() // world.local_size)
     if world.local_size > 1:
         limit_blas_threads(threads)                   # as train() does
-    net = FastViT(model, threads=threads)
+    net = FastRunner(model, threads=threads)
     opt = minivit.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     B = args.batch_size
@@ -44,8 +44,8 @@ def main(argv=None):
     rows = world.part(B)
 
     def step():
-        logits = net.forward(x, rows=rows)
-        _, dlogits = minivit.cross_entropy(logits, y[rows])
+        logits = net.forward(x[rows])                 # this rank's rows, as train_step does
+        _, dlogits = cross_entropy(logits, y[rows])
         model.zero_grad()
         net.backward(dlogits * (len(logits) / B), need_dx=False)
         world.sum_gradients(model.flat_grads)

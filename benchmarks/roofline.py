@@ -11,7 +11,7 @@ residuals, the optimizer's elementwise work, copies) moves memory. For each imag
   step sets the optimizer up, the second is counted), which adds up 2 m k n for every
   product it performs (the same code as on NumPy; only
   the cutting of the batch into shards differs, which changes no product's total);
-- **step ms**: the same step on NumPy, as training runs it (FastViT's shards in
+- **step ms**: the same step on NumPy, as training runs it (FastRunner's shards in
   threads), the median of --rounds rounds of --steps steps after a warm-up;
 - **roofline**: the GEMM reference of every time-budget run (threads.gemm_gflops: a
   float32 1024 x 1024 product on NumPy's BLAS, GFLOP/s, measured before each size) ->
@@ -36,10 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import minivit  # noqa: E402
-from minivit.config import POOLS, PRESETS, TrainConfig  # noqa: E402
-from minivit.fast import FastViT  # noqa: E402
-from minivit.threads import cpu_threads, gemm_gflops, tune_host_allocator  # noqa: E402
-from minivit.train import make_optimizer  # noqa: E402
+from minivit.config import PRESETS, TrainConfig  # noqa: E402
+from minivit.engine.config import POOLS  # noqa: E402
+from minivit.fast.threads import cpu_threads, gemm_gflops, tune_host_allocator  # noqa: E402
+from minivit.train import make_net, make_optimizer  # noqa: E402
 from train_step import timer  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
 
@@ -85,14 +85,14 @@ def make_step(cfg, backend, batch, side, seed=0):
     fixed batch of side x side images, as the training loop runs it (forward,
     cross-entropy, backward without the image gradient; then the optimizer)."""
     model = minivit.ViT(cfg.model_config(), backend=backend, seed=seed)
-    net, opt = FastViT(model), make_optimizer(cfg, model)
+    (net, cross_entropy), opt = make_net(cfg, model), make_optimizer(cfg, model)
     rng = np.random.default_rng(seed)
     x = model.xp.asarray(rng.standard_normal((batch, 3, side, side)).astype(model.dtype))
     y = model.xp.asarray(rng.integers(0, model.config.num_classes, batch))
 
     def model_pass():
         logits = net.forward(x)
-        _, dlogits = minivit.cross_entropy(logits, y, cfg.label_smoothing)
+        _, dlogits = cross_entropy(logits, y, cfg.label_smoothing)
         model.zero_grad()
         net.backward(dlogits, need_dx=False)
     return model_pass, opt.step

@@ -21,9 +21,8 @@ from minivit import checkpoint as ckpt  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.data import Loader  # noqa: E402
 from minivit.evaluate import VIEWS, evaluate_views  # noqa: E402
-from minivit.fast import FastViT  # noqa: E402
 from minivit.files import read_json  # noqa: E402
-from minivit.train import prepare_data  # noqa: E402
+from minivit.train import make_net, prepare_data  # noqa: E402
 
 
 def main(argv=None):
@@ -43,7 +42,7 @@ def main(argv=None):
         cfg = TrainConfig.from_dict(read_json(run / "config.json"))
         model, meta = ckpt.load_model(run / args.checkpoint)
         d = prepare_data(cfg, args.data or meta.get("data_arg"))
-        net = FastViT(model)
+        net = make_net(cfg, model)[0]         # what the run scored with: its --engine
         scores = []
         for split in ("val", "test"):
             loader = Loader(d[f"x_{split}"], d[f"y_{split}"], cfg.eval_batch_size, model.xp,

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minivit  # noqa: E402
-from minivit.fast import FastViT  # noqa: E402
-from minivit.threads import tune_host_allocator  # noqa: E402
+from minivit.fast import FastRunner, cross_entropy  # noqa: E402
+from minivit.fast.threads import tune_host_allocator  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -76,14 +76,14 @@ def timer(step, sync, steps, warmup):
 
 def bench_minivit(args, x_host, y_host):
     model = minivit.ViT(**model_config(args), dtype=args.dtype, backend=args.backend)
-    net = FastViT(model)               # the training path: threads, class-token last block
+    net = FastRunner(model)            # the training path: threads, class-token last block
     xp = model.xp
     x, y = xp.asarray(x_host, dtype=model.dtype), xp.asarray(y_host)
     opt = minivit.Adam(model.parameters(), lr=3e-4)
 
     def step():
         logits = net.forward(x)
-        _, dlogits = minivit.cross_entropy(logits, y)
+        _, dlogits = cross_entropy(logits, y)    # the fused loss, as training's fast path
         model.zero_grad()
         net.backward(dlogits, need_dx=False)      # as training: the images need no gradient
         opt.step()

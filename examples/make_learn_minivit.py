@@ -1,6 +1,6 @@
 """Write examples/learn_minivit.ipynb, the notebook a learner runs top to bottom, from the
 cells below (the notebook is generated, never edited by hand; commit both, without
-outputs). tests/test_notebook.py runs it and checks it matches this script.
+outputs). tests/unmigrated/test_notebook.py runs it and checks it matches this script.
 
     pip install -e .[notebook] && python examples/make_learn_minivit.py
     jupyter notebook examples/learn_minivit.ipynb       # or: jupyter lab, VS Code
@@ -27,6 +27,9 @@ Run this notebook top to bottom (under a minute on a laptop CPU). On the way you
 5. plant a bug in a backward pass, watch the check catch it, and fix it;
 6. look at what the model shipped with minivit predicts, and where it looks.
 
+Everything here is minivit's engine, the code a student reads: `minivit.engine.layers`
+(patches, convs, LayerNorm, softmax, GELU), `minivit.engine.transformer` (attention, the
+MLP, the block, the head) and `minivit.engine.gradcheck` (the finite-difference checks).
 The notation is that of [docs/gradients.md](../docs/gradients.md) (its notation table):
 `B` batch, `C` channels, `H` = `W` image side, `p` patch side, `P` patches, `N = P + 1`
 tokens, `D` width, `h` heads, `d = D / h` head width; for an array `y`, `dy` is dL/dy."""),
@@ -35,7 +38,8 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import minivit
-from minivit import attention_maps, checkpoint, data, gradcheck, layers
+from minivit import attention_maps, checkpoint, data
+from minivit.engine import gradcheck, layers, transformer
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)"""),
@@ -195,7 +199,7 @@ In each head: `s = q k^T / sqrt(d)`, `a = softmax(s)` row by row, `o = a v`. Bac
 the matrix-product rule (for `Z = U V`: `dU = dZ V^T`, `dV = U^T dZ`), last line first:"""),
     ("code", """B, h, N, d = 2, 2, 5, 4
 q, k, v = (rng.standard_normal((B, h, N, d)) for _ in range(3))
-o, cache = layers.sdpa_forward(q, k, v)                    # [B, h, N, d]
+o, cache = transformer.sdpa_forward(q, k, v)               # [B, h, N, d]
 a = cache.a                                                # [B, h, N, N], rows sum to one
 do = rng.standard_normal(o.shape)
 
@@ -206,7 +210,7 @@ ds = ds / np.sqrt(d)                                       # s = q k^T / sqrt(d)
 dq = ds @ k                                                #   -> dq = ds k / sqrt(d)
 dk = ds.swapaxes(-1, -2) @ q                               #      dk = ds^T q / sqrt(d)
 
-for mine, library in zip((dq, dk, dv), layers.sdpa_backward(do, cache)):
+for mine, library in zip((dq, dk, dv), transformer.sdpa_backward(do, cache)):
     assert np.allclose(mine, library)
 report = gradcheck.check_layer("attention")                # with the projections and 2 heads
 print(report)
@@ -216,7 +220,7 @@ assert report.passed"""),
 `check_model` nudges every input pixel and every parameter of a small ViT (float64), and
 compares with the hand-derived backward of the whole network. In a terminal,
 `minivit gradcheck --model` does this for the configurations the presets train (conv
-stem, smaller images, drop path, mean and sequence pooling) through both the reference and
+stem, smaller images, drop path, mean and sequence pooling) through both the engine and
 the fast path."""),
     ("code", """model = minivit.ViT(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
                     num_classes=3, dtype="float64", backend="numpy")
@@ -268,7 +272,7 @@ right, `dq` and `dk` are off by a factor of `sqrt(d)` = 2."""),
 
 
 qkv = {name: rng.standard_normal((2, 2, 5, 4)) for name in ("q", "k", "v")}
-report = gradcheck.check(layers.sdpa_forward, sdpa_backward_buggy, qkv, title="buggy attention")
+report = gradcheck.check(transformer.sdpa_forward, sdpa_backward_buggy, qkv, title="buggy attention")
 print(report)
 assert [r.passed for r in report.results] == [False, False, True]"""),
     ("md", """**Exercise 3.** A bug inside the model: GELU's derivative without its `x phi(x)` term
@@ -338,13 +342,17 @@ plt.show()"""),
 - `minivit gradcheck` (every layer, then the models) and `minivit gradcheck --layer NAME`.
 - [overfit_one_batch.py](overfit_one_batch.py): the first sanity check of any
   hand-written network, a ViT memorizing one batch.
-- [walkthrough.py](walkthrough.py): the model built piece by piece, each piece checked."""),
+- [walkthrough.py](walkthrough.py): the model built piece by piece, each piece checked.
+- [docs/adding-a-layer.md](../docs/adding-a-layer.md): add a layer or a model option of
+  your own, with its backward and its check (RMSNorm is the worked example)."""),
 ]
 
 
 def build():
     nb = new_notebook()
     nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"      # fixed ids: a rebuild changes only what the cells say
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb

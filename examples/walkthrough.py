@@ -5,7 +5,9 @@ forward, its hand-written backward and a finite-difference check, printing the s
     python examples/walkthrough.py --embed-dim 24 --heads 3
 
 Every check runs in float64, where a correct backward agrees with finite differences to
-about 1e-9 (the pass mark is 1e-7). The derivations are in docs/gradients.md.
+about 1e-9 (the pass mark is 1e-7). The pieces are the engine's: minivit/engine/layers.py
+(patches, tokens, LayerNorm) and minivit/engine/transformer.py (attention, the MLP, the
+block); the derivations are in docs/gradients.md.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import argparse
 import numpy as np
 
 import minivit
-from minivit import gradcheck, layers
+from minivit.engine import gradcheck, layers, transformer
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--img-size", type=int, default=8)
@@ -66,11 +68,11 @@ show("layernorm", gradcheck.check(layers.layernorm_forward, layers.layernorm_bac
 # 4. Multi-head self-attention with the fused qkv projection.
 attn = {"in_proj_weight": 0.4 * rng.standard_normal((3 * D, D)), "in_proj_bias": 0.1 * rng.standard_normal(3 * D),
         "out_proj_weight": 0.4 * rng.standard_normal((D, D)), "out_proj_bias": 0.1 * rng.standard_normal(D)}
-attended, cache = layers.attention_forward(normed, *attn.values(), h)
+attended, cache = transformer.attention_forward(normed, *attn.values(), h)
 q, a = cache.sdpa.q, cache.sdpa.a
 show("multi-head self-attention",
-     gradcheck.check(lambda **kw: layers.attention_forward(**kw, num_heads=h), layers.attention_backward,
-                     {"x": normed, **attn}),
+     gradcheck.check(lambda **kw: transformer.attention_forward(**kw, num_heads=h),
+                     transformer.attention_backward, {"x": normed, **attn}),
      x=normed.shape, q_k_v=q.shape, attention=a.shape, y=attended.shape)
 print(f"   attention rows sum to one: {np.allclose(a.sum(-1), 1)}")
 
@@ -80,8 +82,8 @@ norm2_w, norm2_b = 1 + 0.1 * rng.standard_normal(D), 0.1 * rng.standard_normal(D
 normed2, _ = layers.layernorm_forward(x1, norm2_w, norm2_b)        # norm2(x1)
 mlp = {"w1": 0.4 * rng.standard_normal((F, D)), "b1": 0.1 * rng.standard_normal(F),
        "w2": 0.4 * rng.standard_normal((D, F)), "b2": 0.1 * rng.standard_normal(D)}
-y_mlp, _ = layers.mlp_forward(normed2, *mlp.values())
-show("MLP (GELU)", gradcheck.check(layers.mlp_forward, layers.mlp_backward, {"x": normed2, **mlp}),
+y_mlp, _ = transformer.mlp_forward(normed2, *mlp.values())
+show("MLP (GELU)", gradcheck.check(transformer.mlp_forward, transformer.mlp_backward, {"x": normed2, **mlp}),
      x=normed2.shape, hidden=(B, N, F), y=y_mlp.shape)
 
 # 6. A pre-norm transformer block: x1 = x + attn(norm1(x)), y = x1 + mlp(norm2(x1)).
@@ -89,18 +91,18 @@ block = {"norm1.weight": norm1_w, "norm1.bias": norm1_b, "attn.in_proj_weight": 
          "attn.in_proj_bias": attn["in_proj_bias"], "attn.out_proj.weight": attn["out_proj_weight"],
          "attn.out_proj.bias": attn["out_proj_bias"], "norm2.weight": norm2_w, "norm2.bias": norm2_b,
          "mlp.0.weight": mlp["w1"], "mlp.0.bias": mlp["b1"], "mlp.2.weight": mlp["w2"], "mlp.2.bias": mlp["b2"]}
-y, _ = layers.block_forward(embedded, block, h)
+y, _ = transformer.block_forward(embedded, block, h)
 same = np.allclose(y, x1 + y_mlp, rtol=1e-12)
 print(f"\n   the block is the pieces above, x1 + mlp(norm2(x1)): {same}")
 assert same
 
 
 def block_backward(dy, cache):
-    dx, grads = layers.block_backward(dy, cache)
+    dx, grads = transformer.block_backward(dy, cache)
     return {"x": dx, **grads}
 
 
-show("transformer block", gradcheck.check(lambda x, **p: layers.block_forward(x, p, h), block_backward,
+show("transformer block", gradcheck.check(lambda x, **p: transformer.block_forward(x, p, h), block_backward,
                                           {"x": embedded, **block}), x=embedded.shape, y=y.shape)
 
 # 7. The whole model, with the loss on top.

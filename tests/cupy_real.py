@@ -229,7 +229,7 @@ def check(records, dtype=None):
     """Every problem real CuPy finds in these records (fused kernels and ufuncs), plus any
     floating-point result other than `dtype` (the run's) where the code did not ask for
     one. -> (problems, counts {"fuse": n, "ufunc": n} of distinct operations checked)."""
-    from minivit import backend
+    from minivit.engine import backend
     from cupyx.scipy.special import erf
     problems, counts = [], {"fuse": 0, "ufunc": 0, "call": 0}
     saved, backend._cupy_erf = backend._cupy_erf, erf     # the fused GELU's erf: CuPy's own

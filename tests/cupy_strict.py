@@ -590,7 +590,7 @@ erf = _erf        # cupyx.scipy.special.erf
 def install(monkeypatch):
     """Make minivit's backend use this module as CuPy (and its erf) for one test."""
     import sys
-    from minivit import backend
+    from minivit.engine import backend
     module = sys.modules[__name__]
     monkeypatch.setattr(backend, "_cupy", module)
     monkeypatch.setattr(backend, "_cupy_error", None)
