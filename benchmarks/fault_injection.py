@@ -15,7 +15,7 @@ A tiny run on the shipped sample (3 epochs of 4 steps) meets:
   until the run ends: its weights must equal an uninterrupted run's bit for bit, and
   after every kill every file in the run folder must be whole.
 It prints the figures recorded in benchmarks/RESULTS.md (Reliability): faults injected, runs
-resumed, files lost or damaged (the goal: 0). tests/unmigrated/test_faults.py runs the same
+resumed, files lost or damaged (the goal: 0). tests/machinery/test_kill.py and test_disk_full.py run the same
 machinery, on fewer kill points, plus CuPy, MPI, signals and lock cases.
 
 The faults are injected from outside minivit's code: a run in a child process

@@ -31,7 +31,7 @@ import minivit  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.engine.optim import clip_grad_norm  # noqa: E402
 from minivit.guards import NonFiniteGuard  # noqa: E402
-from minivit.train import make_net, make_optimizer, training_loader  # noqa: E402
+from minivit.run import make_net, make_optimizer, training_loader  # noqa: E402
 
 PHASES = ("loader", "forward", "loss", "backward", "grad norm", "nan check", "clip", "optimizer", "ema")
 

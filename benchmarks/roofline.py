@@ -39,7 +39,7 @@ import minivit  # noqa: E402
 from minivit.config import PRESETS, TrainConfig  # noqa: E402
 from minivit.engine.config import POOLS  # noqa: E402
 from minivit.fast.threads import cpu_threads, gemm_gflops, tune_host_allocator  # noqa: E402
-from minivit.train import make_net, make_optimizer  # noqa: E402
+from minivit.run import make_net, make_optimizer  # noqa: E402
 from train_step import timer  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
 

@@ -22,7 +22,7 @@ from minivit.config import TrainConfig  # noqa: E402
 from minivit.data import Loader  # noqa: E402
 from minivit.evaluate import VIEWS, evaluate_views  # noqa: E402
 from minivit.files import read_json  # noqa: E402
-from minivit.train import make_net, prepare_data  # noqa: E402
+from minivit.run import make_net, prepare_data  # noqa: E402
 
 
 def main(argv=None):

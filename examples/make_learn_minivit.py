@@ -1,6 +1,6 @@
 """Write examples/learn_minivit.ipynb, the notebook a learner runs top to bottom, from the
 cells below (the notebook is generated, never edited by hand; commit both, without
-outputs). tests/unmigrated/test_notebook.py runs it and checks it matches this script.
+outputs). tests/machinery/test_notebook.py runs it and checks it matches this script.
 
     pip install -e .[notebook] && python examples/make_learn_minivit.py
     jupyter notebook examples/learn_minivit.ipynb       # or: jupyter lab, VS Code

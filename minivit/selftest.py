@@ -38,7 +38,7 @@ from .engine.model import ViT
 from .engine.optim import EMA, clip_grad_norm
 from .fast import FastRunner
 from .fast.loss import cross_entropy
-from .train import make_optimizer
+from .run import make_optimizer
 
 SMALL = ViTConfig(img_size=8, patch_size=4, embed_dim=12, depth=2, num_heads=3, mlp_ratio=2.0,
                   num_classes=5, dtype="float64")

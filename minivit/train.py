@@ -41,8 +41,7 @@ from .evaluate import evaluate, score_checkpoint
 from .files import atomic_write, read_jsonl, write_json, write_jsonl
 from .guards import StopRequest
 from .plots import plot_run
-from .run import (Run, decay_groups, make_net, make_optimizer, new_epoch_totals,  # noqa: F401
-                  prepare_data, save_checkpoint, start_run, training_loader)
+from .run import make_net, new_epoch_totals, save_checkpoint, start_run
 from .schedule import image_size_at, lr_at
 
 

@@ -18,7 +18,6 @@ tests), cupy_strict.py and cupy_real.py (the CuPy stand-in and real CuPy's repla
 mpi_helpers.py (what an MPI rank runs), cupy_api/ and reference/ (their data).
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -37,21 +36,11 @@ for tier in TIERS:                             # a test module may read another'
 sys.path.insert(0, str(HERE))                  # helpers, cupy_strict, cupy_real
 
 
-# tests/unmigrated: the suite's files from before the engine / fast path / machinery split
-# whose cases are not yet moved into the tiers above (issue 38): collected by nothing
-collect_ignore = ["unmigrated"]
-
-
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
                      help="run the whole suite: tests/machinery, tests/gpu and the strict CuPy "
                           "stand-in's cases too (without it: tests/engine, tests/fast, tests/docs "
                           "on NumPy)")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "full: runs only with --full (the strict CuPy stand-in's "
-                                       "cases of the default tier)")
 
 
 def _named_paths(config):

@@ -36,6 +36,15 @@ def quiet(*args):
     """A log that says nothing."""
 
 
+def exit_status(argv):
+    """`minivit ARGV`'s exit status (argparse's errors exit through SystemExit)."""
+    from minivit import cli
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def read_metrics(run_dir):
     from minivit.files import read_jsonl
     return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -2,7 +2,8 @@
 epoch 3; CUPY_STRICT=1 installs the strict CuPy stand-in as CuPy (STRICT_DEVICES=N with N GPUs;
 REPORT_GPU=1 prints each rank's GPU and how its gradients were summed); SIGNAL_RANK=R sends SIGTERM to
 rank R alone at the end of epoch 1; REPORT_BLAS=1 prints
-each rank's BLAS thread count at the end."""
+each rank's BLAS thread count at the end; STEP_CLOCK=S gives train() a clock that moves S
+seconds a training step (time budgets that do not depend on the machine's speed)."""
 
 import os
 import sys
@@ -36,6 +37,17 @@ if os.environ.get("SIGNAL_RANK"):
             os.kill(os.getpid(), signal.SIGTERM)
         return record
     train.end_of_epoch = signalled
+
+if os.environ.get("STEP_CLOCK"):
+    from minivit import runlock
+    per_step, now = float(os.environ["STEP_CLOCK"]), [0.0]
+    real_train = runlock.train
+
+    def clocked(*args, **kwargs):
+        def on_step(step):
+            now[0] += per_step
+        return real_train(*args, clock=lambda: now[0], on_step=on_step, **kwargs)
+    runlock.train = clocked
 
 code = cli.main(sys.argv[1:])
 if os.environ.get("REPORT_GPU"):

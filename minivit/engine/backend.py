@@ -59,6 +59,7 @@ def _load_cupy():
     global _cupy, _cupy_erf, _cupy_error, _cupy_missing
     if _cupy is not None or _cupy_error is not None:
         return _cupy
+    _cupy_missing = False
     try:
         import cupy
         from cupyx.scipy.special import erf as cupy_erf

@@ -215,6 +215,8 @@ MODELS = {
                                  "(--stem-layers 2, --pool mean)"),
     "seq_pool": (dict(_SMALL, patch_size=2, stem_channels=4, pool="seq"), 8, None,
                  "sequence pooling (--pool seq): the last block in full"),
+    "rmsnorm": (dict(_SMALL, patch_size=4, norm="rmsnorm"), 8, None,
+                "RMSNorm in the blocks and the head (--norm rmsnorm)"),
 }
 
 

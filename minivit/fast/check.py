@@ -66,8 +66,8 @@ def check_against_engine(model, sides=None, batch=1, seed=0):
     name, diff, side = worst
     if diff <= TOLERANCE:
         return None
-    what = "the logits" if name == "logits" else f"the gradient of {name}"
-    return (f"the fast path disagrees with the engine ({what} differ by {diff:.1e} relative on "
+    what = "the logits differ" if name == "logits" else f"the gradient of {name} differs"
+    return (f"the fast path disagrees with the engine ({what} by {diff:.1e} relative on "
             f"{side}x{side} images, more than {TOLERANCE:g}): the engine was changed and the fast "
             f"path was not; train the engine as it is with --engine reference")
 
@@ -122,6 +122,6 @@ def fast_path_reports(dtype="float64", backend="numpy", max_checks=None, seed=0)
     blocked GELU. The whole models through the fast path: gradcheck.check_models with
     runners={"reference": None, "fast": one_thread}."""
     reports = [check_cls_only_block(dtype, backend, seed, max_checks)]
-    if backend == "numpy":
+    if get_xp(backend) is np:
         reports.append(check_blocked_gelu(seed))
     return reports

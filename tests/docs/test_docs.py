@@ -133,7 +133,7 @@ def test_the_head_normalizes_after_pooling_as_the_docs_say():
 
 def test_weight_decay_reaches_what_the_docs_say():
     from minivit.config import TrainConfig
-    from minivit.train import decay_groups, make_optimizer
+    from minivit.run import decay_groups, make_optimizer
     model = minivit.ViT(img_size=8, patch_size=2, embed_dim=8, depth=1, num_heads=2, stem_channels=4)
     decayed = {p.name for p in decay_groups(model, 0.05)[0]["params"]}
     assert {"stem.conv.weight", "patch_embed.proj.weight"} <= decayed          # the conv kernels

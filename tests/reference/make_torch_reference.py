@@ -10,7 +10,7 @@ drawn here with NumPy (not torch's initializers): large enough that every gradie
 from zero. The file holds the inputs, labels, parameters, logits, the loss with label
 smoothing 0.1, the gradient of every parameter and of the input, and the parameters after
 one and after three steps of torch.optim.Adam and of torch.optim.AdamW (the same gradient
-at each step). tests/test_torch_reference.py reads it.
+at each step). tests/engine/test_torch_reference.py and tests/fast/test_runner.py read it.
 """
 
 import json

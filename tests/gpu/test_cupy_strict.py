@@ -1,10 +1,9 @@
-"""The strict CuPy stand-in: each of CuPy's rules it enforces fires; its API snapshot
-matches the installed CuPy; host arrays planted in device code fail the suite; and one
-training step stays within its launch budget."""
+"""The strict CuPy stand-in (tests/cupy_strict.py): each of CuPy's rules it enforces fires;
+its API snapshot matches the installed CuPy and holds every CuPy name minivit uses; host
+arrays planted in device code fail the suite; one training step stays within its launch
+budget and reads the device only when the loop prints."""
 
-import inspect
 import os
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,9 +11,11 @@ import pytest
 import cupy_strict
 import minivit
 from minivit import augment, evaluate
-from minivit.engine import model as model_module
+from minivit.engine.draws import StepDraws
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import plant
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # tests/
 
 
 @pytest.fixture
@@ -159,49 +160,38 @@ def test_every_cupy_name_minivit_uses_is_in_the_snapshot():
     """Every `xp.NAME` in minivit's code names a real cupy function (or an ndarray method)."""
     import re
     names = set()
-    package = os.path.dirname(minivit.__file__)
-    for file in os.listdir(package):
-        if file.endswith(".py"):
-            names |= set(re.findall(r"\bxp\.(\w+)", open(os.path.join(package, file)).read()))
+    for folder, _, files in os.walk(os.path.dirname(minivit.__file__)):
+        for file in files:
+            if file.endswith(".py"):
+                names |= set(re.findall(r"\bxp\.(\w+)", open(os.path.join(folder, file)).read()))
+    assert {"matmul", "fuse", "concatenate"} <= names         # the engine's and the fast path's too
     missing = sorted(n for n in names if n not in cupy_strict.API_FUNCTIONS)
     assert not missing, f"not in real CuPy: {missing}"
 
 
 # -------------------------------------------- host arrays planted in device code
 
-def plant(monkeypatch, owner, name, old, new):
-    """Replace `old` by `new` in the source of owner.name (a function or method) and
-    install the result for this test: a host array where a device array belongs."""
-    func = getattr(owner, name)
-    source = textwrap.dedent(inspect.getsource(func))
-    assert old in source, f"{old!r} not in {name}"
-    module = inspect.getmodule(func)
-    namespace = {}
-    exec(compile(source.replace(old, new), f"<planted {name}>", "exec"), module.__dict__, namespace)
-    monkeypatch.setattr(owner, name, namespace[name])
-
-
 def test_a_host_drop_path_mask_fails_the_suite(cp, monkeypatch):
-    import test_regularizers
-    plant(monkeypatch, model_module.ViT, "drop_path_masks",
-          "masks = to_device(kept * scale, self.xp, self.dtype)[..., None, None]",
-          "masks = (kept * scale).astype(self.dtype)[..., None, None]")
+    import test_gradcheck                     # tests/engine/test_gradcheck.py
+    plant(monkeypatch, StepDraws, "sample",
+          "masks = to_device(kept * scale, xp, dtype)[..., None, None]",
+          "masks = (kept * scale).astype(dtype)[..., None, None]")
     with pytest.raises(TypeError, match="NumPy array"):
-        test_regularizers.test_model_gradcheck_with_stochastic_depth("cupy")
+        test_gradcheck.test_model_gradcheck_with_stochastic_depth("cupy")
 
 
 def test_a_host_erasing_mask_fails_the_suite(cp, monkeypatch):
-    import test_regularizers
+    import test_augment                       # tests/machinery/test_augment.py
     plant(monkeypatch, augment, "random_erase", "xp.asarray(mask)[:, None]", "mask[:, None]")
     with pytest.raises(TypeError, match="NumPy array"):
-        test_regularizers.test_random_erase_boxes("cupy")
+        test_augment.test_random_erase_boxes("cupy")
 
 
 def test_host_labels_in_evaluate_fail_the_suite(cp, monkeypatch, tmp_path):
-    import test_train
+    import test_resume                        # tests/machinery/test_resume.py
     plant(monkeypatch, evaluate, "evaluate_views", "y = to_host(loader.y)", "y = loader.y")
     with pytest.raises(TypeError, match="NumPy array"):
-        test_train.test_resume_after_interruption_gives_the_same_weights(tmp_path, "cupy")
+        test_resume.test_a_run_stopped_between_epochs_resumes_to_the_same_weights(tmp_path, "cupy")
 
 
 # ------------------------------------------------------------ the launch budget

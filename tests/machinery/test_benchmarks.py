@@ -1,4 +1,5 @@
-"""The benchmark script runs and prints its figures (a tiny model; nothing is judged on speed)."""
+"""The scripts of benchmarks/ run and print their figures (a tiny model; nothing is judged on
+speed). (fault_injection.py: test_kill.py; launch_count.py: tests/gpu/test_cupy_strict.py.)"""
 
 import os
 import re
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_train_step_benchmark_prints_its_figures():

@@ -1,4 +1,6 @@
-"""CIFAR-10 reading, safety, download, splits, batching and augmentation."""
+"""data.py: CIFAR-10 reading (the official layout and encoding, a restricted unpickler),
+damaged files, the shipped sample, download, the validation split, normalization and the
+Loader's batches. (Augmentation: test_augment.py, test_randaugment.py.)"""
 
 import hashlib
 import os
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 import minivit
-from minivit import augment, data
+from minivit import data
 from minivit.data import DataError
 
 
@@ -104,7 +106,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
 
 
 def test_missing_or_empty_data_folder(tmp_path):
-    with pytest.raises(DataError, match="does not exist: pass --data"):
+    with pytest.raises(ValueError, match="does not exist: pass --data"):     # a DataError
         data.find_cifar10(tmp_path / "nope")
     with pytest.raises(DataError, match="no CIFAR-10 in"):
         data.find_cifar10(tmp_path)
@@ -157,49 +159,6 @@ def test_validation_split_is_balanced_and_disjoint():
     assert not set(x_tr) & set(x_val)
 
 
-def test_random_crop_is_a_shifted_window_and_flip_mirrors(backend):
-    rng_x = np.random.default_rng(0)
-    x = rng_x.standard_normal((16, 3, 8, 8))
-    xp = minivit.get_xp(backend)
-    out = minivit.to_host(augment.random_crop_flip(xp.asarray(x), np.random.default_rng(5)))
-    rng = np.random.default_rng(5)   # the same draws, in the same order
-    dy, dx = rng.integers(0, 9, 16), rng.integers(0, 9, 16)           # padding 4
-    flips = rng.random(16) < 0.5
-    padded = np.pad(x, ((0, 0), (0, 0), (4, 4), (4, 4)))
-    for i in range(16):
-        ref = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
-        np.testing.assert_array_equal(out[i], ref[..., ::-1] if flips[i] else ref)
-    assert 0 < flips.sum() < 16 and (dy != 4).any()
-
-
-def test_alternating_flip_shows_every_image_both_ways_in_two_epochs(backend):
-    """airbench's alternating flip: epoch 1 mirrors a random half, epoch 2 the other half,
-    epoch 3 the first half again; the crops stay random."""
-    n, side = 64, 8
-    x = np.broadcast_to(10 + np.arange(side, dtype=np.uint8), (n, 3, side, side)).copy()  # a ramp
-    xp = minivit.get_xp(backend)
-
-    def mirrored(loader, epoch):          # image index -> mirrored in this epoch?
-        out = {}
-        for images, labels in loader.batches(epoch):
-            row = minivit.to_host(images)[:, 0].sum(axis=1)                     # [B, W]
-            for r, label in zip(row, minivit.to_host(labels)):
-                ramp = r[r > 0]                                                  # the crop's zeros out
-                out[int(label)] = bool(ramp[0] > ramp[-1])
-        return np.array([out[i] for i in range(n)])
-
-    alternate = data.Loader(x, np.arange(n), 16, xp, [0] * 3, [1 / 255] * 3, shuffle=True,
-                            augment=True, seed=4, alternate_flip=True)
-    first, second, third = (mirrored(alternate, e) for e in (1, 2, 3))
-    assert 0.3 < first.mean() < 0.7
-    np.testing.assert_array_equal(second, ~first)
-    np.testing.assert_array_equal(third, first)
-    np.testing.assert_array_equal(first, augment.alternating_mirror(4, 1, n))
-    random = data.Loader(x, np.arange(n), 16, xp, [0] * 3, [1 / 255] * 3, shuffle=True,
-                         augment=True, seed=4)
-    assert not np.array_equal(mirrored(random, 2), ~mirrored(random, 1))   # random flips don't
-
-
 def test_loader_batches_cover_the_split_once(backend):
     from minivit import get_xp, to_host
     xp = get_xp(backend)
@@ -236,78 +195,9 @@ def test_loader_batches_can_be_rebuilt_alone(backend):
         np.testing.assert_array_equal(la, lb)
 
 
-def test_random_streams_are_separate_and_repeatable():
-    from minivit import seeds
-    draws = {s: seeds.generator(3, 2, 5, s).random(8) for s in seeds.STREAMS}
-    for a in seeds.STREAMS:
-        for b in seeds.STREAMS:
-            if a != b:
-                assert not np.allclose(draws[a], draws[b]), (a, b)
-        np.testing.assert_array_equal(draws[a], seeds.generator(3, 2, 5, a).random(8))
-    assert not np.allclose(draws["mix"], seeds.generator(3, 2, 6, "mix").random(8))   # next batch
-    assert not np.allclose(draws["mix"], seeds.generator(3, 3, 5, "mix").random(8))   # next epoch
-    with pytest.raises(ValueError, match="unknown random stream 'dropout'"):
-        seeds.generator(0, 1, 0, "dropout")
-
-
-def test_training_draws_no_two_regularizers_from_one_seed(monkeypatch, tmp_path):
-    """Every generator the training loop and the loader make is a named stream of its own."""
-    from minivit import seeds, train as train_module
-    from minivit.config import TrainConfig
-    made = []
-    real = seeds.generator
-    monkeypatch.setattr(seeds, "generator", lambda *key: made.append(key) or real(*key))
-    cfg = TrainConfig.from_preset("sample", epochs=1, embed_dim=16, depth=2, num_heads=2,
-                                  batch_size=32, limit_train=100, drop_path=0.2, random_erase=0.5,
-                                  mixup=0.8, randaugment=1, alternate_flip=True)
-    train_module.train(cfg, out=tmp_path / "run", progress=False, plots=False, log=lambda *a: None)
-    streams = {key[3] for key in made}
-    assert streams == set(seeds.STREAMS)
-    assert len(made) == len(set(made))                  # no key used twice
-
-
-def test_scoring_needs_only_the_test_batch(tmp_path, capsys):
-    """`minivit eval --data DIR` reads test_batch alone; training needs a training batch."""
-    import shutil
-    from minivit import checkpoint as ckpt, cli
-    folder = tmp_path / "only-test" / data.FOLDER
-    folder.mkdir(parents=True)
-    for name in ("test_batch", "batches.meta"):
-        shutil.copy(data.SAMPLE_FOLDER / name, folder / name)
-    model = minivit.ViT(embed_dim=16, depth=1, num_heads=2)
-    ckpt.save(tmp_path / "m.npz", model, {"mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 0})
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "m.npz"), "--data", str(tmp_path / "only-test")]) == 0
-    assert "500 test images" in capsys.readouterr().out
-    with pytest.raises(DataError, match="no CIFAR-10 in .*data_batch_1"):
-        data.find_cifar10(tmp_path / "only-test")
-
-
 def test_a_mistyped_data_variable_is_an_error_not_a_silent_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVIT_DATA", str(tmp_path / "typo"))
     with pytest.raises(DataError, match="MINIVIT_DATA=.*typo.*does not exist"):
         data.data_or_sample(None)
     monkeypatch.setenv("MINIVIT_DATA", "")
     assert data.data_or_sample(None)[1] in ("sample", "cifar10")
-
-
-def test_the_sample_and_the_trained_model_travel_inside_the_package(tmp_path):
-    """A wheel (what `pip install .` installs) holds the shipped sample and the shipped
-    model, so an installed minivit trains and evaluates from any folder."""
-    import subprocess
-    import sys
-    import zipfile
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    import shutil
-    src = tmp_path / "src"                  # a copy, so the build leaves the checkout alone
-    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist",
-                                                             "*.egg-info", "__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                           str(src)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    wheel = next(tmp_path.glob("minivit-*.whl"))
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("data_batch_1", "test_batch", "batches.meta"):
-        assert f"minivit/sample/cifar-10-batches-py/{f}" in names
-    shipped = os.path.join(root, "minivit", "pretrained")
-    for f in os.listdir(shipped) if os.path.isdir(shipped) else []:
-        assert f"minivit/pretrained/{f}" in names, f

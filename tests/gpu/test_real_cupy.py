@@ -14,9 +14,10 @@ import os
 import numpy as np
 import pytest
 
-from minivit import cli
-from minivit.engine import gradcheck, optim
+from minivit import cli, fast
 from minivit.config import TrainConfig
+from minivit.engine import gradcheck, optim
+from minivit.fast import runner
 
 if os.environ.get("CI"):
     import cupy  # noqa: F401  (CI installs CuPy with its compiler: this check never skips there)
@@ -24,7 +25,7 @@ else:
     pytest.importorskip("cupy", reason="real CuPy is not installed: pip install -e .[test]")
 cupy_real = pytest.importorskip("cupy_real")
 import cupy_strict  # noqa: E402
-from test_cupy_strict import plant  # noqa: E402
+from helpers import plant  # noqa: E402
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2, batch_size=16, limit_train=160, epochs=1)
 RUNS = {
@@ -50,6 +51,23 @@ def _check(ops, dtype):
     return counts
 
 
+@pytest.fixture
+def check_records(monkeypatch):
+    """The fast path's check against the engine, which a fast run (and eval) makes first,
+    runs on a float64 copy of the model: its device operations are recorded apart, to be
+    replayed as float64, not as the run's own dtype."""
+    records = []
+    real = fast.check_against_engine
+
+    def recorded(*args, **kwargs):
+        with cupy_strict.recording() as ops:
+            result = real(*args, **kwargs)
+        records.extend(ops)
+        return result
+    monkeypatch.setattr(fast, "check_against_engine", recorded)
+    return records
+
+
 def _train(tmp_path, overrides):
     from minivit.train import train
     cfg = TrainConfig.from_preset("sample", **{**SMALL, **overrides})
@@ -59,13 +77,15 @@ def _train(tmp_path, overrides):
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_training_runs_build_on_real_cupy(name, cupy_strict_module, tmp_path):
+def test_training_runs_build_on_real_cupy(name, cupy_strict_module, check_records, tmp_path):
     with cupy_strict.recording() as ops:
         cfg = _train(tmp_path, RUNS[name])
     _check(ops, cfg.dtype)
+    _check(check_records, "float64")
 
 
-def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_module, tmp_path, capsys):
+def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_module, check_records,
+                                                                 tmp_path, capsys):
     from PIL import Image
     from minivit import data
     _train(tmp_path, {})
@@ -79,6 +99,7 @@ def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_mod
         assert cli.main(["predict", "--checkpoint", ckpt, str(image), *on]) == 0
         assert cli.main(["attention", "--checkpoint", ckpt, "--out", str(tmp_path / "a.png"), *on]) == 0
     _check(ops, "float32")
+    _check(check_records, "float64")
     with cupy_strict.recording() as ops:                   # float64 throughout
         for layer in gradcheck.LAYERS:
             assert gradcheck.check_layer(layer, "float64", "cupy", max_checks=4).passed
@@ -134,9 +155,9 @@ def test_a_python_number_as_ok_is_caught(cupy_strict_module, monkeypatch):
     assert any("adamw_update" in p and "cannot build" in p for p in problems), problems
 
 
-def test_a_float64_scalar_in_a_float32_run_is_caught(cupy_strict_module, monkeypatch, tmp_path):
-    from minivit import fast
-    plant(monkeypatch, fast, "layernorm_fused", "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)",
+def test_a_float64_scalar_in_a_float32_run_is_caught(cupy_strict_module, check_records, monkeypatch,
+                                                     tmp_path):
+    plant(monkeypatch, runner, "layernorm_fused", "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)",
           "kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, np.float64(eps))")
     with cupy_strict.recording() as ops:
         _train(tmp_path, {})
@@ -157,13 +178,14 @@ def test_fake_arrays_are_real_cupy_arrays():
 
 
 def test_the_cupy_users_install_is_the_cupy_tested():
-    """[gpu] pins the CuPy whose API snapshot and code generator the suite checks."""
+    """[gpu] pins the CuPy whose API snapshot and code generator the suite checks, and [full]
+    (the extra the full suite installs) the same."""
     import configparser
     import json
     cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "..", "setup.cfg"))
     extras = cfg["options.extras_require"]
-    snapshot = json.load(open(os.path.join(os.path.dirname(__file__), "cupy_api", "cupy_api.json")))
+    snapshot = json.load(open(os.path.join(os.path.dirname(__file__), "..", "cupy_api", "cupy_api.json")))
     pin = f"cupy-cuda12x[ctk]=={snapshot['cupy_version']}"
     assert extras["gpu"].strip() == pin
-    assert pin in extras["test"]
+    assert pin in extras["full"]

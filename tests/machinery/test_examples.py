@@ -1,11 +1,11 @@
-"""The example scripts run, on tiny settings."""
+"""The example scripts (examples/) run, on tiny settings, and say what they teach."""
 
 import os
 import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(script, *args):
@@ -33,3 +33,12 @@ def test_the_quick_look_command_in_the_docstring_learns():
     losses = [float(v) for v in re.findall(r"epoch +\d+  loss (\d+\.\d+)", out)]
     assert len(losses) == 2 and losses[-1] < 2.25 and losses[-1] < losses[0], out
     assert float(re.search(r"test accuracy (\d\.\d{4})", out).group(1)) > 0.17, out
+
+
+def test_walkthrough_example_runs():
+    out = run("walkthrough.py")
+    for piece in ("patch embedding", "multi-head self-attention", "transformer block", "the whole ViT"):
+        assert f"== {piece}" in out
+    assert "FAIL" not in out and "Every piece passed its gradient check." in out
+    assert "attention  (2, 2, 5, 5)" in out
+    assert "the block is the pieces above, x1 + mlp(norm2(x1)): True" in out

@@ -1,4 +1,5 @@
-"""RandAugment on a whole batch: each operation does what its name says, on any backend."""
+"""augment.py's RandAugment on a whole batch: each operation does what its name says, on
+any backend, each image draws its own, and the Loader applies it before crop and flip."""
 
 import numpy as np
 import pytest
