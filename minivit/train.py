@@ -120,10 +120,7 @@ def train_step(run, images, labels, epoch, i, elapsed):
     step_loss, dlogits = run.loss(logits, targets[rows], cfg.label_smoothing)
     share = len(logits) / batch                       # 1 on one process
     model.zero_grad()
-    if run.net is model:                              # the engine's ViT: dL/dx too
-        model.backward(dlogits if share == 1 else dlogits * share)
-    else:
-        run.net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
+    run.net.backward(dlogits if share == 1 else dlogits * share, need_dx=False)
     world.sum_gradients(model.flat_grads)             # the whole batch's gradient, on every rank
     sum_sq = optim.grad_norm_squared(model.parameters())   # for the NaN watch and clipping
     ok = run.guard.watch(run.step + 1, step_loss, sum_sq)

@@ -32,6 +32,19 @@ TINY_ARGS = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-rat
              "--batch-size", "32", "--limit-train", "200", "--no-progress"]
 
 
+# the conv stems the model gradient checks cover (engine and fast path alike)
+STEMS = dict(argnames="stem", argvalues=[dict(stem_stride=1), dict(stem_stride=2), dict(stem_layers=2),
+                                         dict(stem_layers=2, pool="mean")],
+             ids=["stride1", "stride2", "two-convs", "two-convs-mean-pool"])
+
+
+def stem_model(backend, stem):
+    """A float64 ViT of 8x8 images with a 3-channel conv stem, for gradient checks."""
+    import minivit
+    return minivit.ViT(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
+                       num_classes=3, stem_channels=3, **stem, dtype="float64", backend=backend, seed=1)
+
+
 def quiet(*args):
     """A log that says nothing."""
 

@@ -82,14 +82,18 @@ def patch_embed_forward(x, w, b):
     return y, Cache(linear=c_lin, x_shape=x.shape, w_shape=w.shape)
 
 
-def patch_embed_backward(dy, cache):
+def patch_embed_backward(dy, cache, need_dx=True):
     """The linear backward on the patches, then every patch gradient put back in its
     place in the image (patches do not overlap, so nothing is summed):
 
         dpatches, dW_flat, db = linear_backward(dy)
         dx = unpatchify(dpatches),   dw = dW_flat.reshape(D, C, p, p)
+
+    need_dx=False (the images of a training step need no gradient): dx is None.
     """
-    dpatches, dw, db = linear_backward(dy, cache.linear)  # [B, P, C*p*p], [D, C*p*p], [D]
+    dpatches, dw, db = linear_backward(dy, cache.linear, need_dx)  # [B, P, C*p*p], [D, C*p*p], [D]
+    if not need_dx:
+        return None, dw.reshape(cache.w_shape), db
     p = cache.w_shape[2]
     return unpatchify(dpatches, cache.x_shape, p), dw.reshape(cache.w_shape), db
 

@@ -179,8 +179,7 @@ class ViT:
 
     def block_params(self, i):
         """{name of transformer.block_param_shapes: array} of block i."""
-        prefix = f"blocks.{i}."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        return transformer.block_params(self.params, i)
 
     # ------------------------------------------------------------ forward / backward
 
@@ -197,16 +196,16 @@ class ViT:
 
     __call__ = forward
 
-    def backward(self, dlogits):
+    def backward(self, dlogits, need_dx=True):
         """Back-propagate dL/dlogits [B, num_classes] from the last forward; adds every
         parameter's gradient into grads() (call zero_grad() between steps) and returns
-        dL/dx [B, C, H, W]."""
+        dL/dx [B, C, H, W] (None with need_dx=False: training needs no image gradient)."""
         if self._cache is None:
             raise RuntimeError("backward() called without a forward() since the last backward: "
                                "run logits = model.forward(x) first")
         cache, self._cache = self._cache, None     # a second backward needs a new forward
         dlogits = self.check_dlogits(dlogits, cache.batch)
-        return self.backward_pass(dlogits, cache)
+        return self.backward_pass(dlogits, cache, need_dx)
 
     def forward_pass(self, x, draws, keep_cache=True):
         """The network on a checked batch: (logits, cache)."""
@@ -222,9 +221,9 @@ class ViT:
             return logits, None
         return logits, Cache(batch=len(x), embed=c_embed, blocks=c_blocks, head=c_head)
 
-    def backward_pass(self, dlogits, cache):
+    def backward_pass(self, dlogits, cache, need_dx=True):
         """The backward of forward_pass: adds every parameter gradient into grads() and
-        returns dL/dx."""
+        returns dL/dx (or None)."""
         grads = self._grads
         dh, head_grads = transformer.head_backward(dlogits, cache.head)       # [B, N, D]
         for name, g in head_grads.items():
@@ -233,7 +232,7 @@ class ViT:
             dh, block_grads = transformer.block_backward(dh, cache.blocks[i])
             for name, g in block_grads.items():
                 grads[f"blocks.{i}.{name}"] += g
-        return self.embed_backward(dh, cache.embed)                           # [B, C, H, W]
+        return self.embed_backward(dh, cache.embed, need_dx)                  # [B, C, H, W]
 
     def embed_forward(self, x):
         """The stem (if any), the patch embedding, then the class token and position
@@ -242,21 +241,23 @@ class ViT:
         x, c_stem = self.stem_forward(x)                                      # [B, S, H/r, W/r]
         h, c_patch = layers.patch_embed_forward(
             x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"])       # [B, P, D]
-        pos, c_pos = self.pos_embed_for(x.shape[-1] // c.patch_size)          # [1, N, D]
+        pos, c_pos = resize.pos_embed_for_grid(p["vit_embed.pos_embed"],
+                                               x.shape[-1] // c.patch_size)  # [1, N, D]
         h, c_tok = layers.token_embed_forward(h, p["vit_embed.cls_token"], pos)  # [B, N, D]
         return h, Cache(stem=c_stem, patch=c_patch, token=c_tok, pos=c_pos)
 
-    def embed_backward(self, dh, cache):
-        """The backward of embed_forward: adds its parameters' gradients -> dL/dx."""
+    def embed_backward(self, dh, cache, need_dx=True):
+        """The backward of embed_forward: adds its parameters' gradients -> dL/dx (None
+        with need_dx=False; a stem still needs the patch embedding's input gradient)."""
         grads = self._grads
         dh, dcls, dpos = layers.token_embed_backward(dh, cache.token)
         grads["vit_embed.cls_token"] += dcls
         grads["vit_embed.pos_embed"] += dpos if cache.pos is None else \
             resize.pos_embed_resize_backward(dpos, cache.pos)
-        dx, dw, db = layers.patch_embed_backward(dh, cache.patch)
+        dx, dw, db = layers.patch_embed_backward(dh, cache.patch, need_dx or bool(cache.stem))
         grads["patch_embed.proj.weight"] += dw
         grads["patch_embed.proj.bias"] += db
-        return self.stem_backward(dx, cache.stem)
+        return self.stem_backward(dx, cache.stem, need_dx)
 
     def stem_forward(self, x):
         """The stem's convs, each 3x3 and followed by a GELU: x [B, C, H, W] ->
@@ -271,23 +272,16 @@ class ViT:
             caches.append(Cache(name=name, conv=c_conv, gelu=c_gelu))
         return x, caches
 
-    def stem_backward(self, dx, caches):
-        """The backward of stem_forward: adds the convs' gradients -> dL/dx [B, C, H, W]."""
+    def stem_backward(self, dx, caches, need_dx=True):
+        """The backward of stem_forward: adds the convs' gradients -> dL/dx [B, C, H, W]
+        (need_dx=False: the first conv skips its input's gradient, and dx is None)."""
         gelu_backward = layers.GELUS[self.config.gelu][1]
-        for c in reversed(caches):
-            dx, dw, db = layers.conv2d_backward(gelu_backward(dx, c.gelu), c.conv)
+        for i, c in reversed(list(enumerate(caches))):
+            dx, dw, db = layers.conv2d_backward(gelu_backward(dx, c.gelu), c.conv,
+                                                need_dx=need_dx or i > 0)
             self._grads[f"{c.name}.weight"] += dw
             self._grads[f"{c.name}.bias"] += db
         return dx
-
-    def pos_embed_for(self, grid):
-        """The position embedding for a grid x grid patch grid: the parameter itself at
-        full resolution (cache None), area-resized for smaller images (progressive
-        resizing trains on them early)."""
-        pos = self.params["vit_embed.pos_embed"]
-        if grid == self.config.grid_size // self.config.patch_size:
-            return pos, None
-        return resize.pos_embed_resize_forward(pos, grid)
 
     def attention(self, x):
         """x [B, C, H, W] -> (logits, [a_0, ..., a_{depth-1}], readout): a_l [B, heads, N, N]

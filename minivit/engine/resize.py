@@ -60,6 +60,15 @@ def pos_embed_resize_forward(pos_embed, grid):
     return xp.concatenate([pos_embed[:, :1], rows], axis=1), Cache(resize=c_resize, full=full)
 
 
+def pos_embed_for_grid(pos_embed, grid):
+    """The position embedding for a grid x grid patch grid: pos_embed itself (cache None)
+    when that is its own grid, else area-resized (pos_embed_resize_forward): progressive
+    resizing trains on smaller images early."""
+    if grid == math.isqrt(pos_embed.shape[1] - 1):
+        return pos_embed, None
+    return pos_embed_resize_forward(pos_embed, grid)
+
+
 def pos_embed_resize_backward(dy, cache):
     """The class token's row passes through; the grid's rows go back through the resize."""
     xp = array_module(dy)

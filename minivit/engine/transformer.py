@@ -129,6 +129,13 @@ def block_param_shapes(D, F, norm="layernorm"):
     }
 
 
+def block_params(p, i):
+    """The entries of block i in p, a dict keyed by the model's names (its parameters, or
+    anything laid out like them), keyed by block_param_shapes' names."""
+    prefix = f"blocks.{i}."
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+
 def block_forward(x, p, num_heads, gelu="exact", keep=None, norm="layernorm"):
     """x1 = x + attn(norm1(x));  y = x1 + mlp(norm2(x1)).
 

@@ -275,16 +275,14 @@ class FastRunner:
         x, c_stem = self._stem_forward(x)                                    # [B, S, H/r, W/r]
         patches = layers.patchify(x, ps)                                     # [B, P, C*p*p]
         h, c_patch = linear_nobias(patches, p["patch_embed.proj.weight"].reshape(D, C * ps * ps))
-        pos, c_pos = p["vit_embed.pos_embed"], None                          # [1, N, D]
-        if x.shape[-1] // ps != c.grid_size // ps:                           # smaller images
-            pos, c_pos = resize.pos_embed_resize_forward(pos, x.shape[-1] // ps)
+        pos, c_pos = resize.pos_embed_for_grid(p["vit_embed.pos_embed"], x.shape[-1] // ps)  # [1, N, D]
         tokens = self.model.xp.empty((len(x), pos.shape[1], D), dtype=h.dtype)  # [B, N, D]
         tokens[:, :1] = p["vit_embed.cls_token"] + pos[:, :1]
         tokens[:, 1:] = kernels.residual(h, p["patch_embed.proj.bias"], pos[:, 1:], 1.0)
         h = tokens
         c_blocks = []
         for i in range(c.depth):
-            h, cb = block_fused(h, self._block_params(p, i), c.num_heads, c.gelu,
+            h, cb = block_fused(h, transformer.block_params(p, i), c.num_heads, c.gelu,
                                 draws.drop_path[i], self._cls_only(i), c.norm)
             c_blocks.append(cb if keep_cache else None)
         pooled, c_pool = transformer.pool_forward(h, c.pool, p.get(transformer.SEQ_POOL_WEIGHT))  # [B, D]
@@ -295,13 +293,6 @@ class FastRunner:
             return logits, None
         return logits, Cache(embed=Cache(stem=c_stem, patch=c_patch, pos=c_pos, x_shape=x.shape),
                              blocks=c_blocks, head=Cache(pool=c_pool, norm=c_norm, linear=c_lin))
-
-    @staticmethod
-    def _block_params(p, i):
-        """{name of transformer.block_param_shapes: array} of block i (p: a {name: array}
-        laid out like the model's parameters)."""
-        prefix = f"blocks.{i}."
-        return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
 
     def _stem_forward(self, x):
         """The stem's convs (engine layers), each GELU as a kernel that keeps GELU'(h)."""
@@ -333,7 +324,7 @@ class FastRunner:
             if dpool_w is not None:                                          # pool "seq"
                 g[transformer.SEQ_POOL_WEIGHT][...] = dpool_w
         for i in reversed(range(c.depth)):
-            dh = block_backward_into(dh, cache.blocks[i], self._block_params(g, i), xp)
+            dh = block_backward_into(dh, cache.blocks[i], transformer.block_params(g, i), xp)
             cache.blocks[i] = None             # free this block's activations
         if embed.pos is None:
             dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])

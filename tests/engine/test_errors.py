@@ -27,22 +27,18 @@ def test_a_bad_model_setting_is_a_value_error():
         ViTConfig(norm="batchnorm").validate()
 
 
-def test_a_missing_cupy_is_an_import_error(monkeypatch):
+@pytest.mark.parametrize("missing,error,builtin,why", [
+    (True, MissingPackage, ImportError, "CuPy is not installed (no module). Install it."),
+    (False, NoDevice, RuntimeError, "no NVIDIA GPU is usable"),
+], ids=["no-cupy", "no-gpu"])
+def test_a_backend_that_cannot_run_is_a_builtin_error(monkeypatch, missing, error, builtin, why):
+    """A missing CuPy is an ImportError, CuPy without a GPU a RuntimeError."""
     monkeypatch.setattr(backend, "_cupy", None)
-    monkeypatch.setattr(backend, "_cupy_error", "CuPy is not installed (no module). Install it.")
-    monkeypatch.setattr(backend, "_cupy_missing", True)
-    with pytest.raises(ImportError, match="CuPy is not installed") as e:
+    monkeypatch.setattr(backend, "_cupy_error", why)
+    monkeypatch.setattr(backend, "_cupy_missing", missing)
+    with pytest.raises(builtin, match=why[:12]) as e:
         backend.get_xp("cupy")
-    assert isinstance(e.value, MissingPackage) and isinstance(e.value, MinivitError)
-
-
-def test_cupy_without_a_gpu_is_a_runtime_error(monkeypatch):
-    monkeypatch.setattr(backend, "_cupy", None)
-    monkeypatch.setattr(backend, "_cupy_error", "no NVIDIA GPU is usable")
-    monkeypatch.setattr(backend, "_cupy_missing", False)
-    with pytest.raises(RuntimeError, match="no NVIDIA GPU") as e:
-        backend.get_xp("cupy")
-    assert isinstance(e.value, NoDevice)
+    assert isinstance(e.value, error) and isinstance(e.value, MinivitError)
 
 
 @pytest.mark.parametrize("module", ["minivit.errors", "minivit.checkpoint", "minivit.data",

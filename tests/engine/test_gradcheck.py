@@ -11,7 +11,7 @@ from minivit.engine import gradcheck, layers
 from minivit.engine.config import POOLS, ViTConfig
 from minivit.engine.draws import StepDraws
 
-from helpers import tiny_config
+from helpers import STEMS, stem_model, tiny_config
 
 
 @pytest.mark.parametrize("name", list(gradcheck.LAYERS))
@@ -88,12 +88,9 @@ def test_model_gradcheck_with_stochastic_depth(backend):
     assert any(float(m.min()) == 0.0 for m in draws.drop_path[2])
 
 
-@pytest.mark.parametrize("stem", [dict(stem_stride=1), dict(stem_stride=2),
-                                  dict(stem_layers=2), dict(stem_layers=2, pool="mean")],
-                         ids=["stride1", "stride2", "two-convs", "two-convs-mean-pool"])
+@pytest.mark.parametrize(**STEMS)
 def test_models_with_a_conv_stem_gradcheck(backend, stem):
-    model = minivit.ViT(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
-                        num_classes=3, stem_channels=3, **stem, dtype="float64", backend=backend, seed=1)
+    model = stem_model(backend, stem)
     report = gradcheck.check_model(model, batch_size=2, max_checks=12)
     assert report.passed, str(report)
     assert report["stem.conv.weight"].checked == 12

@@ -11,7 +11,7 @@ from minivit.engine import gradcheck, layers, transformer
 from minivit.engine.draws import StepDraws
 from minivit.fast import FastRunner, runner, threads
 
-from helpers import model_from_reference, tiny_config, torch_reference
+from helpers import STEMS, model_from_reference, stem_model, tiny_config, torch_reference
 
 H = minivit.to_host
 
@@ -108,12 +108,9 @@ def test_fast_model_gradient_check_with_stochastic_depth():
     assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("stem", [dict(stem_stride=1), dict(stem_stride=2),
-                                  dict(stem_layers=2), dict(stem_layers=2, pool="mean")],
-                         ids=["stride1", "stride2", "two-convs", "two-convs-mean-pool"])
+@pytest.mark.parametrize(**STEMS)
 def test_fast_path_gradchecks_models_with_a_conv_stem(backend, stem):
-    model = minivit.ViT(img_size=8, patch_size=2, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0,
-                        num_classes=3, stem_channels=3, **stem, dtype="float64", backend=backend, seed=1)
+    model = stem_model(backend, stem)
     report = gradcheck.check_model(model, batch_size=3, max_checks=12, net=FastRunner(model))
     assert report.passed, str(report)
 
