@@ -109,8 +109,19 @@ show("transformer block", gradcheck.check(lambda x, **p: transformer.block_forwa
 model = minivit.ViT(img_size=H, patch_size=p, embed_dim=D, depth=2, num_heads=h, mlp_ratio=2.0,
                     num_classes=3, dtype="float64")
 logits = model.forward(x)
-loss, dlogits = minivit.cross_entropy(logits, np.arange(B) % 3)
-show("cross-entropy", gradcheck.check_layer("cross_entropy_smoothed"), logits=logits.shape)
+labels = np.arange(B) % 3
+loss, dlogits = minivit.cross_entropy(logits, labels, label_smoothing=0.1)
+
+
+def loss_backward(dloss, dlogits):        # the loss returns its own gradient: scale it by dloss
+    return dloss * dlogits
+
+
+# the check runs on exactly this loss: these logits, these labels, smoothing 0.1
+show("cross-entropy (label smoothing 0.1)",
+     gradcheck.check(lambda logits: minivit.cross_entropy(logits, labels, label_smoothing=0.1),
+                     loss_backward, {"logits": logits}),
+     logits=logits.shape, labels=labels.shape, loss=f"{float(loss):.4f}")
 show("the whole ViT", gradcheck.check_model(model, x), image=x.shape, logits=logits.shape,
      parameters=f"{model.num_parameters()} in {len(model.state_dict())} tensors")
 print("\nEvery piece passed its gradient check.")

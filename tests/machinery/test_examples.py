@@ -16,10 +16,34 @@ def run(script, *args):
     return proc.stdout
 
 
-def test_overfit_one_batch_example_drives_the_loss_down():
+FINAL = r"final loss (\d+\.\d+)  batch accuracy (\d\.\d{3})"
+CHECK = r"   (layer \w+|a small ViT), {}: +{} +\d+ of \d+ tensors wrong, worst rel err (\S+) "
+
+
+def test_overfit_one_batch_shows_a_planted_bug_overfits_and_the_gradient_check_catches_it():
+    """The example's claims, as it prints them: the correct backward memorizes the batch;
+    with LayerNorm's mean term dropped the batch is memorized all the same (overfitting
+    does not prove gradients right); the gradient check passes the correct backward
+    (relative errors below 1e-7) and fails the planted bug (relative errors far above)."""
     out = run("overfit_one_batch.py", "--steps", "40", "--batch", "16")
-    final = float(re.search(r"final loss (\d+\.\d+)", out).group(1))
-    assert final < 1.0, out        # from ln 10 = 2.30
+    (correct_loss, correct_acc), (bug_loss, bug_acc) = [tuple(map(float, m)) for m in re.findall(FINAL, out)]
+    assert correct_loss < 1.0 and correct_acc == 1.0, out      # from ln 10 = 2.30
+    assert bug_loss < 1.0 and bug_acc == 1.0, out              # the bug overfits too
+    assert bug_loss != correct_loss, out                       # (the bug was in the training)
+    assert "with the bug the batch is still memorized" in out
+    passed = re.findall(CHECK.format("correct backward", "pass"), out)
+    failed = re.findall(CHECK.format("planted bug", "FAIL"), out)
+    assert [name for name, _ in passed] == [name for name, _ in failed] == ["layer layernorm", "a small ViT"], out
+    assert all(float(err) < 1e-7 for _, err in passed) and all(float(err) > 1e-2 for _, err in failed), out
+    assert "-> the gradient check passes the correct backward and catches the bug" in out
+
+
+def test_overfit_one_batch_plants_the_gelu_bug_too():
+    """--plant-bug gelu reaches the model and the checks (one step: the checks alone matter)."""
+    out = run("overfit_one_batch.py", "--steps", "1", "--batch", "4", "--plant-bug", "gelu")
+    assert "without its x phi(x) term" in out
+    assert [n for n, _ in re.findall(CHECK.format("planted bug", "FAIL"), out)] == ["layer gelu", "a small ViT"], out
+    assert "-> the gradient check passes the correct backward and catches the bug" in out
 
 
 def test_the_quick_look_command_in_the_docstring_learns():
@@ -41,4 +65,7 @@ def test_walkthrough_example_runs():
         assert f"== {piece}" in out
     assert "FAIL" not in out and "Every piece passed its gradient check." in out
     assert "attention  (2, 2, 5, 5)" in out
+    # the cross-entropy shown is the one checked: the model's 2 x 3 logits, 6 elements
+    loss = out.split("== cross-entropy")[1].split("\n== ")[0]
+    assert "logits     (2, 3)" in loss and "over 6 elements" in loss, loss
     assert "the block is the pieces above, x1 + mlp(norm2(x1)): True" in out
