@@ -133,6 +133,9 @@ def cmd_train(args, parser):
         train_locked(None, data=args.data, out=args.out, resume=True, backend=args.backend,
                      progress=not args.no_progress, plots=not args.no_plots)
         return 0
+    if args.layers:
+        args.layers = str(Path(args.layers).resolve())       # the run's record, wherever it resumes
+        args.engine = args.engine or "reference"             # the student's functions run in the engine
     cfg = config_for(args, parser)
     created = False
     if world.main:
@@ -336,7 +339,32 @@ def _write_json_file(path, obj):
     print(f"wrote {path}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot,
+def cmd_exercises(args, parser):
+    """List the course's exercises, write their stubs, or grade a file of them."""
+    from .course import exercises, yours
+    action = args.action or "list"
+    if action == "list":
+        print(exercises.listing())
+        return 0
+    if action == "new":
+        yours.write_stubs(args.file)
+        print(f"Wrote {args.file}: {len(exercises.EXERCISES)} exercises, each a function to fill in.\n"
+              f"Grade them with: minivit exercises check {args.file}")
+        return 0
+    namespace = yours.load(args.file)
+    print(f"Checking {args.file}: each gradient against finite differences and the engine (float64)")
+    results = yours.check(namespace, args.names, extra=args.all)
+    for number, verdict in results:
+        print(verdict.report(number))
+    print(yours.summary(results) + ".")
+    every_right = all(v.right for _, v in results)
+    if every_right and not args.names:
+        print(f"Every exercise is right: train a ViT on your gradients with "
+              f"`minivit train --layers {args.file}`")
+    return 0 if every_right else 1
+
+
+COMMANDS = {"train": cmd_train, "exercises": cmd_exercises, "eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot,
             "gradcheck": cmd_gradcheck, "attention": cmd_attention, "selftest": cmd_selftest,
             "download": cmd_download}
 

@@ -31,6 +31,10 @@ class TrainConfig(ViTConfig):
     engine: str = option_field("fast", choices=ENGINES, help="what runs the model's forward and "
                                "backward: the fast path (checked against the engine before the first "
                                "step), or the engine's reference code as it reads")
+    layers: str = option_field("", help="a file of your own backward functions (`minivit exercises "
+                               "new FILE`): the engine trains with each one that is right in place of "
+                               "its own, after checking them all (a wrong one stops the run before its "
+                               "first step); implies --engine reference")
     # optimization
     optimizer: str = option_field("adamw", choices=("adam", "adamw", "muon"), help="Adam, AdamW (decoupled "
                                   "decay), or Muon (orthogonalized updates of the blocks' matrices and "
@@ -99,6 +103,10 @@ class TrainConfig(ViTConfig):
         if self.stem_init == "whiten" and (not self.stem_channels or self.stem_channels % 2):
             raise ValueError(f"stem_init whiten needs a stem with an even number of channels, got "
                              f"stem_channels {self.stem_channels}: e.g. --stem-channels 24")
+        if self.layers and self.engine != "reference":
+            raise ValueError(f"layers {self.layers!r} trains your functions in the engine itself: "
+                             f"use --engine reference (the fast path has its own kernels), or leave "
+                             f"out --engine")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         return self

@@ -53,6 +53,8 @@ def add_config_options(group):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif meta.get("parse") == "duration":
             group.add_argument(flag, type=_duration, default=None, help=help_, metavar="TIME")
+        elif f.type is str:
+            group.add_argument(flag, default=None, help=help_, metavar="FILE")
         elif "choices" in meta:
             group.add_argument(flag, choices=list(meta["choices"]), default=None, help=help_)
         else:
@@ -167,6 +169,25 @@ def build_parser():
                                     "per check and a verdict.")
     st.add_argument("--backend", choices=BACKENDS, default="auto",
                     help="cupy or auto: the GPU side too, when a GPU is usable (default auto)")
+
+    ex = sub.add_parser("exercises", help="the course: write every backward pass yourself, graded",
+                        description="The course's exercises: each a function of the engine (its name "
+                                    "and signature) whose backward pass you write. With no action: "
+                                    "the list, in learning order. Then `new FILE` writes the stubs, "
+                                    "`check FILE` grades them (right / wrong with a hint / not done; "
+                                    "exit 0 only when every exercise checked is right), and "
+                                    "`minivit train --layers FILE` trains a ViT on them.")
+    ex_sub = ex.add_subparsers(dest="action", metavar="ACTION")
+    ex_sub.add_parser("list", help="the exercises, in learning order (the default)")
+    new = ex_sub.add_parser("new", help="write the stub file: every exercise, its docstring, "
+                                        "`raise NotImplementedError`")
+    new.add_argument("file", metavar="FILE", help="the file to write (it must not exist yet)")
+    chk = ex_sub.add_parser("check", help="grade a file's functions against finite differences "
+                                          "and the engine")
+    chk.add_argument("file", metavar="FILE")
+    chk.add_argument("names", nargs="*", metavar="NAME", help="only these exercises (default: "
+                     "every exercise of the core; the extra ones when named, or with --all)")
+    chk.add_argument("--all", action="store_true", help="the extra exercises too")
 
     d = sub.add_parser("download", help="download the full CIFAR-10",
                        description=f"Fetch the official archive (md5-checked) into --data "

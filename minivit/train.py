@@ -33,6 +33,7 @@ import numpy as np
 from . import augment, distributed, fast, seeds
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .course import yours
 from .data import CLASSES
 from .engine import optim, resize
 from .engine.draws import StepDraws
@@ -47,7 +48,7 @@ from .schedule import image_size_at, lr_at
 
 def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backend=None,
           progress=True, plots=True, log=print, stop_after_epochs=None, on_step=None,
-          on_epoch=None, world=None, clock=time.perf_counter):
+          on_epoch=None, world=None, clock=time.perf_counter, student=None):
     """Train a ViT with cfg; write everything into the run folder out (a new or empty
     folder). Returns the summary (None when the run stopped before its last epoch).
 
@@ -60,6 +61,8 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
     world: the processes training together (default distributed.world(): every rank of
         an MPI job, else this process alone); rank 0 alone logs and writes files.
     clock: () -> seconds, what time budgets and checkpoint intervals are measured by.
+    student: a student's functions by exercise name (a notebook's globals()) to
+        train the engine on, as cfg.layers does with a file (cfg.engine "reference").
     Ctrl-C or SIGTERM saves a checkpoint after the current step and raises KeyboardInterrupt.
     """
     world = world or distributed.world()
@@ -71,31 +74,32 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
     cfg.validate()
-    fast.tune_host_allocator()
-    run = start_run(cfg, data, out, world, saved=saved, init_from=init_from, backend=backend,
-                    log=log, progress=progress, on_step=on_step, clock=clock)
+    with yours.for_training(cfg.layers, namespace=student, log=log):
+        fast.tune_host_allocator()
+        run = start_run(cfg, data, out, world, saved=saved, init_from=init_from, backend=backend,
+                        log=log, progress=progress, on_step=on_step, clock=clock)
 
-    last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
-    end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
-    with StopRequest() as stop:
-        while run.epoch < end_epoch and not run.out_of_time:
-            train_epoch(run, stop)                       # may save mid-epoch and raise
-            record = end_of_epoch(run)
-            if on_epoch is not None:
-                on_epoch(record)
-            stopped = world.any(stop.signal is not None)   # every rank decides alike
-            if stopped and run.epoch < last_epoch and not run.out_of_time:
-                log(f"{stop.reason()}: stopped after epoch {run.epoch}, saved in "
-                    f"{out / 'checkpoint.npz'}; continue with: minivit train --resume --out {out}")
-                raise KeyboardInterrupt
+        last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
+        end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
+        with StopRequest() as stop:
+            while run.epoch < end_epoch and not run.out_of_time:
+                train_epoch(run, stop)                       # may save mid-epoch and raise
+                record = end_of_epoch(run)
+                if on_epoch is not None:
+                    on_epoch(record)
+                stopped = world.any(stop.signal is not None)   # every rank decides alike
+                if stopped and run.epoch < last_epoch and not run.out_of_time:
+                    log(f"{stop.reason()}: stopped after epoch {run.epoch}, saved in "
+                        f"{out / 'checkpoint.npz'}; continue with: minivit train --resume --out {out}")
+                    raise KeyboardInterrupt
 
-    if end_epoch < last_epoch and not run.out_of_time:
-        log(f"Stopped after epoch {end_epoch}; continue with --resume --out {out}")
-        return None
-    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
-        save_checkpoint(run, out / "final.npz", weights_only=True)   # the weights evaluated last
-    world.barrier()                      # every rank reads what rank 0 wrote
-    return finish(out, backend=backend, log=log, plots=plots, data=data, world=world)
+        if end_epoch < last_epoch and not run.out_of_time:
+            log(f"Stopped after epoch {end_epoch}; continue with --resume --out {out}")
+            return None
+        with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+            save_checkpoint(run, out / "final.npz", weights_only=True)   # the weights evaluated last
+        world.barrier()                      # every rank reads what rank 0 wrote
+        return finish(out, backend=backend, log=log, plots=plots, data=data, world=world)
 
 
 def train_step(run, images, labels, epoch, i, elapsed):

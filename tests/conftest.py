@@ -1,7 +1,7 @@
 """The test suite, in two tiers that mirror the package:
 
     python -m pytest            the default tier: tests/engine (the student's path),
-                                tests/fast (the fast path against the engine) and tests/docs
+                                tests/course (the exercises and their grading), tests/fast (the fast path against the engine) and tests/docs
                                 (the docs' quotes and the README's code), on NumPy
     python -m pytest --full     everything: the default tier on the strict CuPy stand-in too,
                                 tests/machinery (the command line, training runs, data,
@@ -27,7 +27,7 @@ from minivit.engine.backend import gpu_available
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TIERS = ("engine", "fast", "docs", "machinery", "gpu")
+TIERS = ("engine", "course", "fast", "docs", "machinery", "gpu")
 FULL_TIER = ("machinery", "gpu")          # collected only with --full (or when named)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))   # fault_injection, launch_count, torch_simplevit

@@ -81,12 +81,15 @@ def test_readme_is_a_front_page():
 
 
 def test_the_learning_path_comes_early_and_in_order():
+    """The walkthrough's shapes first, then the course (the notebook and the exercises'
+    commands), then the derivations, the checks and what overfitting proves."""
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     learning = readme.index("## Learning from it")
-    assert learning < readme.index("## On a GPU") and learning < readme.index("## On a cluster")
+    assert learning < readme.index("## On a GPU") and learning < readme.index("On a cluster")
     section = readme[learning:].split("\n## ")[0]
-    steps = ["examples/learn_minivit.ipynb", "docs/gradients.md", "minivit gradcheck",
-             "examples/overfit_one_batch.py", "examples/walkthrough.py"]
+    steps = ["examples/walkthrough.py", "examples/learn_minivit.ipynb", "minivit exercises new",
+             "minivit exercises check", "minivit train --layers", "docs/gradients.md",
+             "minivit gradcheck", "examples/overfit_one_batch.py"]
     assert [section.index(s) for s in steps] == sorted(section.index(s) for s in steps)
     assert "reference post" in section and "SimpleViT" in section

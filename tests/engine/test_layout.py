@@ -69,6 +69,15 @@ def test_the_engine_imports_nothing_outside_the_engine():
         assert not outside, f"{path.relative_to(PACKAGE.parent)} imports {sorted(outside)}"
 
 
+def test_the_course_builds_on_the_engine_alone():
+    """minivit/course/ (the exercises and their grading) imports the engine and itself,
+    never the fast path or the machinery; the engine never imports the course."""
+    for path in sorted((PACKAGE / "course").glob("*.py")):
+        outside = {m for m in _imports(path)
+                   if not (m.startswith("minivit.engine") or m.startswith("minivit.course"))}
+        assert not outside, f"{path.relative_to(PACKAGE.parent)} imports {sorted(outside)}"
+
+
 def test_the_engine_holds_no_speed_code():
     """No name in the engine's code speaks of threads, shards, malloc, fast paths or the
     class-token-only block: that is the fast path's (minivit/fast/)."""

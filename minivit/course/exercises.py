@@ -1,0 +1,145 @@
+"""The course's exercises, in learning order: one per backward the engine has.
+
+Each exercise is one function of the engine, named and called as the engine names and
+calls it, so the engine's own function is a solution and a student's right function can
+take its place in training. What each teaches, where it is derived, the small case it is
+graded on (a case of the engine's gradient check, engine/gradcheck.py LAYERS, or one of
+grade.py's for the loss and the optimizer), and the hints for each of its gradients.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str                 # the engine's function, and the student's
+    module: str               # where the engine defines it: layers, transformer, loss, optim
+    teaches: str              # one line, for `minivit exercises`
+    section: str              # of docs/gradients.md
+    case: str                 # a gradcheck.LAYERS name, or "cross_entropy", "adam", "adamw"
+    returns: tuple            # the names of what it returns, in order (a dict: "grads")
+    hints: dict = field(default_factory=dict)     # a returned name -> what to look at
+    factors: dict = field(default_factory=dict)   # named constants of its case -> value
+    extra: bool = False       # beyond the default model (other --norm, --gelu, --stem options)
+
+    @property
+    def docs(self):
+        return f"docs/gradients.md section {self.section}"
+
+
+EXERCISES = [
+    Exercise("linear_backward", "layers", "the matrix-product rule; a shared weight sums over rows",
+             "1", "linear", ("dx", "dw", "db"),
+             {"dx": "dx = dy W, back to x's shape [..., Din]",
+              "dw": "dW = dy^T x: every row m of the flattened input adds its outer product",
+              "db": "db sums dy over every row (all leading axes)"},
+             {"M": 6}),
+    Exercise("patch_embed_backward", "layers", "a conv with stride = kernel is a linear layer on patches",
+             "2", "patch_embed", ("dx", "dw", "db"),
+             {"dx": "the linear backward's patch gradients go back to their places: unpatchify",
+              "dw": "the linear backward's dW_flat [D, C*p*p] reshaped to w's [D, C, p, p]"},
+             {"P": 4}),
+    Exercise("token_embed_backward", "layers", "a copied or broadcast input sums its copies' gradients",
+             "3", "token_embed", ("dx", "dcls_token", "dpos_embed"),
+             {"dx": "the patch tokens are rows 1: of y",
+              "dcls_token": "the class token is copied into every image's row 0: sum over the batch",
+              "dpos_embed": "the position embedding is added to every image: sum over the batch"},
+             {"B": 2}),
+    Exercise("layernorm_backward", "layers", "paths through the mean and the variance",
+             "4", "layernorm", ("dx", "dw", "db"),
+             {"dx": "x reaches y directly and through mu and r: with g = dy w, "
+                    "dx = r (g - mean(g) - xhat mean(g xhat))",
+              "dw": "dw = sum of dy xhat over every row", "db": "db = sum of dy over every row"},
+             {"D": 8}),
+    Exercise("softmax_backward", "layers", "a Jacobian that couples every entry of a row",
+             "5", "softmax", ("ds",),
+             {"ds": "da_i/ds_j = a_i (delta_ij - a_j): ds = a (da - sum(da a)), the sum over the "
+                    "last axis (keepdims=True)"},
+             {"N": 5}),
+    Exercise("sdpa_backward", "transformer", "attention: two matrix products around a softmax",
+             "6", "sdpa", ("dq", "dk", "dv"),
+             {"dq": "ds = softmax_backward(do v^T) times the scale; dq = ds k",
+              "dk": "dk = ds^T q (the transpose of the last two axes), times the scale like dq",
+              "dv": "dv = a^T do"},
+             {"sqrt(d)": 2.0}),
+    Exercise("attention_backward", "transformer", "heads split and merged; the fused q, k, v projection",
+             "6", "attention", ("dx", "din_proj_weight", "din_proj_bias", "dout_proj_weight",
+                                "dout_proj_bias"),
+             {"dx": "dq, dk, dv merged back to [B, N, D] each and joined in the order q, k, v "
+                    "along the last axis, then the in-projection's linear backward",
+              "din_proj_weight": "the in-projection's linear backward on dqkv [B, N, 3D]",
+              "dout_proj_weight": "the out-projection's linear backward on dy"},
+             {"h": 2}),
+    Exercise("gelu_backward", "layers", "an elementwise derivative: the product rule",
+             "7", "gelu", ("dx",),
+             {"dx": "GELU'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)"}),
+    Exercise("mlp_backward", "transformer", "the chain rule through three layers",
+             "8", "mlp", ("dx", "dw1", "db1", "dw2", "db2"),
+             {"dx": "back through the second linear, the GELU (cache.gelu_backward), the first linear"}),
+    Exercise("block_backward", "transformer", "residuals pass the gradient through and add a branch's",
+             "9", "block_drop_path", ("dx", "grads"),
+             {"dx": "a residual y = x + k f(x) gives dx = dy + f_backward(k dy): the MLP half "
+                    "first, then the attention half on dx1",
+              "grads": "a half's parameters are wrong when the gradient entering it is: the MLP "
+                       "half gets k2 dy, the attention half k1 dx1 with dx1 = dy + the MLP half's dx"}),
+    Exercise("head_backward", "transformer", "pooling: one token, or a mean of many, gets the gradient",
+             "10", "head", ("dh", "grads"),
+             {"dh": "the linear's, the norm's, then the pooling's backward (pool_backward)"}),
+    Exercise("cross_entropy", "loss", "log-softmax's Jacobian: the gradient is p - q",
+             "11", "cross_entropy", ("loss", "dlogits"),
+             {"loss": "loss = -(1/B) sum q log pi, log pi = t - log sum exp t with t = z - max z",
+              "dlogits": "dlogits = (p - q) / B, q the smoothed target"},
+             {"B": 4.0, "K": 5.0}),
+    Exercise("adam_update", "optim", "Adam's moments and bias corrections, in place",
+             "13", "adam", ("w", "m", "v"),
+             {"m": "m = b1 m + (1 - b1) g, i.e. m += one_minus_b1 * (g - m), g with decay w added",
+              "v": "v = b2 v + (1 - b2) g^2", "w": "w -= step_size m / (sqrt(v) / bias_correction2_sqrt + eps)"}),
+    Exercise("adamw_update", "optim", "decoupled weight decay: shrink the weight, not the gradient",
+             "13", "adamw", ("w", "m", "v"),
+             {"w": "first w -= lr decay w, then the Adam step with the raw gradient",
+              "m": "AdamW's moments see the gradient without the decay term"}),
+    Exercise("rmsnorm_backward", "layers", "LayerNorm without the mean (--norm rmsnorm)",
+             "4b", "rmsnorm", ("dx", "dw"),
+             {"dx": "with g = dy w: dx = r (g - xhat mean(g xhat))"}, {"D": 8}, extra=True),
+    Exercise("gelu_tanh_backward", "layers", "GELU's tanh approximation (--gelu tanh)",
+             "7", "gelu_tanh", ("dx",),
+             {"dx": "(1 + t)/2 + x (1 - t^2)/2 sqrt(2/pi) (1 + 3 0.044715 x^2)"}, extra=True),
+    Exercise("conv2d_backward", "layers", "overlapping windows add up: col2im (--stem-channels)",
+             "2b", "conv2d", ("dx", "dw", "db"),
+             {"dx": "every window's gradient added back at its place in the padded image "
+                    "(+=, windows overlap), then the padding cut off"}, extra=True),
+]
+
+BY_NAME = {e.name: e for e in EXERCISES}
+
+
+def exercise(name):
+    """The exercise of that name, or ValueError naming the exercises."""
+    if name not in BY_NAME:
+        raise ValueError(f"no exercise named {name!r}: the exercises are "
+                         f"{', '.join(BY_NAME)} (`minivit exercises` lists them)")
+    return BY_NAME[name]
+
+
+_ENGINE = {}        # name -> the engine's function, read once, before anything is swapped
+
+
+def engine_function(name):
+    """The engine's own function (the solution) of an exercise."""
+    if not _ENGINE:
+        from importlib import import_module
+        _ENGINE.update({e.name: getattr(import_module(f"minivit.engine.{e.module}"), e.name)
+                        for e in EXERCISES})
+    return _ENGINE[exercise(name).name]
+
+
+def listing():
+    """The exercises in learning order, a line each: what it teaches, where it is derived."""
+    lines = ["The course: write each backward pass of the ViT yourself (`minivit exercises new FILE`),",
+             "grade it (`minivit exercises check FILE`), then train on it (`minivit train --layers FILE`).",
+             ""]
+    for i, e in enumerate(EXERCISES, 1):
+        if e.extra and not EXERCISES[i - 2].extra:
+            lines += ["", "More, for the model's other options (checked when named, or with --all):"]
+        lines.append(f"{i:3d}  {e.name:<22s} {e.teaches}  ({e.docs})")
+    return "\n".join(lines)

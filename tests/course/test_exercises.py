@@ -1,0 +1,279 @@
+"""The course's exercises: the stub file, the grading (right / wrong with a hint / not
+done) and `minivit exercises`. A file importing the engine passes every exercise; the
+stubs pass none; a planted bug fails its own exercise alone, with a hint read from the
+bug's pattern."""
+
+import inspect
+import textwrap
+
+import pytest
+
+from minivit import cli
+from minivit.course import exercises, grade, stubs, yours
+from minivit.course.exercises import EXERCISES, engine_function
+from minivit.engine import gradcheck
+from minivit.engine.errors import BadValue
+
+ENGINE_FILE = """\
+from minivit.engine.layers import *
+from minivit.engine.transformer import *
+from minivit.engine.loss import *
+from minivit.engine.optim import *
+"""
+
+
+def student(tmp_path, body, name="mine.py"):
+    """A student's file: the engine's functions, then `body` (their own functions)."""
+    path = tmp_path / name
+    path.write_text(ENGINE_FILE + "import math\nimport numpy as np\nfrom minivit.engine.backend import kernel\n"
+                    + textwrap.dedent(body))
+    return path
+
+
+def verdict_of(tmp_path, body, name):
+    return dict((v.name, v) for _, v in yours.check(yours.load(student(tmp_path, body)), [name]))[name]
+
+
+# ------------------------------------------------------------------ the exercises and their stubs
+
+def test_each_stub_has_the_engines_name_signature_and_a_docstring_pointing_at_the_docs():
+    for e in EXERCISES:
+        mine = grade.body_of(getattr(stubs, e.name))
+        engine = grade.body_of(engine_function(e.name))
+        assert inspect.signature(mine) == inspect.signature(engine), e.name
+        doc = inspect.getdoc(mine)
+        assert f"docs/gradients.md section {e.section}" in " ".join(doc.split()), e.name
+
+
+def test_each_exercise_is_graded_on_a_case_that_exists():
+    for e in EXERCISES:
+        assert e.case in gradcheck.LAYERS or e.case in ("cross_entropy", "adam", "adamw"), e.name
+        assert set(e.hints) <= set(e.returns) | {"grads"}, e.name
+
+
+def test_the_listing_is_in_learning_order_with_what_each_teaches():
+    text = exercises.listing()
+    places = [text.index(f" {e.name} ") for e in EXERCISES]
+    assert places == sorted(places)
+    assert "linear_backward" in text.splitlines()[3] and "matrix-product rule" in text
+    assert text.index("More, for the model's other options") < text.index("rmsnorm_backward")
+
+
+def test_the_engines_functions_pass_every_exercise():
+    results = yours.check({e.name: engine_function(e.name) for e in EXERCISES}, extra=True)
+    assert [v.status for _, v in results] == ["right"] * len(EXERCISES), [v.report() for _, v in results]
+
+
+def test_the_stubs_are_all_not_done():
+    results = yours.check(vars(stubs), extra=True)
+    assert {v.status for _, v in results} == {"not done"}
+
+
+# ------------------------------------------------------------------ the command
+
+def test_new_then_check_lists_every_exercise_not_done(tmp_path, capsys):
+    path = tmp_path / "my_backward.py"
+    assert cli.main(["exercises", "new", str(path)]) == 0
+    assert f"minivit exercises check {path}" in path.read_text()       # its usage names itself
+    capsys.readouterr()
+    assert cli.main(["exercises", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    core = [e for e in EXERCISES if not e.extra]
+    for i, e in enumerate(core, 1):
+        assert f"{i:2d}  {e.name:<22s} not done" in out
+    assert f"{len(core)} not done." in out
+
+
+def test_new_never_overwrites_a_file(tmp_path, capsys):
+    path = tmp_path / "my_backward.py"
+    path.write_text("# my work\n")
+    assert cli.main(["exercises", "new", str(path)]) == 2
+    assert "exists already and is kept" in capsys.readouterr().err
+    assert path.read_text() == "# my work\n"
+
+
+def test_a_file_importing_the_engine_passes_all_and_exits_0(tmp_path, capsys):
+    path = tmp_path / "solutions.py"
+    path.write_text(ENGINE_FILE)
+    assert cli.main(["exercises", "check", str(path), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(EXERCISES)} right." in out and "minivit train --layers" in out
+
+
+def test_layernorm_without_its_mean_term_fails_layernorm_alone_naming_dx(tmp_path, capsys):
+    path = student(tmp_path, """
+        def layernorm_backward(dy, cache):
+            xhat, rstd, w = cache.xhat, cache.rstd, cache.w
+            D = w.shape[0]
+            g = dy * w
+            dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+            return dx, (dy * xhat).reshape(-1, D).sum(axis=0), dy.reshape(-1, D).sum(axis=0)
+    """)
+    assert cli.main(["exercises", "check", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    wrong = [line for line in lines if "WRONG" in line]
+    assert len(wrong) == 1 and "layernorm_backward" in wrong[0]
+    assert "dx wrong" in wrong[0] and "dw and db right" in wrong[0]
+    hints = "\n".join(lines)
+    assert "the same amount in every entry along the last axis" in hints and "mean" in hints
+    # block_backward and head_backward call layernorm_backward: still right, graded on their own
+    assert any("block_backward" in line and "right" in line for line in lines)
+
+
+def test_naming_exercises_checks_only_those(tmp_path, capsys):
+    path = tmp_path / "solutions.py"
+    path.write_text(ENGINE_FILE)
+    assert cli.main(["exercises", "check", str(path), "softmax_backward", "rmsnorm_backward"]) == 0
+    out = capsys.readouterr().out
+    assert "softmax_backward" in out and "rmsnorm_backward" in out and "linear_backward" not in out
+    assert cli.main(["exercises", "check", str(path), "softmax"]) == 2
+    assert "no exercise named 'softmax'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hints from the error's pattern
+
+def test_a_missing_scale_is_named_as_its_factor(tmp_path):
+    v = verdict_of(tmp_path, """
+        def sdpa_backward(do, cache):
+            q, k, v, a = cache.q, cache.k, cache.v, cache.a
+            ds = softmax_backward(do @ v.transpose(0, 1, 3, 2), cache.softmax)
+            return ds @ k, ds.transpose(0, 1, 3, 2) @ q, a.transpose(0, 1, 3, 2) @ do
+    """, "sdpa_backward")
+    assert v.status == "wrong" and "dq and dk wrong" in v.summary and "dv right" in v.summary
+    assert "your dq is off by a constant factor: 2 = sqrt(d)" in "\n".join(v.hints)
+
+
+def test_a_sign_error_and_a_transposed_gradient_are_named(tmp_path):
+    v = verdict_of(tmp_path, """
+        def token_embed_backward(dy, cache):
+            return -dy[:, 1:], dy[:, :1].sum(axis=0, keepdims=True), dy.sum(axis=0, keepdims=True)
+    """, "token_embed_backward")
+    assert "the opposite sign" in "\n".join(v.hints)
+    v = verdict_of(tmp_path, """
+        def linear_backward(dy, cache, need_dx=True):
+            dy2 = dy.reshape(-1, cache.w.shape[0])
+            return (dy2 @ cache.w).reshape(cache.x_shape), cache.x2.T @ dy2, dy2.sum(axis=0)
+    """, "linear_backward")
+    assert "dw has shape (5, 4), expected (4, 5)" in v.summary and "transposed?" in v.summary
+
+
+def test_gradients_in_the_wrong_order_and_unsummed_rows_are_named(tmp_path):
+    v = verdict_of(tmp_path, """
+        def mlp_backward(dy, cache):
+            dg, dw2, db2 = linear_backward(dy, cache.linear2)
+            dx, dw1, db1 = linear_backward(cache.gelu_backward(dg, cache.gelu), cache.linear1)
+            return dx, dw2, db2, dw1, db1
+    """, "mlp_backward")
+    assert "dw1 holds what dw2 should: return (dx, dw1, db1, dw2, db2) in that order" in v.summary
+    v = verdict_of(tmp_path, """
+        def token_embed_backward(dy, cache):
+            return dy[:, 1:], dy[:, :1], dy.sum(axis=0, keepdims=True)
+    """, "token_embed_backward")
+    assert "dcls_token has shape (2, 1, 6), expected (1, 1, 6)" in v.summary
+
+
+def test_a_broadcasting_mistake_names_the_line_and_keepdims(tmp_path):
+    v = verdict_of(tmp_path, """
+        def softmax_backward(da, cache):
+            a = cache.a
+            return a * (da - (da * a).sum(axis=-1))
+    """, "softmax_backward")
+    assert v.status == "wrong" and "ValueError" in v.summary
+    assert "return a * (da - (da * a).sum(axis=-1))" in v.summary and "keepdims=True" in v.hints[0]
+
+
+def test_nan_dtype_and_an_overwritten_upstream_gradient_are_wrong(tmp_path):
+    v = verdict_of(tmp_path, """
+        def gelu_backward(dy, cache):
+            return dy * (cache.cdf + cache.x * np.exp(-0.5 * cache.x ** 2) / 0.0)
+    """, "gelu_backward")
+    assert "holds NaN or Inf" in v.summary
+    v = verdict_of(tmp_path, """
+        def gelu_backward(dy, cache):
+            x = cache.x
+            return dy * (cache.cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi))
+    """, "gelu_backward")
+    assert "from float32 inputs dx come back float64" in v.summary and "math.sqrt" in v.hints[0]
+    v = verdict_of(tmp_path, """
+        def gelu_backward(dy, cache):
+            x = cache.x
+            dy *= cache.cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+            return dy
+    """, "gelu_backward")
+    assert "changed its upstream gradient" in v.summary
+
+
+def test_a_changed_signature_is_refused(tmp_path):
+    v = verdict_of(tmp_path, """
+        def linear_backward(dy, cache):
+            return None
+    """, "linear_backward")
+    assert "keep the stub's signature" in v.summary and "need_dx" in v.summary
+
+
+def test_the_loss_off_by_the_batch_size_and_overflowing(tmp_path):
+    v = verdict_of(tmp_path, """
+        from minivit.engine.loss import cross_entropy as engine_loss
+        def cross_entropy(logits, labels, label_smoothing=0.0):
+            loss, d = engine_loss(logits, labels, label_smoothing)
+            return loss, d * logits.shape[0]
+    """, "cross_entropy")
+    assert "dlogits wrong" in v.summary and "loss right" in v.summary
+    assert "4 = B times the right one" in "\n".join(v.hints)
+    v = verdict_of(tmp_path, """
+        def cross_entropy(logits, labels, label_smoothing=0.0):
+            labels, soft = check_labels(logits, labels, label_smoothing)
+            B, K = logits.shape
+            q = np.full((B, K), label_smoothing / K)
+            q[np.arange(B), labels] += 1 - label_smoothing
+            p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            return -(q * np.log(p)).sum() / B, (p - q) / B
+    """, "cross_entropy")
+    assert v.summary.startswith("soft targets: raised IndexError")   # the integer cases pass
+    assert "take onehot's place" in "\n".join(v.hints)
+    v = verdict_of(tmp_path, """
+        def cross_entropy(logits, labels, label_smoothing=0.0):
+            labels, soft = check_labels(logits, labels, label_smoothing)
+            B, K = logits.shape
+            q = labels * (1 - label_smoothing) + label_smoothing / K if soft else np.full((B, K), label_smoothing / K)
+            if not soft:
+                q[np.arange(B), labels] += 1 - label_smoothing
+            p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            return -(q * np.log(p)).sum() / B, (p - q) / B
+    """, "cross_entropy")
+    assert v.summary.startswith("logits near 1000:") and "subtract each row's max" in v.hints[0]
+
+
+def test_adam_must_update_in_place_and_respect_ok(tmp_path):
+    v = verdict_of(tmp_path, """
+        @kernel
+        def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                        bias_correction2_sqrt, eps):
+            g = g + decay * w
+            m = m + xp.where(ok, one_minus_b1 * (g - m), 0.0)
+            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
+            w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
+            return w
+    """, "adam_update")
+    assert "m wrong" in v.summary and "update it in place" in v.hints[0]
+    v = verdict_of(tmp_path, """
+        def adamw_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                         bias_correction2_sqrt, eps, lr):
+            w -= lr * (decay * w)
+            m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
+            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
+            w -= xp.where(ok, step_size * m / (xp.sqrt(v) / bias_correction2_sqrt + eps), 0.0)
+            return w
+    """, "adamw_update")                     # a plain function: graded as the kernel it becomes
+    assert v.summary.startswith("ok False: w wrong") and "xp.where(ok" in v.hints[0]
+
+
+# ------------------------------------------------------------------ a student's file
+
+def test_a_file_that_cannot_be_imported_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("def linear_backward(dy, cache, need_dx=True)\n    return 1\n")
+    with pytest.raises(BadValue, match=r"broken.py, line 1: .*fix it and check again"):
+        yours.load(path)
+    with pytest.raises(BadValue, match="no such file.*minivit exercises new"):
+        yours.load(tmp_path / "missing.py")
