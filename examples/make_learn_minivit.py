@@ -3,9 +3,11 @@ cells below (the notebook is generated, never edited by hand; commit both, witho
 outputs). tests/machinery/test_notebook.py runs it and checks it matches this script.
 
     pip install -e .[notebook] && python examples/make_learn_minivit.py
-    jupyter notebook examples/learn_minivit.ipynb       # or: jupyter lab, VS Code
+    jupyter lab examples/learn_minivit.ipynb            # or VS Code
 """
 
+import ast
+import inspect
 import os
 import sys
 
@@ -14,18 +16,99 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learn_minivit.ipynb")
 
+# what ties an exercise to this notebook's sections (the rest of its text is the course's own)
+NOTES = {
+    "patch_embed_backward": "Section 1 above cut the image into patches: the conv is your "
+                            "`linear_backward` on them.",
+    "layernorm_backward": "Section 2 above derived it step by step; now write it for a whole batch "
+                          "of rows. The check's upstream gradient is random, never all ones: an "
+                          "all-ones `dy` would hide the path through the mean.",
+    "sdpa_backward": "Section 3 above did this with the matrix-product rule. Forget the scale and "
+                     "the check says `dq` and `dk` are *off by a constant factor: 2 = sqrt(d)*: its "
+                     "case has head width `d = 4`, and `s = q k^T / sqrt(d)` puts a `1/sqrt(d)` on "
+                     "`ds`, so without it `dq` and `dk` come out `sqrt(d) = 2` times too large; `dv` "
+                     "does not pass through `s` and stays right.",
+    "block_backward": "Section 4 above checked the whole model: this is the piece it repeats.",
+}
+
+
+def stub_sources():
+    """(the stubs' import lines, {exercise: its stub's source}) from minivit/course/stubs.py,
+    the same stubs `minivit exercises new` writes."""
+    from minivit.course import stubs
+    source = inspect.getsource(stubs)
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    imports = "\n".join(ast.get_source_segment(source, n) for n in tree.body
+                        if isinstance(n, (ast.Import, ast.ImportFrom)))
+    functions = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            functions[node.name] = "\n".join(lines[first - 1:node.end_lineno])
+    return imports, functions
+
+
+def exercise_cells():
+    """Section 5 (each exercise: what it is, its stub to fill in, its check) and section 6
+    (training on the student's functions)."""
+    from minivit.course.exercises import EXERCISES
+    imports, functions = stub_sources()
+    core = [e for e in EXERCISES if not e.extra]
+    cells = [("md", f"""## 5. Exercises: every backward pass, written by you
+
+{len(core)} exercises, in the order of [docs/gradients.md](../docs/gradients.md), each one a
+function of the engine: the same name, the same arguments, the forward's cache read by the
+same names, so yours can take the engine's place (section 6). In each exercise, replace
+`raise NotImplementedError` in the first cell with your code and run the second: it checks
+every gradient your function returns against finite differences and against the engine, and
+says **right**, **wrong** (which gradient, with a hint from the error's pattern: a constant
+factor, a sign, a transposition, a missing mean, a shape, a dtype, ...) or **not done**.
+Each exercise is checked on its own: the others it calls are the engine's while it is
+checked. `minivit exercises new my_backward.py` writes the same stubs to a file, for your
+editor, and `minivit exercises check my_backward.py` grades it."""),
+             ("code", "from minivit.course.yours import verdict\n" + imports)]
+    for i, e in enumerate(core, 1):
+        note = f" {NOTES[e.name]}" if e.name in NOTES else ""
+        cells.append(("md", f"**Exercise {i}: `{e.name}`**: {e.teaches}. Derived in "
+                            f"[docs/gradients.md](../docs/gradients.md), section {e.section}.{note}"))
+        cells.append(("code", functions[e.name]))
+        cells.append(("code", f"verdict({e.name})"))
+    cells += [("md", """## 6. A ViT trained on your gradients
+
+Once your functions are right, the engine can run on them: the cell below trains the
+`sample` preset's ViT (4 blocks, 142k parameters) on the sample shipped with minivit, with
+every function of yours that is right in the engine's place (and the engine's for any not
+done yet), about two minutes on a laptop CPU. A wrong function stops it before the first
+step, with the check's verdict. From a shell, with your file: `minivit train --layers my_backward.py`."""),
+              ("code", """import time
+from minivit.config import TrainConfig
+from minivit.train import train
+
+cfg = TrainConfig.from_preset("sample", engine="reference", epochs=15)
+out = f"runs/your-gradients-{time.strftime('%Y%m%d-%H%M%S')}"
+try:
+    summary = train(cfg, out=out, student=globals(), progress=False)
+    print(f"Your ViT, on your gradients: {summary['test_acc']:.1%} on {summary['test_images']} test images")
+except ValueError as e:                          # a wrong function, or none done yet: it says which
+    print(e)""")]
+    return cells
+
 CELLS = [
     ("md", """# Learning minivit: a Vision Transformer's gradients, by hand
 
-Run this notebook top to bottom (under a minute on a laptop CPU). On the way you will
+Run this notebook top to bottom (a minute on a laptop CPU); it runs as shipped, and your
+exercises say "not done" until you write them. On the way you will
 
 1. cut an image into patches and embed them, on numbers small enough to follow by eye,
    and see the conv stem's im2col;
 2. derive LayerNorm's backward pass step by step and check each step;
 3. derive attention's backward pass with the matrix-product rule;
 4. check the whole model against finite differences;
-5. plant a bug in a backward pass, watch the check catch it, and fix it;
-6. look at what the model shipped with minivit predicts, and where it looks.
+5. **write every backward pass of the ViT yourself**, each checked against finite
+   differences and the engine, with a hint when it is wrong;
+6. train a ViT on your own gradients;
+7. look at what the model shipped with minivit predicts, and where it looks.
 
 Everything here is minivit's engine, the code a student reads: `minivit.engine.layers`
 (patches, convs, LayerNorm, softmax, GELU), `minivit.engine.transformer` (attention, the
@@ -227,72 +310,8 @@ the fast path."""),
 report = gradcheck.check_model(model, batch_size=2)
 print(report)
 assert report.passed"""),
-    ("md", """## 5. Exercises: plant a bug, watch the check catch it, fix it
-
-**Exercise 1.** Below is LayerNorm's backward with the path through the mean forgotten
-(the `- g.mean(...)` term). Run the check: it fails, and it points at `x` alone (`w` and
-`b` do not go through the mean). Then fix the line and run the check again."""),
-    ("code", """def layernorm_backward_buggy(dy, cache):
-    xhat, rstd, w = cache.xhat, cache.rstd, cache.w
-    D = w.shape[0]
-    dw = (dy * xhat).reshape(-1, D).sum(axis=0)
-    db = dy.reshape(-1, D).sum(axis=0)
-    g = dy * w
-    dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))      # BUG: no - g.mean(...)
-    return dx, dw, db
-
-
-inputs = {"x": 3 * rng.standard_normal((2, 3, 8)) + 1, "w": 1 + 0.5 * rng.standard_normal(8),
-          "b": rng.standard_normal(8)}
-report = gradcheck.check(layers.layernorm_forward, layernorm_backward_buggy, inputs, title="buggy layernorm")
-print(report)
-assert not report.passed and not report["x"].passed        # caught,
-assert report["w"].passed and report["b"].passed           # and only where the bug is"""),
-    ("code", """def layernorm_backward_fixed(dy, cache):
-    xhat, rstd, w = cache.xhat, cache.rstd, cache.w
-    D = w.shape[0]
-    dw = (dy * xhat).reshape(-1, D).sum(axis=0)
-    db = dy.reshape(-1, D).sum(axis=0)
-    g = dy * w
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
-    return dx, dw, db
-
-
-report = gradcheck.check(layers.layernorm_forward, layernorm_backward_fixed, inputs, title="fixed layernorm")
-print(report)
-assert report.passed"""),
-    ("md", """**Exercise 2.** Forget the `1/sqrt(d)` of the scores in attention's backward: `dv` stays
-right, `dq` and `dk` are off by a factor of `sqrt(d)` = 2."""),
-    ("code", """def sdpa_backward_buggy(do, cache):
-    q, k, v, a = cache.q, cache.k, cache.v, cache.a
-    da = do @ v.transpose(0, 1, 3, 2)
-    dv = a.transpose(0, 1, 3, 2) @ do
-    ds = layers.softmax_backward(da, cache.softmax)              # BUG: no * cache.scale
-    return ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv
-
-
-qkv = {name: rng.standard_normal((2, 2, 5, 4)) for name in ("q", "k", "v")}
-report = gradcheck.check(transformer.sdpa_forward, sdpa_backward_buggy, qkv, title="buggy attention")
-print(report)
-assert [r.passed for r in report.results] == [False, False, True]"""),
-    ("md", """**Exercise 3.** A bug inside the model: GELU's derivative without its `x phi(x)` term
-(the MLP's activation, in every block). The whole-model check catches it too; then the
-real GELU goes back."""),
-    ("code", """real = layers.GELUS["exact"]
-layers.GELUS["exact"] = (layers.gelu_forward, lambda dy, cache: dy * cache.cdf)   # BUG: Phi(x) only
-try:
-    report = gradcheck.check_model(model, batch_size=2, max_checks=10)
-finally:
-    layers.GELUS["exact"] = real
-print("\\n".join(f"{r.name:28s} rel err {r.rel_err:.1e}" for r in report.results if not r.passed))
-assert not report.passed
-assert gradcheck.check_model(model, batch_size=2, max_checks=10).passed"""),
-    ("md", """More to try, each caught by a check: drop `keepdims=True` from a LayerNorm mean; use
-`i::s` instead of `i:i + s * Ho:s` in `conv2d_backward`; give the head's mean pooling
-`dpooled` instead of `dpooled / P`; forget that the class token's gradient sums over the
-batch.
-
-## 6. The shipped model: predictions and attention maps
+] + exercise_cells() + [
+    ("md", """## 7. The shipped model: predictions and attention maps
 
 minivit ships a trained `hybrid` model (83.7% on CIFAR-10's test images after 30 minutes on
 a 2-core CPU; `minivit/pretrained/README.md`). Here it is on 16 images of the sample."""),
@@ -340,8 +359,8 @@ plt.show()"""),
 - [docs/gradients.md](../docs/gradients.md): every backward pass derived, in the code's
   names, each with its check command.
 - `minivit gradcheck` (every layer, then the models) and `minivit gradcheck --layer NAME`.
-- [overfit_one_batch.py](overfit_one_batch.py): the first sanity check of any
-  hand-written network, a ViT memorizing one batch.
+- [overfit_one_batch.py](overfit_one_batch.py): what memorizing one batch proves about a
+  hand-written network, and what it does not.
 - [walkthrough.py](walkthrough.py): the model built piece by piece, each piece checked.
 - [docs/adding-a-layer.md](../docs/adding-a-layer.md): add a layer or a model option of
   your own, with its backward and its check (RMSNorm is the worked example)."""),

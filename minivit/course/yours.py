@@ -76,12 +76,13 @@ def ready(namespace, source, log=print):
         raise BadValue(f"{source} has {len(wrong)} wrong function{'s' if len(wrong) > 1 else ''}; "
                        f"training on it would learn from wrong gradients, so it stops here:\n"
                        + "\n".join(v.report(i) for i, v in wrong)
-                       + f"\nfix {'them' if len(wrong) > 1 else 'it'} (`minivit exercises check` "
-                         f"says when they are right), then train again")
+                       + f"\nfix {'them' if len(wrong) > 1 else 'it'}, then train again")
     right = {v.name: as_called(v.name, namespace[v.name]) for _, v in results if v.status == RIGHT}
     if not right:
+        how = ("each exercise's check cell grades it" if source == "your notebook"
+               else f"`minivit exercises check {source}` grades them")
         raise BadValue(f"{source} has no exercise done yet: nothing of yours to train on. Write "
-                       f"one (`minivit exercises` lists them; `minivit exercises check` grades them)")
+                       f"one (`minivit exercises` lists them; {how})")
     for _, v in results:
         if v.status == NOT_DONE:
             namespace[v.name] = engine_function(v.name)
@@ -129,7 +130,7 @@ def for_training(layers=None, namespace=None, log=print):
     if layers:
         namespace, source = load(layers), str(layers)
     else:
-        source = "your notebook"
+        source = "your notebook"                    # its check cells grade each exercise
     functions = ready(namespace, source, log)
     with in_the_engine(functions):
         yield
@@ -152,3 +153,13 @@ def write_stubs(path):
     text = STUBS.read_text().replace("THIS_FILE", str(path))
     with open(path, "x") as f:
         f.write(text)
+
+
+def verdict(fn):
+    """Grade fn as the exercise of its own name and print the verdict (a notebook's check
+    cell: `verdict(layernorm_backward)`)."""
+    name = getattr(fn, "__name__", None)
+    if name not in BY_NAME:
+        raise BadValue(f"{name!r} is no exercise: name your function as its stub is named "
+                       f"({', '.join(BY_NAME)})")
+    print(grade(name, fn).report([e.name for e in EXERCISES].index(name) + 1))
