@@ -63,7 +63,7 @@ EXERCISES = [
               "dv": "dv = a^T do"},
              {"sqrt(d)": 2.0}),
     Exercise("attention_backward", "transformer", "heads split and merged; the fused q, k, v projection",
-             "6", "attention", ("dx", "din_proj_weight", "din_proj_bias", "dout_proj_weight",
+             "6b", "attention", ("dx", "din_proj_weight", "din_proj_bias", "dout_proj_weight",
                                 "dout_proj_bias"),
              {"dx": "dq, dk, dv merged back to [B, N, D] each and joined in the order q, k, v "
                     "along the last axis, then the in-projection's linear backward",

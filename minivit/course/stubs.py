@@ -143,7 +143,7 @@ def attention_backward(dy, cache):
     Return (dx, din_proj_weight [3D, D], din_proj_bias [3D], dout_proj_weight [D, D],
     dout_proj_bias [D]). merge_heads undoes split_heads. Use your linear_backward and
     sdpa_backward.
-    docs/gradients.md section 6.
+    docs/gradients.md section 6b.
     """
     raise NotImplementedError
 

@@ -1,6 +1,6 @@
 """Area resizing, forward and backward: the smaller images of progressive resizing
 (--low-res) and the position embedding that fits their smaller patch grid. The same
-pattern as layers.py (docs/gradients.md §3b derives the backward passes):
+pattern as layers.py (docs/gradients.md, appendix A derives the backward passes):
 
     y, cache = area_resize_forward(x, size)      # [..., H, W] -> [..., size, size]
     dx = area_resize_backward(dy, cache)

@@ -277,3 +277,18 @@ def test_a_file_that_cannot_be_imported_is_a_clear_error(tmp_path):
         yours.load(path)
     with pytest.raises(BadValue, match="no such file.*minivit exercises new"):
         yours.load(tmp_path / "missing.py")
+
+
+def test_each_exercise_names_a_section_of_the_derivations_that_names_it():
+    """docs/gradients.md has the section each exercise points at, and that section (up to
+    the next one) names the exercise's function."""
+    import re
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[2] / "docs" / "gradients.md").read_text()
+    heads = [(m.start(), m.group(1)) for m in re.finditer(r"^#{2,3} (\w+)\. ", page, re.M)]
+    for e in EXERCISES:
+        starts = [i for i, (at, number) in enumerate(heads) if number == e.section]
+        assert starts, f"{e.name}: docs/gradients.md has no section {e.section}"
+        i = starts[0]
+        end = heads[i + 1][0] if i + 1 < len(heads) else len(page)
+        assert f"`{e.name}`" in page[heads[i][0]:end], f"section {e.section} does not name {e.name}"
