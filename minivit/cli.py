@@ -348,11 +348,14 @@ def cmd_exercises(args, parser):
         return 0
     if action == "new":
         yours.write_stubs(args.file)
-        print(f"Wrote {args.file}: {len(exercises.EXERCISES)} exercises, each a function to fill in.\n"
+        optional = sum(e.extra for e in exercises.EXERCISES)
+        print(f"Wrote {args.file}: {len(exercises.EXERCISES) - optional} exercises and {optional} "
+              f"optional ones, each a function to fill in.\n"
               f"Grade them with: minivit exercises check {args.file}")
         return 0
     namespace = yours.load(args.file)
-    print(f"Checking {args.file}: each gradient against finite differences and the engine (float64)")
+    print(f"Checking {args.file}: every gradient against finite differences and the engine's "
+          f"(float64, then float32 for the dtype); the optimizer updates against the engine's")
     results = yours.check(namespace, args.names, extra=args.all)
     for number, verdict in results:
         print(verdict.report(number))

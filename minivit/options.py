@@ -53,10 +53,10 @@ def add_config_options(group):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif meta.get("parse") == "duration":
             group.add_argument(flag, type=_duration, default=None, help=help_, metavar="TIME")
-        elif f.type is str:
-            group.add_argument(flag, default=None, help=help_, metavar="FILE")
         elif "choices" in meta:
             group.add_argument(flag, choices=list(meta["choices"]), default=None, help=help_)
+        elif f.type is str:                                         # a path
+            group.add_argument(flag, default=None, help=help_, metavar="FILE")
         else:
             kind = int if f.type is int else float
             group.add_argument(flag, type=_number(kind, meta["range"]), default=None, help=help_,

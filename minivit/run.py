@@ -156,7 +156,8 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
         restore(run, *saved)
     if world.main:
         write_json(out / "config.json", dataclasses.asdict(cfg))
-    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{cfg.epochs} epochs")
+    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget
+              else f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     engine = "the fast path (checked against the engine)" if cfg.engine == "fast" else "the engine"
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}, run by {engine}; "

@@ -21,6 +21,12 @@ class Exercise:
     hints: dict = field(default_factory=dict)     # a returned name -> what to look at
     factors: dict = field(default_factory=dict)   # named constants of its case -> value
     extra: bool = False       # beyond the default model (other --norm, --gelu, --stem options)
+    more_cases: dict = field(default_factory=dict)  # other LAYERS cases it must pass -> what they are
+
+    @property
+    def cases(self):
+        """{gradcheck.LAYERS name: what its case is} it is graded on, the first first."""
+        return {self.case: "", **self.more_cases}
 
     @property
     def docs(self):
@@ -30,9 +36,9 @@ class Exercise:
 EXERCISES = [
     Exercise("linear_backward", "layers", "the matrix-product rule; a shared weight sums over rows",
              "1", "linear", ("dx", "dw", "db"),
-             {"dx": "dx = dy W, back to x's shape [..., Din]",
-              "dw": "dW = dy^T x: every row m of the flattened input adds its outer product",
-              "db": "db sums dy over every row (all leading axes)"},
+             {"dx": "y_mj = sum_i x_mi W_ji + b_j: which W_ji does x_mi meet? dx has x's shape [..., Din]",
+              "dw": "every row m of the flattened input contributes to dW: a sum over m, a matrix product",
+              "db": "b is added to every row: its gradient sums dy over every row (all leading axes)"},
              {"M": 6}),
     Exercise("patch_embed_backward", "layers", "a conv with stride = kernel is a linear layer on patches",
              "2", "patch_embed", ("dx", "dw", "db"),
@@ -47,63 +53,75 @@ EXERCISES = [
              {"B": 2}),
     Exercise("layernorm_backward", "layers", "paths through the mean and the variance",
              "4", "layernorm", ("dx", "dw", "db"),
-             {"dx": "x reaches y directly and through mu and r: with g = dy w, "
-                    "dx = r (g - mean(g) - xhat mean(g xhat))",
-              "dw": "dw = sum of dy xhat over every row", "db": "db = sum of dy over every row"},
+             {"dx": "x reaches y three ways: directly through xhat, through mu and through r; "
+                    "each path is a term (section 4 derives d mu/dx_i and d r/dx_i)",
+              "dw": "w scales xhat in every row: sum over the rows", "db": "b is added to every row: sum over the rows"},
              {"D": 8}),
     Exercise("softmax_backward", "layers", "a Jacobian that couples every entry of a row",
              "5", "softmax", ("ds",),
-             {"ds": "da_i/ds_j = a_i (delta_ij - a_j): ds = a (da - sum(da a)), the sum over the "
-                    "last axis (keepdims=True)"},
+             {"ds": "every a_i depends on every s_j: work out the Jacobian ∂a_i/∂s_j (section 5), "
+                    "then sum over i without building the N x N matrix"},
              {"N": 5}),
     Exercise("sdpa_backward", "transformer", "attention: two matrix products around a softmax",
              "6", "sdpa", ("dq", "dk", "dv"),
-             {"dq": "ds = softmax_backward(do v^T) times the scale; dq = ds k",
-              "dk": "dk = ds^T q (the transpose of the last two axes), times the scale like dq",
-              "dv": "dv = a^T do"},
+             {"dq": "back through o = a v to a, through the softmax to s, then s = q k^T / sqrt(d) to q",
+              "dk": "k enters s transposed: its gradient is a product with ds transposed (last two "
+                    "axes), scaled like dq's",
+              "dv": "o = a v: the matrix-product rule gives v's gradient"},
              {"sqrt(d)": 2.0}),
     Exercise("attention_backward", "transformer", "heads split and merged; the fused q, k, v projection",
              "6b", "attention", ("dx", "din_proj_weight", "din_proj_bias", "dout_proj_weight",
                                 "dout_proj_bias"),
-             {"dx": "dq, dk, dv merged back to [B, N, D] each and joined in the order q, k, v "
-                    "along the last axis, then the in-projection's linear backward",
+             {"dx": "do is split into heads with split_heads (not a reshape); dq, dk, dv merged "
+                    "back to [B, N, D] each and joined in the order q, k, v along the last axis, "
+                    "then the in-projection's linear backward",
               "din_proj_weight": "the in-projection's linear backward on dqkv [B, N, 3D]",
               "dout_proj_weight": "the out-projection's linear backward on dy"},
              {"h": 2}),
     Exercise("gelu_backward", "layers", "an elementwise derivative: the product rule",
              "7", "gelu", ("dx",),
-             {"dx": "GELU'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)"}),
+             {"dx": "y = x Phi(x) is a product: the product rule, with Phi' = phi, the normal "
+                    "density exp(-x^2/2) / sqrt(2 pi)"}),
     Exercise("mlp_backward", "transformer", "the chain rule through three layers",
              "8", "mlp", ("dx", "dw1", "db1", "dw2", "db2"),
-             {"dx": "back through the second linear, the GELU (cache.gelu_backward), the first linear"}),
+             {"dx": "back through the second linear, the GELU (cache.gelu_backward: the one the "
+                    "forward used, exact or tanh), the first linear"},
+             more_cases={"mlp_tanh": "with the tanh GELU"}),
     Exercise("block_backward", "transformer", "residuals pass the gradient through and add a branch's",
              "9", "block_drop_path", ("dx", "grads"),
              {"dx": "a residual y = x + k f(x) gives dx = dy + f_backward(k dy): the MLP half "
                     "first, then the attention half on dx1",
               "grads": "a half's parameters are wrong when the gradient entering it is: the MLP "
-                       "half gets k2 dy, the attention half k1 dx1 with dx1 = dy + the MLP half's dx"}),
+                       "half gets k2 dy, the attention half k1 dx1 with dx1 = dy + the MLP half's dx"},
+             more_cases={"block_rmsnorm": "with RMSNorm"}),
     Exercise("head_backward", "transformer", "pooling: one token, or a mean of many, gets the gradient",
              "10", "head", ("dh", "grads"),
-             {"dh": "the linear's, the norm's, then the pooling's backward (pool_backward)"}),
-    Exercise("cross_entropy", "loss", "log-softmax's Jacobian: the gradient is p - q",
+             {"dh": "the linear's, the norm's, then the pooling's backward (pool_backward)",
+              "grads": "the dict holds every head parameter's gradient: norm.weight, norm.bias, "
+                       "head.weight, head.bias, and attention_pool.weight with pool 'seq' "
+                       "(pool_backward's second value)"},
+             more_cases={"head_mean": "with pool 'mean'", "head_seq": "with pool 'seq'"}),
+    Exercise("cross_entropy", "loss", "log-softmax's Jacobian, label smoothing, a stable log-sum-exp",
              "11", "cross_entropy", ("loss", "dlogits"),
-             {"loss": "loss = -(1/B) sum q log pi, log pi = t - log sum exp t with t = z - max z",
-              "dlogits": "dlogits = (p - q) / B, q the smoothed target"},
+             {"loss": "loss = -(1/B) sum_b sum_k q_bk log p_bk, log p computed stably",
+              "dlogits": "work out d(-sum_k q_k log p_k)/dz_j (section 11); the loss is a mean over B rows"},
              {"B": 4.0, "K": 5.0}),
     Exercise("adam_update", "optim", "Adam's moments and bias corrections, in place",
              "13", "adam", ("w", "m", "v"),
-             {"m": "m = b1 m + (1 - b1) g, i.e. m += one_minus_b1 * (g - m), g with decay w added",
-              "v": "v = b2 v + (1 - b2) g^2", "w": "w -= step_size m / (sqrt(v) / bias_correction2_sqrt + eps)"}),
+             {"m": "b1 m + (1 - b1) g = m + (1 - b1)(g - m), with Adam's decay term in g",
+              "v": "v's average is of g^2 (with the decay term in g)",
+              "w": "the step: step_size m / (sqrt(v) / bias_correction2_sqrt + eps), eps outside the root"}),
     Exercise("adamw_update", "optim", "decoupled weight decay: shrink the weight, not the gradient",
              "13", "adamw", ("w", "m", "v"),
              {"w": "first w -= lr decay w, then the Adam step with the raw gradient",
               "m": "AdamW's moments see the gradient without the decay term"}),
     Exercise("rmsnorm_backward", "layers", "LayerNorm without the mean (--norm rmsnorm)",
              "4b", "rmsnorm", ("dx", "dw"),
-             {"dx": "with g = dy w: dx = r (g - xhat mean(g xhat))"}, {"D": 8}, extra=True),
+             {"dx": "x reaches y directly and through r (no mean here): two terms"}, {"D": 8}, extra=True),
     Exercise("gelu_tanh_backward", "layers", "GELU's tanh approximation (--gelu tanh)",
              "7", "gelu_tanh", ("dx",),
-             {"dx": "(1 + t)/2 + x (1 - t^2)/2 sqrt(2/pi) (1 + 3 0.044715 x^2)"}, extra=True),
+             {"dx": "the product rule on x (1 + t)/2, then the chain rule through t = tanh(u) "
+                    "(tanh' = 1 - t^2) and u(x)"}, extra=True),
     Exercise("conv2d_backward", "layers", "overlapping windows add up: col2im (--stem-channels)",
              "2b", "conv2d", ("dx", "dw", "db"),
              {"dx": "every window's gradient added back at its place in the padded image "

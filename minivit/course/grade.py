@@ -18,10 +18,13 @@ attention_backward calling their linear_backward) are the engine's, so each exer
 graded on its own: a wrong LayerNorm fails LayerNorm's exercise alone.
 """
 
+import ast
 import contextlib
 import copy
 import inspect
 import math
+import re
+import textwrap
 import traceback
 from dataclasses import dataclass, field
 
@@ -48,6 +51,7 @@ class Verdict:
     summary: str = ""                             # what is right and what is wrong
     hints: list = field(default_factory=list)     # what to look at, most specific first
     errors: dict = field(default_factory=dict)    # returned name -> relative error
+    notes: list = field(default_factory=list)     # right, but: what would fail on a GPU
 
     @property
     def right(self):
@@ -59,8 +63,10 @@ class Verdict:
         head = f"{'' if number is None else f'{number:2d}  '}{self.name:<22s} {self.status.upper() if self.status == WRONG else self.status}"
         lines = [f"{head}  {self.summary}".rstrip()]
         pad = " " * (4 if number is not None else 0) + " " * 23
-        for hint in self.hints:
+        for hint in dict.fromkeys(self.hints):
             lines.append(f"{pad}hint: {hint}")
+        for note in self.notes:
+            lines.append(f"{pad}note: {note}")
         if self.status == WRONG:
             lines.append(f"{pad}see {ex.docs}")
         return "\n".join(lines)
@@ -119,8 +125,13 @@ def _raised(name, error, fn):
     msg = f"{type(error).__name__}: {error}".strip()
     hints = []
     if "broadcast" in str(error):
-        hints.append("shapes that do not broadcast: a sum or mean over the last axis needs "
-                     "keepdims=True to line up with the array it came from")
+        shapes = [tuple(int(n) for n in m.split(",") if n.strip())
+                  for m in re.findall(r"\(([\d,\s]*)\)", str(error))]
+        if any(a[:-1] == b and len(a) > 1 for a in shapes for b in shapes):
+            hints.append("a sum or mean over the last axis dropped it: keepdims=True keeps it, "
+                         "so the result lines up with the array it came from")
+        else:
+            hints.append("the arrays on that line do not line up: print their shapes")
     elif isinstance(error, (AttributeError, KeyError)):
         hints.append("read the cache by the names the docstring gives")
     return Verdict(name, WRONG, f"raised {msg[:200]}{_where(error, fn)}", hints)
@@ -170,13 +181,39 @@ def pattern(got, want, factors):
             return f"is off by a constant factor: {_factor_name(c, factors)} times the right one"
     if got.ndim >= 2 and got.shape[-1] == got.shape[-2] and rel_err(got, np.swapaxes(want, -1, -2)) <= 1e-6:
         return "is the right one transposed (its last two axes swapped)"
+    if got.ndim >= 1 and got.shape[0] % 3 == 0 and got.shape[0] >= 3:
+        thirds = np.split(want, 3)
+        for order in ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+            if rel_err(got, np.concatenate([thirds[i] for i in order])) <= 1e-6:
+                return ("holds the right three blocks of rows (q, k, v) in the wrong order: "
+                        "q's rows 0:D, k's D:2D, v's 2D:3D")
     diff = got - want
+    where = _only_at(diff)
+    if where:
+        return where
     if got.ndim >= 1 and got.shape[-1] > 1 and np.abs(diff).max() > 0:
         spread = np.abs(diff - diff.mean(axis=-1, keepdims=True)).max()
         if spread <= 1e-6 * np.abs(diff).max():
             return ("differs from the right one by the same amount in every entry along the "
                     "last axis: a term like mean(...) or sum(...) over that axis is missing "
                     "or extra (a path through a mean?)")
+    return None
+
+
+def _only_at(diff):
+    """'is wrong only where axis a is i ...' when the difference sits at one or two
+    indices of some axis (and nowhere else), else None."""
+    bad = np.abs(diff) > 1e-9 * max(np.abs(diff).max(), 1e-300)
+    if not bad.any():
+        return None
+    for axis, n in enumerate(diff.shape):
+        if n < 3:
+            continue
+        rows = np.flatnonzero(np.moveaxis(bad, axis, 0).reshape(n, -1).any(axis=1))
+        if len(rows) <= 2:
+            at = " and ".join(str(i) for i in rows)
+            return (f"is wrong only at index {at} of axis {axis} (of {n}) and right everywhere else: "
+                    f"what is special there?")
     return None
 
 
@@ -264,26 +301,50 @@ def _hint_key(ex, inputs):
 
 
 def _grade_backward(ex, fn):
-    forward, _, inputs, cache, G = _case(ex.case)
-    want = _named(ex, engine_function(ex.name)(G, copy.deepcopy(cache)), inputs)
+    """Every case of the exercise in turn (the first failing one is the verdict), then
+    need_dx=False and float32 inputs; notes on code that would fail on a GPU."""
+    for case, label in ex.cases.items():
+        verdict = _grade_case(ex, fn, case)
+        if verdict.status != RIGHT:
+            if label and verdict.summary:
+                verdict.summary = f"{label}: {verdict.summary}"
+            return verdict
+    verdict = _need_dx_check(ex, fn) or _dtype_check(ex, fn) or Verdict(ex.name, RIGHT)
+    verdict.notes = _numpy_only(fn)
+    return verdict
+
+
+def _grade_case(ex, fn, case, need_dx=None):
+    """The Verdict on fn for one gradcheck.LAYERS case (need_dx: passed when not None)."""
+    forward, _, inputs, cache, G = _case(case)
+    extra = () if need_dx is None else (need_dx,)
+    want = _named(ex, engine_function(ex.name)(G, copy.deepcopy(cache), *extra), inputs)
     shown = _shown(ex, inputs)
     dy = G.copy()
     try:
         with engine_for_others(fn, ex.name):
-            got = _named(ex, fn(dy, copy.deepcopy(cache)), inputs)
+            got = _named(ex, fn(dy, copy.deepcopy(cache), *extra), inputs)
     except NotImplementedError:
         return Verdict(ex.name, NOT_DONE)
     except Exception as e:                              # their code, any error: a verdict
         return _raised(ex.name, e, fn)
     if isinstance(got, str):
-        return Verdict(ex.name, WRONG, got, [f"return ({', '.join(ex.returns)})"])
+        return Verdict(ex.name, WRONG, got, [_hint_of_returns(ex, inputs)])
+    if need_dx is False:
+        first = next(iter(inputs))
+        if got[first] is not None:
+            return Verdict(ex.name, WRONG, f"with need_dx=False {shown[first]} must be None",
+                           ["the model passes need_dx=False for an input no one trains (the "
+                            "images): skip that product and return None in its place"])
+        inputs = {k: v for k, v in inputs.items() if k != first}
+        got, want = ({k: d[k] for k in inputs} for d in (got, want))
     swapped = _swapped_order(got, want, shown, ex)
     if swapped:
         return Verdict(ex.name, WRONG, swapped)
     problems = {k: _shape_problem(got[k], want[k], shown[k]) for k in inputs}
     if any(problems.values()):
         return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p))
-    numeric = _numeric(ex.case)
+    numeric = _numeric(case)
     errors = {k: max(rel_err(np.asarray(got[k], dtype=np.float64), want[k]),
                      rel_err(np.asarray(got[k], dtype=np.float64), numeric[k])) for k in inputs}
     wrong = [k for k in inputs if errors[k] > TOL]
@@ -293,7 +354,7 @@ def _grade_backward(ex, fn):
             return Verdict(ex.name, WRONG, "changed its upstream gradient (the first argument) "
                            "in place", ["the caller still needs the gradient it passed: compute "
                                          "into new arrays (a = a * w, not a *= w)"])
-        return _dtype_check(ex, fn, shown) or verdict
+        return verdict
     for k in wrong:
         found = pattern(np.asarray(got[k], dtype=np.float64), want[k], ex.factors)
         if found:
@@ -303,6 +364,52 @@ def _grade_backward(ex, fn):
     verdict.hints = list(dict.fromkeys(h.split(": ", 1)[1] if h.startswith("grads[") else h
                                        for h in verdict.hints))
     return verdict
+
+
+def _hint_of_returns(ex, inputs):
+    if ex.returns[-1] == "grads":
+        return (f"return ({ex.returns[0]}, grads) with grads holding "
+                f"{', '.join(repr(k) for k in list(inputs)[1:])}")
+    return f"return ({', '.join(ex.returns)})"
+
+
+def _need_dx_check(ex, fn):
+    """A Verdict when fn, told need_dx=False, does not return None for dx (or gets the
+    parameters' gradients wrong then), else None."""
+    if "need_dx" not in inspect.signature(body_of(engine_function(ex.name))).parameters:
+        return None
+    verdict = _grade_case(ex, fn, ex.case, need_dx=False)
+    return None if verdict.status == RIGHT else verdict
+
+
+# names of NumPy that make no array, fine in code for any backend
+_NUMPY_CONSTANTS = {"float32", "float64", "pi", "e", "newaxis", "inf", "nan", "finfo", "dtype"}
+
+
+def _numpy_only(fn):
+    """Notes on what in fn's source runs on NumPy only (np.X calls; in a kernel, an
+    assignment into an argument's slice), for a GPU run."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(body_of(fn))))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    used = sorted({n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                   and isinstance(n.value, ast.Name) and n.value.id in ("np", "numpy")
+                   and n.attr not in _NUMPY_CONSTANTS})
+    notes = []
+    if used:
+        notes.append(f"np.{', np.'.join(used)} run on NumPy only: on a GPU the arrays are CuPy's; "
+                     f"write xp = array_module(dy) and xp.{used[0]}"
+                     if not isinstance(fn, kernel) else
+                     f"np.{', np.'.join(used)} in a kernel: use xp.{used[0]} (the kernel's xp is "
+                     f"CuPy's on a GPU)")
+    if isinstance(fn, kernel) and any(isinstance(n, (ast.Assign, ast.AugAssign))
+                                      and any(isinstance(t, ast.Subscript) for t in
+                                              getattr(n, "targets", [getattr(n, "target", None)]))
+                                      for n in ast.walk(tree)):
+        notes.append("an assignment into a slice (m[...] = ...) runs on NumPy, but a fused GPU "
+                     "kernel updates its arguments only with +=, -=")
+    return notes
 
 
 def _swapped_order(got, want, shown, ex):
@@ -341,24 +448,25 @@ def _and(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _dtype_check(ex, fn, shown):
+def _dtype_check(ex, fn):
     """A Verdict when float32 inputs give other than float32 gradients, else None."""
     rng = np.random.default_rng(SEED)
     forward, _, inputs = gradcheck.LAYERS[ex.case](rng)
     inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
     out, cache = forward(**inputs)
     G = np.random.default_rng(SEED + 1).standard_normal(np.shape(out)).astype(np.float32)
+    shown = _shown(ex, inputs)
     try:
         with engine_for_others(fn, ex.name):
             got = _named(ex, fn(G, cache), inputs)
     except Exception as e:                              # right in float64, fails in float32
         return _raised(ex.name, e, fn)
-    bad = [shown[k] for k in inputs if getattr(got[k], "dtype", None) != np.float32]
+    bad = [k for k in inputs if getattr(got[k], "dtype", None) != np.float32]
     if not bad:
         return None
-    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs {_and(bad)} come back "
-                   f"{got[next(k for k in inputs if shown[k] == bad[0])].dtype}",
-                   [FLOAT32_HINT])
+    verb = "comes" if len(bad) == 1 else "come"
+    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs {_and([shown[k] for k in bad])} "
+                   f"{verb} back {got[bad[0]].dtype}", [FLOAT32_HINT])
 
 
 # ------------------------------------------------------------------ the loss
@@ -429,26 +537,31 @@ def _grade_loss(ex, fn):
     if getattr(got[1], "dtype", None) != np.float32:
         return Verdict(ex.name, WRONG, f"right in float64, but float32 logits give {got[1].dtype} dlogits",
                        [FLOAT32_HINT])
-    return Verdict(ex.name, RIGHT)
+    return Verdict(ex.name, RIGHT, notes=_numpy_only(fn))
 
 
 # ------------------------------------------------------------------ the optimizer
 
 def _adam_cases(decoupled):
-    """(what the case is, the arguments after xp) of one update at step t = 3."""
-    rng = np.random.default_rng(SEED)
+    """(what the case is, its state, decay, ok, the scalars after them) of one update at
+    step t = 3, the simplest case first."""
     n = 11
     lr, b1, b2, eps, t = 1e-2, 0.9, 0.999, 1e-8, 3
     scalars = [lr / (1 - b1 ** t), 1 - b1, 1 - b2, math.sqrt(1 - b2 ** t), eps] + ([lr] if decoupled else [])
 
-    def state():
-        r = np.random.default_rng(SEED + 1)
-        return [r.standard_normal(n), r.standard_normal(n), 0.1 * r.standard_normal(n), r.random(n)]
+    def state(scale=1.0):
+        def make():
+            r = np.random.default_rng(SEED + 1)
+            return [r.standard_normal(n), scale * r.standard_normal(n),
+                    0.1 * scale * r.standard_normal(n), scale ** 2 * r.random(n)]
+        return make
     on, off = np.ones((), dtype=bool), np.zeros((), dtype=bool)
-    per_element = 0.05 * rng.random(n)
-    return [("weight decay 0.05", state, 0.05, on, scalars),
-            ("a decay per element", state, per_element, on, scalars),
-            ("ok False", state, 0.05, off, scalars)]
+    per_element = 0.05 * np.random.default_rng(SEED).random(n)
+    return [("no weight decay", state(), 0.0, on, scalars),
+            ("weight decay 0.05", state(), 0.05, on, scalars),
+            ("a decay per element", state(), per_element, on, scalars),
+            ("gradients near 1e-9, where eps matters", state(1e-9), 0.0, on, scalars),
+            ("ok False", state(), 0.05, off, scalars)]
 
 
 def _grade_adam(ex, fn):
@@ -456,12 +569,12 @@ def _grade_adam(ex, fn):
     engine = engine_function(ex.name)
     for what, state, decay, ok, scalars in _adam_cases(ex.name == "adamw_update"):
         want = state()
-        engine(*want[:1], want[1], want[2], want[3], decay, ok, *scalars)
+        engine(*want, decay, ok, *scalars)
         got = state()
         before = [a.copy() for a in got]
         try:
             with engine_for_others(fn, ex.name):
-                returned = fn(got[0], got[1], got[2], got[3], decay, ok, *scalars)
+                returned = fn(*got, decay, ok, *scalars)
         except NotImplementedError:
             return Verdict(ex.name, NOT_DONE)
         except Exception as e:                          # their code, any error: a verdict
@@ -470,7 +583,9 @@ def _grade_adam(ex, fn):
         errors = {k: rel_err(got[i], want[i]) for i, k in enumerate(names) if k != "g"}
         wrong = [k for k in errors if errors[k] > TOL]
         if not np.array_equal(got[1], before[1]):
-            return Verdict(ex.name, WRONG, f"{what}: changed the gradient g", ["g is read, never written"])
+            return Verdict(ex.name, WRONG, f"{what}: changed the gradient g",
+                           ["g is read, never written: g = g + decay * w makes a new array, while "
+                            "g += ... changes the model's gradient"])
         if not wrong:
             continue
         verdict = _verdict(ex, errors, wrong)
@@ -488,7 +603,7 @@ def _grade_adam(ex, fn):
             elif k in ex.hints:
                 verdict.hints.append(f"{k}: {ex.hints[k]}")
         return verdict
-    return Verdict(ex.name, RIGHT)
+    return Verdict(ex.name, RIGHT, notes=_numpy_only(fn))
 
 
 # ------------------------------------------------------------------ the entry points

@@ -10,7 +10,10 @@ Each function has the engine's own name and signature (minivit/engine/layers.py,
 transformer.py, loss.py, optim.py), so the engine calls yours in its place: the forward
 passes stay the engine's, and each docstring says what the forward computed and what its
 cache holds. The derivations are in docs/gradients.md (the section named in each
-docstring); the exercises come in the order of that page, each one using the ones before.
+docstring; write your function before you read the engine's lines quoted there); the
+exercises come in the order of that page, each one using the ones before. Each is graded
+on its own: while one is checked, the others it calls are the engine's, so a mistake in
+one fails that exercise alone. The last three are optional (the model's other options).
 
 The rules of the pattern (CS231n's layers.py):
     out, cache = thing_forward(x, w, ...)       # the engine's; cache: what backward needs

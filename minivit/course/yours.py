@@ -11,13 +11,14 @@ wrong gradient never trains; an exercise not done yet stays the engine's.
 """
 
 import contextlib
+import functools
 import importlib.util
 import sys
 from pathlib import Path
 
 from ..engine.errors import BadValue
 from .exercises import BY_NAME, EXERCISES, engine_function
-from .grade import NOT_DONE, RIGHT, WRONG, as_called, grade
+from .grade import NOT_DONE, RIGHT, WRONG, as_called, body_of, grade
 
 _loaded = 0         # files loaded so far: each gets a module name of its own
 
@@ -83,14 +84,28 @@ def ready(namespace, source, log=print):
                else f"`minivit exercises check {source}` grades them")
         raise BadValue(f"{source} has no exercise done yet: nothing of yours to train on. Write "
                        f"one (`minivit exercises` lists them; {how})")
-    for _, v in results:
-        if v.status == NOT_DONE:
-            namespace[v.name] = engine_function(v.name)
+    not_done = [v.name for _, v in results if v.status == NOT_DONE]
+    for name in not_done:
+        namespace[name] = engine_function(name)
     own = [n for n, f in right.items() if f is not engine_function(n)]
+    core = [n for n in not_done if not BY_NAME[n].extra]
     log(f"Your functions: {len(own)} of {source} in the engine's place "
-        f"({', '.join(own) if own else 'none of your own: the file imports the engine'}); "
-        f"{len(results) - len(right)} not done yet stay the engine's.")
-    return right
+        f"({', '.join(own) if own else 'none of your own: it imports the engine'})"
+        + (f"; not done yet, so the engine's: {', '.join(core)}" if core else "")
+        + (f"; {len(not_done) - len(core)} optional ones not done" if len(not_done) > len(core) else "")
+        + ".")
+    return {n: right[n] for n in own}
+
+
+def counted(functions, calls):
+    """Each function wrapped to add one to calls[its name] per call."""
+    def wrap(name, fn):
+        @functools.wraps(body_of(fn))
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return run
+    return {name: wrap(name, fn) for name, fn in functions.items()}
 
 
 @contextlib.contextmanager
@@ -123,7 +138,8 @@ def in_the_engine(functions):
 @contextlib.contextmanager
 def for_training(layers=None, namespace=None, log=print):
     """The context a training run on a student's functions runs in: those of the file
-    `layers` (a path) or of a namespace (a notebook's globals()); neither: nothing."""
+    `layers` (a path) or of a namespace (a notebook's globals()); neither: nothing. Each
+    of the student's functions counts its calls, and the end of the run says which ran."""
     if not layers and namespace is None:
         yield
         return
@@ -132,10 +148,23 @@ def for_training(layers=None, namespace=None, log=print):
     else:
         source = "your notebook"                    # its check cells grade each exercise
     functions = ready(namespace, source, log)
-    with in_the_engine(functions):
-        yield
-    log(f"That ViT learned from your gradients: {len(functions)} exercises of {source} ran in "
-        f"the engine's place from its first step to its last.")
+    calls = dict.fromkeys(functions, 0)
+    mine = counted(functions, calls)
+    saved = {n: namespace[n] for n in mine}
+    namespace.update(mine)                          # their own calls to each other count too
+    try:
+        with in_the_engine(mine):
+            yield
+    finally:
+        namespace.update(saved)
+    ran = [n for n, c in calls.items() if c]
+    idle = [n for n, c in calls.items() if not c]
+    if not calls:
+        log(f"That ViT trained on the engine's own functions ({source} imports them).")
+        return
+    log(f"That ViT learned from your gradients: {', '.join(ran) or 'none'} of {source} ran in the "
+        f"engine's place ({sum(calls.values()):,} calls)"
+        + (f"; not used by this model: {', '.join(idle)}" if idle else "") + ".")
 
 
 STUBS = Path(__file__).with_name("stubs.py")

@@ -308,6 +308,15 @@ def _gelu_case(kind):
     return case
 
 
+def _mlp_case(gelu):
+    def case(rng):
+        return (lambda **kw: transformer.mlp_forward(**kw, gelu=gelu)), transformer.mlp_backward, {
+            "x": rng.standard_normal((2, 3, 6)),
+            "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
+            "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}
+    return case
+
+
 # name -> rng -> (forward, backward, float64 host inputs)
 LAYERS = {
     "linear": lambda rng: (layers.linear_forward, layers.linear_backward,
@@ -354,10 +363,8 @@ LAYERS = {
                                "in_proj_bias": 0.1 * rng.standard_normal(24),
                                "out_proj_weight": 0.4 * rng.standard_normal((8, 8)),
                                "out_proj_bias": 0.1 * rng.standard_normal(8)}),
-    "mlp": lambda rng: (transformer.mlp_forward, transformer.mlp_backward,
-                        {"x": rng.standard_normal((2, 3, 6)),
-                         "w1": 0.5 * rng.standard_normal((12, 6)), "b1": 0.1 * rng.standard_normal(12),
-                         "w2": 0.5 * rng.standard_normal((6, 12)), "b2": 0.1 * rng.standard_normal(6)}),
+    "mlp": _mlp_case("exact"),
+    "mlp_tanh": _mlp_case("tanh"),
     "head": _head_case("cls"),
     "head_mean": _head_case("mean"),
     "seq_pool": lambda rng: (transformer.seq_pool_forward, transformer.seq_pool_backward,

@@ -193,7 +193,7 @@ def test_nan_dtype_and_an_overwritten_upstream_gradient_are_wrong(tmp_path):
             x = cache.x
             return dy * (cache.cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi))
     """, "gelu_backward")
-    assert "from float32 inputs dx come back float64" in v.summary and "math.sqrt" in v.hints[0]
+    assert "from float32 inputs dx comes back float64" in v.summary and "math.sqrt" in v.hints[0]
     v = verdict_of(tmp_path, """
         def gelu_backward(dy, cache):
             x = cache.x
@@ -292,3 +292,91 @@ def test_each_exercise_names_a_section_of_the_derivations_that_names_it():
         i = starts[0]
         end = heads[i + 1][0] if i + 1 < len(heads) else len(page)
         assert f"`{e.name}`" in page[heads[i][0]:end], f"section {e.section} does not name {e.name}"
+
+
+def test_an_mlp_calling_its_own_exact_gelu_fails_with_the_tanh_gelu(tmp_path):
+    v = verdict_of(tmp_path, """
+        def mlp_backward(dy, cache):
+            dg, dw2, db2 = linear_backward(dy, cache.linear2)
+            dx, dw1, db1 = linear_backward(gelu_backward(dg, cache.gelu), cache.linear1)
+            return dx, dw1, db1, dw2, db2
+    """, "mlp_backward")
+    assert v.status == "wrong" and v.summary.startswith("with the tanh GELU:")
+
+
+def test_a_head_without_the_pooling_weight_fails_with_pool_seq(tmp_path):
+    v = verdict_of(tmp_path, """
+        def head_backward(dlogits, cache):
+            dz, dw, db = linear_backward(dlogits, cache.linear)
+            dpooled, grads = norm_backward(dz, cache.norm)
+            grads.update({"head.weight": dw, "head.bias": db})
+            dh, _ = pool_backward(dpooled, cache.pool)
+            return dh, grads
+    """, "head_backward")
+    assert v.summary == "with pool 'seq': the dict of gradients has no 'attention_pool.weight'"
+
+
+def test_need_dx_false_must_return_none_for_dx(tmp_path):
+    v = verdict_of(tmp_path, """
+        def linear_backward(dy, cache, need_dx=True):
+            dy2 = dy.reshape(-1, cache.w.shape[0])
+            return (dy2 @ cache.w).reshape(cache.x_shape), dy2.T @ cache.x2, dy2.sum(axis=0)
+    """, "linear_backward")
+    assert v.summary == "with need_dx=False dx must be None"
+
+
+def test_adams_eps_outside_the_root_and_its_simplest_case_first(tmp_path):
+    v = verdict_of(tmp_path, """
+        @kernel
+        def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                        bias_correction2_sqrt, eps):
+            g = g + decay * w
+            m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
+            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
+            w -= xp.where(ok, step_size * m / ((xp.sqrt(v) + eps) / bias_correction2_sqrt), 0.0)
+            return w
+    """, "adam_update")
+    assert v.summary.startswith("gradients near 1e-9, where eps matters: w wrong")
+    v = verdict_of(tmp_path, """
+        @kernel
+        def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                        bias_correction2_sqrt, eps):
+            g = g + decay * w
+            m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
+            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
+            w -= xp.where(ok, step_size * m / (np.sqrt(v) + eps), 0.0)
+            return w
+    """, "adam_update")
+    assert v.summary.startswith("no weight decay: w wrong")
+
+
+def test_a_difference_at_one_index_is_located(tmp_path):
+    v = verdict_of(tmp_path, """
+        def token_embed_backward(dy, cache):
+            dpos = dy.sum(axis=0, keepdims=True)
+            dpos[:, 0] = 0.0
+            return dy[:, 1:], dy[:, :1].sum(axis=0, keepdims=True), dpos
+    """, "token_embed_backward")
+    assert "your dpos_embed is wrong only at index 0 of axis 1 (of 5)" in "\n".join(v.hints)
+
+
+def test_q_k_v_joined_in_the_wrong_order_is_named(tmp_path):
+    v = verdict_of(tmp_path, """
+        def attention_backward(dy, cache):
+            do, dw_out, db_out = linear_backward(dy, cache.linear_out)
+            dq, dk, dv = sdpa_backward(split_heads(do, cache.num_heads), cache.sdpa)
+            dqkv = np.concatenate([merge_heads(g) for g in (dk, dq, dv)], axis=-1)
+            dx, dw_in, db_in = linear_backward(dqkv, cache.linear_in)
+            return dx, dw_in, db_in, dw_out, db_out
+    """, "attention_backward")
+    assert "holds the right three blocks of rows (q, k, v) in the wrong order" in "\n".join(v.hints)
+
+
+def test_code_for_numpy_only_gets_a_note_not_a_fail(tmp_path):
+    v = verdict_of(tmp_path, """
+        def gelu_backward(dy, cache):
+            x = cache.x
+            return dy * (cache.cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
+    """, "gelu_backward")
+    assert v.status == "right" and "np.exp run on NumPy only" in v.notes[0]
+    assert "note: np.exp" in v.report()
