@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..engine.backend import erf_function, kernel
+from ..engine.backend import erf_function, kernel, to_device
 from ..engine.layers import GELU_TANH_COEF, SQRT_2_OVER_PI
 
 
@@ -184,3 +184,80 @@ def residual(xp, x, h, b, k):
 @kernel
 def scale(xp, x, k):
     return x * k
+
+
+# --------------------------------------------------- the GPU's layouts (runner.py's *_gpu)
+# On the GPU every kernel, reduction and operand copy is a launch, and a launch costs
+# more than this model's arithmetic. So results that are summed along the same axis are
+# written by one kernel as slots of one array, slot first ([k, ..., D], each slot
+# contiguous), and summed by one reduction (`slot`: a device array [k, 1, ..., 1] holding
+# 0, 1, ..., k-1); and a kernel that reads arrays through transposed views writes its
+# result into `out`, a C-contiguous array, so that no batched product has to copy an
+# operand (such kernels return nothing). Constants such as `slot` are made once:
+
+_CONSTANTS = {}
+
+
+def constant(xp, key, make):
+    """A small constant array on xp's device (make() builds it on the host), made once per
+    backend and key: on the GPU a copy from the host is a launch, not to be made each step."""
+    if (xp, key) not in _CONSTANTS:
+        _CONSTANTS[(xp, key)] = to_device(make(), xp)
+    return _CONSTANTS[(xp, key)]
+
+
+@kernel
+def layernorm_backward_rows(xp, dy, w, xhat, slot):
+    """[2, ..., D]: g = dy w in slot 0 and g xhat in slot 1 (their row sums in one
+    reduction)."""
+    g = dy * w
+    return xp.where(slot == 0, g, g * xhat)
+
+
+@kernel
+def layernorm_backward_dx_slots(xp, g, xhat, g_sum, gx_sum, var_sum, inv_d, eps, dres, dy, slot):
+    """[3, ..., D]: layernorm_backward_dx's dx in slot 0, dy xhat and dy in slots 1 and 2
+    (their column sums are dw and db; slot 0's, the gradient of a bias whose output
+    gradient is dx)."""
+    dx = layernorm_backward_dx.body(xp, g, xhat, g_sum, gx_sum, var_sum, inv_d, eps, dres)
+    return xp.where(slot == 0, dx, xp.where(slot == 1, dy * xhat, dy))
+
+
+@kernel
+def layernorm_backward_dx_slots_rows(xp, g, xhat, g_sum, gx_sum, var_sum, inv_d, eps, dres, rows,
+                                     dy, slot):
+    """layernorm_backward_dx_slots with the residual gradient dres added only where rows
+    (a bool array [N, 1]) is True: the class token's row, in the class-token-only block."""
+    return layernorm_backward_dx_slots.body(xp, g, xhat, g_sum, gx_sum, var_sum, inv_d, eps,
+                                            xp.where(rows, dres, 0.0), dy, slot)
+
+
+@kernel
+def scaled_exp_into(xp, out, s, s_max, scale):
+    """out = scaled_exp(s, s_max, scale)."""
+    xp.exp((s - s_max) * scale, out=out)
+
+
+@kernel
+def attention_backward_do(xp, do_out, do_e_out, do, o, e_sum):
+    """From views, in the heads' layout, of do (the output projection's input gradient) and
+    o (its input): writes do_out = do and do_e_out = do / sum(e), for da = do v^T and
+    dv = a^T do = e^T (do / sum(e)) -> do o, whose row sums are sum_j da_ij a_ij."""
+    xp.multiply(do, 1.0, out=do_out)
+    xp.divide(do, e_sum, out=do_e_out)
+    return do * o
+
+
+@kernel
+def softmax_backward_ds_into(xp, out, da, e, e_sum, da_a_sum, scale):
+    """out = softmax_backward_ds(da, a, da_a_sum, scale) with a = e / sum(e)."""
+    xp.multiply((e / e_sum) * (da - da_a_sum), scale, out=out)
+
+
+@kernel
+def qkv_gradient_into(xp, out, slot, dq, dk, dv):
+    """out [B, N, 3, h, d] (the in-projection's output layout) from views of dq, dk, dv in
+    any layout: slot [.., 3, 1, 1] says which goes where (3: zero, the rows of q that did
+    not ask)."""
+    xp.positive(xp.where(slot == 0, dq, xp.where(slot == 1, dk, xp.where(slot == 2, dv, 0.0))),
+                out=out)

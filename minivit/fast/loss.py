@@ -2,11 +2,15 @@
 same arguments, checks and numbers to rounding, in fewer launches on the GPU:
 
     t = z - max z and e = exp t in one kernel; with S = sum_k e_k, p = e / S and
-    log p = t - log S, dlogits = (q_sum p - q) / B and the loss terms -q log p / B in one.
+    log p = t - log S, dlogits = (q_sum p - q) / B and the loss terms -q log p / B in one
+    (with class labels, the targets q made inside it too).
 """
+
+import numpy as np
 
 from ..engine.backend import array_module, kernel
 from ..engine.loss import check_labels
+from .kernels import constant
 
 
 @kernel
@@ -29,20 +33,27 @@ def softmax_cross_entropy(xp, t, e, e_sum, q, q_sum, inv_b):
     return (q_sum * (e / e_sum) - q) * inv_b, -(q * (t - xp.log(e_sum))) * inv_b
 
 
+@kernel
+def softmax_cross_entropy_labels(xp, t, e, e_sum, labels, classes, on, off, inv_b):
+    """softmax_cross_entropy with the targets of class labels, smoothed_onehot's."""
+    q = smoothed_onehot.body(xp, labels, classes, on, off)
+    return softmax_cross_entropy.body(xp, t, e, e_sum, q, 1.0, inv_b)
+
+
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """engine.loss.cross_entropy, fused -> (loss 0-d, dlogits [B, K])."""
     xp = array_module(logits)
     labels, soft = check_labels(logits, labels, label_smoothing)
     B, K = logits.shape
+    t, e = shifted_exp(logits, logits.max(axis=-1, keepdims=True))   # [B, K]
     if soft:
         q = labels.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
         q_sum = q.sum(axis=1, keepdims=True)                          # [B, 1]: 1 if checked
-    else:
+        dlogits, terms = softmax_cross_entropy(t, e, e.sum(axis=-1, keepdims=True), q, q_sum, 1.0 / B)
+    else:                                                             # q [B, K], its rows sum to 1
         scalar = logits.dtype.type       # the run's dtype: fused, two bare Python floats are float16
-        q = smoothed_onehot(labels[:, None], xp.arange(K),                     # [B, K]
-                            scalar(1.0 - label_smoothing + label_smoothing / K),
-                            scalar(label_smoothing / K))
-        q_sum = 1.0                                                   # sum_k q_k = 1
-    t, e = shifted_exp(logits, logits.max(axis=-1, keepdims=True))   # [B, K]
-    dlogits, terms = softmax_cross_entropy(t, e, e.sum(axis=-1, keepdims=True), q, q_sum, 1.0 / B)
+        classes = constant(xp, ("arange", K), lambda: np.arange(K))    # [K], made once
+        dlogits, terms = softmax_cross_entropy_labels(
+            t, e, e.sum(axis=-1, keepdims=True), labels[:, None], classes,
+            scalar(1.0 - label_smoothing + label_smoothing / K), scalar(label_smoothing / K), 1.0 / B)
     return terms.sum(), dlogits

@@ -14,7 +14,10 @@ The math is the reference's; what changes is how it is scheduled:
 - the last block computes only the class token's row when the head reads it (exact:
   docs/gradients.md §9), and the input gradient is skipped when nobody asks for it;
 - on NumPy each batch is cut into one shard per CPU core, run at once in threads
-  (threads.py).
+  (threads.py);
+- on CuPy, where a launch costs more than this model's arithmetic, attention and
+  LayerNorm's backward take a schedule of their own in fewer launches (the GPU's
+  schedule, below; the CPU keeps the functions that read like the reference).
 
 benchmarks/launch_count.py counts a step's GPU launches (benchmarks/RESULTS.md).
 
@@ -50,10 +53,12 @@ def linear_nobias(x, w):
 
 
 def linear_backward_into(dy, c, gw, gb, need_dx=True):
-    """layers.linear_backward, writing dW into gw and db into gb; -> dx (or None)."""
+    """layers.linear_backward, writing dW into gw and db into gb (gb None: db was written
+    already); -> dx (or None)."""
     dy2 = dy.reshape(-1, c.w.shape[0])
     array_module(dy2).matmul(dy2.T, c.x2, out=gw)               # dW = dy^T x
-    dy2.sum(axis=0, out=gb)                                     # db = sum dy
+    if gb is not None:
+        dy2.sum(axis=0, out=gb)                                 # db = sum dy
     return (dy2 @ c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
 
 
@@ -132,6 +137,8 @@ def attention_nobias(x, p, num_heads, queries=None):
     contiguous), its bias added in the same kernel: a batched matmul on CuPy first copies
     every operand that is not C-contiguous, and split_heads' views are not."""
     xp = array_module(x)
+    if xp is not np:
+        return attention_gpu(x, p, num_heads, queries)
     B, N, D = x.shape
     h, d = num_heads, D // num_heads
     qkv, c_in = linear_nobias(x, p["attn.in_proj_weight"])                   # [B, N, 3D]
@@ -149,6 +156,8 @@ def attention_nobias(x, p, num_heads, queries=None):
 def attention_backward_into(dy, c, g, xp):
     """transformer.attention_backward, writing the four gradients into g (keyed like
     transformer.block_param_shapes); -> dx [B, N, D]."""
+    if xp is not np:
+        return attention_backward_gpu(dy, c, g, xp)
     do = linear_backward_into(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
     do = xp.ascontiguousarray(transformer.split_heads(do, c.num_heads))          # [B, h, Nq, d]
     B, h, N, d = c.sdpa.k.shape
@@ -182,6 +191,8 @@ def block_backward_into(dy, c, g, xp):
     """transformer.block_backward, writing the block's gradients into g (arrays keyed like
     transformer.block_param_shapes); -> dx. With cls_only, dy is [B, 1, D]: the residual
     gradient reaches the class token's row only. k1, k2: None without stochastic depth."""
+    if xp is not np:
+        return block_backward_gpu(dy, c, g, xp)
     dh = linear_backward_into(dy if c.k2 is None else kernels.scale(dy, c.k2), c.mlp.linear2,
                               g["mlp.2.weight"], g["mlp.2.bias"])
     dh = linear_backward_into(dh * c.mlp.dgelu, c.mlp.linear1, g["mlp.0.weight"], g["mlp.0.bias"])
@@ -192,6 +203,158 @@ def block_backward_into(dy, c, g, xp):
     dx = norm_backward_into(dh, c.norm1, g)
     dx[:, :1] += dx1
     return dx
+
+
+# ------------------------------------------------------------------ the GPU's schedule
+# On CuPy every kernel, reduction and operand copy is a launch, each ~10 us of host time:
+# more than this model's arithmetic. The GPU runs the same math in fewer launches (what
+# follows: benchmarks/launch_count.py counts them); the CPU keeps the functions above.
+# Each change is exact up to rounding:
+# - attention keeps q and k^T, v^T (one kernel each, biases added) and e^T (written by the
+#   exponentials' kernel from a transposed view) contiguous, so no batched product copies
+#   an operand; softmax's normalization comes after the product with v, in the kernel
+#   that lays the heads out for the output projection; the backward's row terms
+#   sum_j da_ij a_ij are do_i . o_i (o = a v), and it computes ds^T and dq^T = k^T ds^T;
+# - LayerNorm's backward writes what it sums as slots of one array (kernels.py): two
+#   reductions instead of four, and its column sums take in the gradient of the bias just
+#   before the norm's weight in the model's layout when that bias's output gradient is
+#   the norm's dx (attn.out_proj.bias before norm2, the previous block's mlp.2.bias
+#   before norm1, the last block's before the head's norm with the class token read).
+
+def _slots(xp, k, ndim):
+    """[k, 1, ..., 1] (ndim ones) holding 0, ..., k-1: the slot index of kernels.py's layouts."""
+    return kernels.constant(xp, ("slots", k, ndim), lambda: np.arange(k).reshape((k,) + (1,) * ndim))
+
+
+def _first_row(xp, n):
+    """[n, 1] bool, True on row 0 (the class token's)."""
+    return kernels.constant(xp, ("first row", n), lambda: (np.arange(n) == 0)[:, None])
+
+
+def _qkv_slots(xp, n, nq):
+    """kernels.qkv_gradient's slot [1, n, 3, 1, 1]: q, k, v for each token, none (3) for the
+    q of tokens past the nq that asked."""
+    def make():
+        slot = np.tile(np.arange(3), (n, 1))
+        slot[nq:, 0] = 3
+        return slot[None, :, :, None, None]
+    return kernels.constant(xp, ("qkv", n, nq), make)
+
+
+def attention_gpu(x, p, num_heads, queries=None):
+    """attention_nobias on the GPU (cache: sdpa with q, kv_t = [k^T, v^T], e_t = e^T and
+    e_sum, the exponentials' row sums as [B, h, 1, Nq])."""
+    xp = array_module(x)
+    B, N, D = x.shape
+    h, d = num_heads, D // num_heads
+    Nq = N if queries is None else queries
+    qkv, c_in = linear_nobias(x, p["attn.in_proj_weight"])                   # [B, N, 3D]
+    t, bias = qkv.reshape(B, N, 3, h, d), p["attn.in_proj_bias"].reshape(3, h, d)
+    q = xp.empty((B, h, Nq, d), dtype=qkv.dtype)
+    xp.add(t[:, :Nq, 0].transpose(0, 2, 1, 3), bias[0][:, None, :], out=q)   # [B, h, Nq, d]
+    kv_t = xp.empty((2, B, h, d, N), dtype=qkv.dtype)                        # k^T, v^T
+    xp.add(t[:, :, 1:].transpose(2, 0, 3, 4, 1), bias[1:, None, :, :, None], out=kv_t)
+    scale = 1.0 / math.sqrt(d)
+    s = q @ kv_t[0]                                                          # [B, h, Nq, N]
+    e_t = xp.empty((B, h, N, Nq), dtype=s.dtype)                             # e^T
+    kernels.scaled_exp_into(e_t, s.swapaxes(-1, -2), s.max(axis=-1, keepdims=True).swapaxes(-1, -2),
+                            scale)
+    e_sum = e_t.sum(axis=-2, keepdims=True)                                  # [B, h, 1, Nq]
+    o_t = kv_t[1] @ e_t                                                      # (e v)^T [B, h, d, Nq]
+    o = xp.empty((B, Nq, h, d), dtype=s.dtype)                               # softmax's division
+    xp.divide(o_t.transpose(0, 3, 1, 2), e_sum.transpose(0, 3, 1, 2), out=o)  # after the product
+    y, c_out = linear_nobias(o.reshape(B, Nq, D), p["attn.out_proj.weight"])  # [B, Nq, D]
+    return y, Cache(linear_in=c_in, sdpa=Cache(q=q, kv_t=kv_t, e_t=e_t, e_sum=e_sum, scale=scale),
+                    linear_out=c_out, num_heads=num_heads)
+
+
+def attention_backward_gpu(dy, c, g, xp, out_bias_done=False):
+    """attention_backward_into for attention_gpu's cache (out_bias_done: the out
+    projection's bias gradient was written already) -> dx [B, N, D]."""
+    s = c.sdpa
+    B, h, Nq, d = s.q.shape
+    N = s.kv_t.shape[-1]
+    do = linear_backward_into(dy, c.linear_out, g["attn.out_proj.weight"],
+                              None if out_bias_done else g["attn.out_proj.bias"])   # [B, Nq, D]
+
+    def heads(t):                                     # [B, Nq, D] -> a view [B, h, Nq, d]
+        return t.reshape(B, Nq, h, d).transpose(0, 2, 1, 3)
+    do_h, do_e = (xp.empty((B, h, Nq, d), dtype=do.dtype) for _ in range(2))
+    do_o = kernels.attention_backward_do(do_h, do_e, heads(do), heads(c.linear_out.x2),
+                                         s.e_sum.swapaxes(-1, -2))
+    da_a_sum = do_o.sum(axis=-1, keepdims=True)       # sum_j da_ij a_ij = do_i . o_i [B, h, Nq, 1]
+    da = do_h @ s.kv_t[1]                             # do v^T                  [B, h, Nq, N]
+    dv = s.e_t @ do_e                                 # a^T do = e^T (do / sum e) [B, h, N, d]
+    ds_t = xp.empty((B, h, N, Nq), dtype=do.dtype)
+    kernels.softmax_backward_ds_into(ds_t, da.swapaxes(-1, -2), s.e_t, s.e_sum,
+                                     da_a_sum.swapaxes(-1, -2), s.scale)     # ds^T
+    dq_t = s.kv_t[0] @ ds_t                           # (ds k)^T = k^T ds^T      [B, h, d, Nq]
+    dk = ds_t @ s.q                                   # ds^T q                   [B, h, N, d]
+    dqkv = xp.empty((B, N, 3, h, d), dtype=do.dtype)
+    kernels.qkv_gradient_into(dqkv, _qkv_slots(xp, N, Nq), dq_t.transpose(0, 3, 1, 2)[:, :, None],
+                              dk.transpose(0, 2, 1, 3)[:, :, None], dv.transpose(0, 2, 1, 3)[:, :, None])
+    return linear_backward_into(dqkv.reshape(B, N, 3 * h * d), c.linear_in,
+                                g["attn.in_proj_weight"], g["attn.in_proj_bias"])
+
+
+def norm_backward_gpu(dy, c, g, sums=None, dres=0.0, rows=None):
+    """norm_backward_into on the GPU -> dx plus dres (on rows only, a [N, 1] bool, when
+    given). LayerNorm in four launches: layernorm_backward_rows, one row sum, the dx kernel
+    with the column sums' slots, one column sum, whose weight and bias gradients go to
+    sums[-2:] (a [k, D] view where they lie side by side in g's buffer; None: into g
+    through a temporary), and with k = 3 the column sum of dx to sums[0]. Another norm:
+    the engine's code, as norm_backward_into."""
+    if c.kind != "layernorm":
+        if rows is None:
+            return norm_backward_into(dy, c, g, dres)
+        dx = norm_backward_into(dy, c, g)
+        dx[:, :1] += dres
+        return dx
+    xp, n, D = array_module(dy), c.norm, dy.shape[-1]
+    gg = kernels.layernorm_backward_rows(dy, n.w, n.xhat, _slots(xp, 2, dy.ndim))   # [2, ..., D]
+    row_sums = gg.sum(axis=-1, keepdims=True)                                         # [2, ..., 1]
+    terms = (gg[0], n.xhat, row_sums[0], row_sums[1], n.var_sum, 1.0 / D, n.eps)
+    if rows is None:
+        out = kernels.layernorm_backward_dx_slots(*terms, dres, dy, _slots(xp, 3, dy.ndim))
+    else:
+        out = kernels.layernorm_backward_dx_slots_rows(*terms, dres, rows, dy, _slots(xp, 3, dy.ndim))
+    target = xp.empty((2, D), dtype=dy.dtype) if sums is None else sums
+    out.reshape(3, -1, D)[3 - target.shape[0]:].sum(axis=1, out=target)             # [k, D]
+    if sums is None:
+        g[c.name + ".weight"][...] = target[0]
+        g[c.name + ".bias"][...] = target[1]
+    return out[0]
+
+
+def column_sums(view, takes_bias):
+    """norm_backward_gpu's sums from a view FastRunner._spans made (or None) -> (sums,
+    whether they take the bias before the norm's weight): all three rows when they have
+    them and takes_bias (that bias's output gradient is the norm's dx), else the norm's
+    own two."""
+    if view is None:
+        return None, False
+    takes = takes_bias and view.shape[0] == 3
+    return (view if takes else view[-2:]), takes
+
+
+def block_backward_gpu(dy, c, g, xp, spans=None, dy_summed=False):
+    """block_backward_into on the GPU. spans: {"norm1": view, "norm2": view} of g's buffer
+    (FastRunner._spans; None: the norms' gradients go through temporaries). Without
+    stochastic depth there, norm2's dx is the out projection's output gradient, so a
+    view of norm2 that starts at attn.out_proj.bias takes its gradient too; norm1's view
+    is given as it is to be summed (column_sums): with 3 rows, it takes the block before's
+    mlp.2.bias, whose output gradient is this block's dx. dy_summed: mlp.2.bias's
+    gradient, the sum of dy, was written already (by the norm after this block)."""
+    spans = spans or {}
+    dh = linear_backward_into(dy if c.k2 is None else kernels.scale(dy, c.k2), c.mlp.linear2,
+                              g["mlp.2.weight"], None if dy_summed else g["mlp.2.bias"])
+    dh = linear_backward_into(dh * c.mlp.dgelu, c.mlp.linear1, g["mlp.0.weight"], g["mlp.0.bias"])
+    sums, out_bias_done = column_sums(spans.get("norm2"), c.k1 is None)
+    dx1 = norm_backward_gpu(dh, c.norm2, g, sums, dres=dy)
+    dh = attention_backward_gpu(dx1 if c.k1 is None else kernels.scale(dx1, c.k1), c.attn, g, xp,
+                                out_bias_done)
+    return norm_backward_gpu(dh, c.norm1, g, spans.get("norm1"), dres=dx1,
+                             rows=_first_row(xp, dh.shape[1]) if c.cls_only else None)
 
 
 # -------------------------------------------------------------- the model, run fast
@@ -213,7 +376,7 @@ class FastRunner:
         self.model = model
         self.threads = threads
         self._cache = None
-        self._buffers = []              # (flat gradient buffer, {name: view}) per shard
+        self._buffers = []              # (flat gradient buffer, {name: view}, spans) per shard
 
     @property
     def threads(self):
@@ -253,10 +416,11 @@ class FastRunner:
         dlogits = m.check_dlogits(dlogits, parts[-1].stop)
         while len(self._buffers) < len(parts):
             flat = m.xp.empty_like(m.flat_grads)
-            self._buffers.append((flat, m.views(flat)))
+            self._buffers.append((flat, m.views(flat), self._spans(flat)))
 
         def run(k):
-            return self._backward_pass(dlogits[parts[k]], caches[k], self._buffers[k][1], need_dx)
+            return self._backward_pass(dlogits[parts[k]], caches[k], self._buffers[k][1], need_dx,
+                                       self._buffers[k][2])
 
         dxs = parallel_map(run, range(len(parts)))
         for k in range(len(parts)):       # every entry of each buffer was written
@@ -312,19 +476,56 @@ class FastRunner:
                 dx * c.dgelu, c.conv, need_dx=need_dx or i > 0)
         return dx
 
-    def _backward_pass(self, dlogits, cache, g, need_dx):
+    def _spans(self, flat):
+        """On the GPU, for norm_backward_gpu's column sums: views [k, D] of a gradient buffer
+        laid out like flat_grads where a LayerNorm's weight and bias lie side by side (k = 2)
+        and, k = 3, the bias before them too (attn.out_proj.bias before norm2, the block
+        before's mlp.2.bias before norm1 and before the head's norm). None on the CPU."""
+        m, c = self.model, self.model.config
+        if m.xp is np or c.norm != "layernorm":
+            return None
+        at = {p.name: p for p in m.parameters()}
+
+        def side_by_side(before, norm):
+            names = [before, f"{norm}.weight", f"{norm}.bias"]
+            for ps in ([at.get(name) for name in names], [at[name] for name in names[1:]]):
+                n = ps[-1].data.size
+                if all(p is not None and p.data.size == n and p.offset == ps[0].offset + i * n
+                       for i, p in enumerate(ps)):
+                    return flat[ps[0].offset:ps[0].offset + len(ps) * n].reshape(len(ps), n)
+            return None
+
+        return Cache(blocks=[{"norm1": side_by_side(f"blocks.{i - 1}.mlp.2.bias", f"blocks.{i}.norm1"),
+                              "norm2": side_by_side(f"blocks.{i}.attn.out_proj.bias", f"blocks.{i}.norm2")}
+                             for i in range(c.depth)],
+                     head=side_by_side(f"blocks.{c.depth - 1}.mlp.2.bias", "norm"))
+
+    def _backward_pass(self, dlogits, cache, g, need_dx, spans=None):
         c, xp = self.model.config, self.model.xp
         head, embed = cache.head, cache.embed
         dz = linear_backward_into(dlogits, head.linear, g["head.weight"], g["head.bias"])
-        dpooled = norm_backward_into(dz, head.norm, g)                       # [B, D]
-        if head.pool.h_shape[1] == 1:         # the class-token-only last block: nothing to pool
+        cls_only = head.pool.h_shape[1] == 1   # the class-token-only last block: nothing to pool
+        if xp is np:
+            dpooled = norm_backward_into(dz, head.norm, g)                   # [B, D]
+        else:                   # with cls_only, the norm's dx is the last block's dy: its mlp.2.bias
+            sums, summed = column_sums(spans and spans.head, cls_only and cache.blocks[-1].k2 is None)
+            dpooled = norm_backward_gpu(dz, head.norm, g, sums)             # [B, D]
+        if cls_only:
             dh = dpooled[:, None, :]                                         # [B, 1, D]
         else:
             dh, dpool_w = transformer.pool_backward(dpooled, head.pool)      # [B, N, D]
             if dpool_w is not None:                                          # pool "seq"
                 g[transformer.SEQ_POOL_WEIGHT][...] = dpool_w
         for i in reversed(range(c.depth)):
-            dh = block_backward_into(dh, cache.blocks[i], transformer.block_params(g, i), xp)
+            g_i = transformer.block_params(g, i)
+            if xp is np:
+                dh = block_backward_into(dh, cache.blocks[i], g_i, xp)
+            else:               # norm1's dx is the block before's dy: its mlp.2.bias
+                block_spans = dict(spans.blocks[i]) if spans else {}
+                block_spans["norm1"], takes = column_sums(
+                    block_spans.get("norm1"), i > 0 and cache.blocks[i - 1].k2 is None)
+                dh = block_backward_gpu(dh, cache.blocks[i], g_i, xp, block_spans, dy_summed=summed)
+                summed = takes
             cache.blocks[i] = None             # free this block's activations
         if embed.pos is None:
             dh.sum(axis=0, keepdims=True, out=g["vit_embed.pos_embed"])

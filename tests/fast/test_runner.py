@@ -38,6 +38,48 @@ def test_fast_block_equals_the_engine_block(drop_path, cls_only):
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("cls_only", [False, True])
+@pytest.mark.parametrize("drop_path", [False, True])
+def test_the_gpus_schedule_of_a_block_equals_the_engine_block(drop_path, cls_only, monkeypatch):
+    """runner.py's GPU schedule (attention_gpu, block_backward_gpu, the LayerNorm backward's
+    slots) is array code for any xp: run here on NumPy against the engine's block, the
+    gradients written into one buffer laid out like a block's (block_param_shapes' order)
+    with the column sums' views FastRunner._spans makes: norm2's takes attn.out_proj.bias
+    (without stochastic depth), norm1's a bias laid just before it (the previous block's
+    mlp.2.bias), which must get the row sum of the block's dx."""
+    monkeypatch.setattr(runner, "attention_nobias", runner.attention_gpu)
+    _, _, inputs = gradcheck.LAYERS["block"](np.random.default_rng(0))
+    p = {k: v for k, v in inputs.items() if k != "x"}
+    x, D = inputs["x"], inputs["x"].shape[-1]
+    keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
+            if drop_path else None)
+    y_ref, c_ref = transformer.block_forward(x, p, 2, keep=keep)
+    y, c = runner.block_fused(x, p, 2, keep=keep, cls_only=cls_only)
+    rows = 1 if cls_only else x.shape[1]
+    np.testing.assert_allclose(y, y_ref[:, :rows], rtol=1e-12, atol=1e-14)
+    dy = np.zeros_like(y_ref)
+    dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
+    dx_ref, g_ref = transformer.block_backward(dy, c_ref)
+    shapes = {"before": (D,), **transformer.block_param_shapes(D, 16)}
+    sizes = [int(np.prod(shape)) for shape in shapes.values()]
+    offset = dict(zip(shapes, np.cumsum([0] + sizes)))
+    flat = np.full(sum(sizes), np.nan)                       # every entry must be written
+    g = {name: flat[offset[name]:offset[name] + n].reshape(shape)
+         for (name, shape), n in zip(shapes.items(), sizes)}
+    sums = {"norm1": flat[offset["before"]:offset["norm1.bias"] + D].reshape(3, D),
+            "norm2": flat[offset["attn.out_proj.bias"]:offset["norm2.bias"] + D].reshape(3, D)}
+    dx = runner.block_backward_gpu(dy[:, :rows], c, g, np, sums)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    for k in g_ref:
+        np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(g["before"], dx_ref.sum(axis=(0, 1)), rtol=1e-10, atol=1e-12)
+    g2 = {k: np.full_like(v, np.nan) for k, v in g_ref.items()}      # no side-by-side views
+    np.testing.assert_allclose(runner.block_backward_gpu(dy[:, :rows], c, g2, np), dx_ref, rtol=1e-10,
+                               atol=1e-12)
+    for k in g_ref:
+        np.testing.assert_allclose(g2[k], g_ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
 def _step(net, model, x, labels, draws_seed=None):
     """One forward and backward of net (the model itself or a FastRunner of it), with the
     draws of draws_seed -> host (logits, dx, {name: gradient})."""
@@ -59,13 +101,16 @@ def _assert_same(a, b, rtol=1e-11):
             np.testing.assert_allclose(v, u, rtol=rtol, atol=1e-13)
 
 
+@pytest.mark.parametrize("drop_path", [0.4, 0.0])
 @pytest.mark.parametrize("pool, stem, stem_layers", [("cls", 0, 1), ("mean", 4, 2), ("seq", 4, 1)])
-def test_fast_model_equals_the_engine_with_every_parameter_random(backend, pool, stem, stem_layers):
+def test_fast_model_equals_the_engine_with_every_parameter_random(backend, pool, stem, stem_layers,
+                                                                  drop_path):
     """A freshly built model has zero biases and unit LayerNorm weights, which hide a bias
     added in the wrong place (say, outside a residual kernel's stochastic-depth mask): here
-    every parameter is random, stochastic depth is on, and smaller images take the resized
-    position embedding (one conv in the stem, or two)."""
-    model = minivit.ViT(**tiny_config(depth=3, drop_path=0.4, pool=pool, stem_channels=stem,
+    every parameter is random, stochastic depth is on (or off: on the GPU, every bias
+    gradient then summed with a LayerNorm's), and smaller images take the resized position
+    embedding (one conv in the stem, or two)."""
+    model = minivit.ViT(**tiny_config(depth=3, drop_path=drop_path, pool=pool, stem_channels=stem,
                                       stem_layers=stem_layers),
                         dtype="float64", backend=backend)
     rng = np.random.default_rng(3)

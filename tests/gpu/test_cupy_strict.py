@@ -196,19 +196,47 @@ def test_host_labels_in_evaluate_fail_the_suite(cp, monkeypatch, tmp_path):
 
 # ------------------------------------------------------------ the launch budget
 
-BUDGET_OPS, BUDGET_SYNCS = 430, 0
+# launches a step (loader to EMA) and syncs, by preset: the default's and the seed's
+# (without Muon) within 350, the hybrid's (Muon) within 450, its Muon step within 40
+BUDGETS = {"default": 350, "seed": 350, "hybrid": 450}
+BUDGET_SYNCS, BUDGET_MUON = 0, 40
 
 
-def test_one_training_step_of_the_default_vit_within_the_launch_budget(cp):
+@pytest.mark.parametrize("preset", sorted(BUDGETS))
+def test_one_training_step_within_the_launch_budget(cp, preset):
     """The loader's batch + forward + cross-entropy + backward + NaN guard + clipping +
-    AdamW.step of the default ViT at batch 80, as the training loop runs it, counted by
-    real CuPy's rules: <= 430 kernel launches and copies, no host sync."""
+    the optimizer's step of the preset's ViT at batch 80, as the training loop runs it
+    (benchmarks/launch_count.py), counted by real CuPy's rules: within its budget of
+    kernel launches and copies, no host sync; Muon's step (the hybrid's) one stacked
+    iteration for all 25 matrices."""
     import launch_count
-    counts = launch_count.count_step(cp, minivit.ViTConfig(), batch=80, steps=2)
+    from minivit.config import TrainConfig
+    counts = launch_count.count_step(cp, TrainConfig.from_preset(preset).model_config(), batch=80,
+                                     steps=2, preset=preset)
     total_ops = sum(ops for ops, _ in counts.values())
     total_syncs = sum(syncs for _, syncs in counts.values())
-    assert total_ops <= BUDGET_OPS, counts
+    assert total_ops <= BUDGETS[preset], counts
     assert total_syncs <= BUDGET_SYNCS, counts
+    if preset == "hybrid":
+        assert counts["optimizer"][0] <= BUDGET_MUON, counts
+
+
+def test_the_gpus_muon_step_launches_the_same_for_any_number_of_matrices(cp):
+    """fast.Muon on the GPU: every matrix through one stack, so a step's launches do not
+    grow with the model's depth (the engine's Muon with its AdamW: 313 for the hybrid's 25)."""
+    from minivit.config import TrainConfig
+    from minivit.run import make_optimizer
+    launches = []
+    for depth in (1, 4):
+        cfg = TrainConfig.from_preset("hybrid", depth=depth)
+        model = minivit.ViT(cfg.model_config(), backend="cupy")
+        opt = make_optimizer(cfg, model)
+        opt.step()
+        before = cupy_strict.COUNTS.snapshot()
+        opt.step()
+        after = cupy_strict.COUNTS.snapshot()
+        launches.append((after[0] - before[0], after[1] - before[1]))
+    assert launches[0] == launches[1] and launches[0][0] <= BUDGET_MUON and launches[0][1] == 0, launches
 
 
 def test_the_training_loop_reads_the_device_only_when_it_prints(cp, tmp_path):

@@ -93,6 +93,30 @@ def test_training_runs_build_on_real_cupy(name, cupy_strict_module, check_record
         assert not check_records
 
 
+# the GPU's own kernels (fast/runner.py's GPU schedule, fast.Muon's stack, the fused loss's
+# class-label kernel): each must be among those a training run built
+GPU_SCHEDULE_KERNELS = {
+    "layernorm_backward_rows", "layernorm_backward_dx_slots", "layernorm_backward_dx_slots_rows",
+    "scaled_exp_into", "attention_backward_do", "softmax_backward_ds_into", "qkv_gradient_into",
+    "softmax_cross_entropy_labels", "stacked_nesterov", "frobenius_normalize",
+    "newton_schulz_polynomial", "newton_schulz_step", "muon_apply_flat"}
+
+
+def test_every_kernel_of_the_gpus_schedule_builds_on_real_cupy(cupy_strict_module, check_records,
+                                                               tmp_path):
+    """A run with Muon, the class-token-only last block and class labels goes through
+    every kernel of GPU_SCHEDULE_KERNELS, and real CuPy builds them all."""
+    from minivit.train import train
+    cfg = TrainConfig.from_preset("sample", **{**SMALL, "optimizer": "muon", "mixup": 0.0, "cutmix": 0.0})
+    with cupy_strict.recording() as ops:
+        train(cfg, out=tmp_path / "run", backend="cupy", progress=False, plots=False,
+              log=lambda *a: None)
+    built = {r.name for r in ops if r.kind == "fuse"}
+    assert GPU_SCHEDULE_KERNELS <= built, sorted(GPU_SCHEDULE_KERNELS - built)
+    _check(ops, "float32")
+    _check(check_records, "float64")
+
+
 def test_eval_predict_attention_and_gradcheck_build_on_real_cupy(cupy_strict_module, check_records,
                                                                  tmp_path, capsys):
     from PIL import Image
