@@ -18,27 +18,22 @@ attention_backward calling their linear_backward) are the engine's, so each exer
 graded on its own: a wrong LayerNorm fails LayerNorm's exercise alone.
 """
 
-import ast
 import contextlib
 import copy
 import inspect
 import math
 import re
-import textwrap
 import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import gradcheck, loss, optim
+from ..engine import gradcheck, loss
 from ..engine.backend import kernel
+from .diagnose import (FLOAT32_HINT, TOL, body_of, join_names, numpy_only, pattern, rel_err, shape_problem,
+                       swapped_order)
 from .exercises import BY_NAME, exercise, engine_function
 
-FLOAT32_HINT = ("training runs in float32: make new arrays with the input's dtype (xp.zeros(shape, "
-                "dtype=dy.dtype); np.zeros(shape) is float64), and write constants as Python numbers "
-                "(math.sqrt(2 * math.pi)): a NumPy float64 such as np.sqrt(2 * np.pi) turns float32 "
-                "arrays into float64")
-TOL = 1e-7              # the relative error a right gradient stays under (float64)
 SEED = 0
 
 NOT_DONE, RIGHT, WRONG = "not done", "right", "wrong"
@@ -60,8 +55,9 @@ class Verdict:
     def report(self, number=None):
         """One line (number, name, status, summary), then the hints, indented."""
         ex = BY_NAME[self.name]
-        head = f"{'' if number is None else f'{number:2d}  '}{self.name:<22s} {self.status.upper() if self.status == WRONG else self.status}"
-        lines = [f"{head}  {self.summary}".rstrip()]
+        number = "" if number is None else f"{number:2d}  "
+        status = self.status.upper() if self.status == WRONG else self.status
+        lines = [f"{number}{self.name:<22s} {status}  {self.summary}".rstrip()]
         pad = " " * (4 if number is not None else 0) + " " * 23
         for hint in dict.fromkeys(self.hints):
             lines.append(f"{pad}hint: {hint}")
@@ -93,11 +89,6 @@ def engine_for_others(fn, name):
         quiet.__exit__(None, None, None)
         if scope is not None:
             scope.update(saved)
-
-
-def body_of(fn):
-    """The Python function behind fn (a @kernel's body)."""
-    return fn.body if isinstance(fn, kernel) else fn
 
 
 def as_called(name, fn):
@@ -154,90 +145,6 @@ def _signature_problem(name, fn):
 
 
 # --------------------------------------------------------------------- diagnosing
-
-def rel_err(a, b):
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
-    return float(np.linalg.norm(a - b) / scale) if scale > 0 else 0.0
-
-
-def _factor_name(c, factors):
-    """'2.0 = sqrt(d)' when c is a named constant of the case (or its inverse)."""
-    names = [n for n, v in factors.items() if abs(c - v) <= 1e-6 * abs(v)]
-    names += [f"1/{n}" for n, v in factors.items() if abs(c * v - 1) <= 1e-6]
-    return f"{c:.4g}" + (f" = {' or '.join(names)}" if names else "")
-
-
-def pattern(got, want, factors):
-    """What the difference between a wrong gradient and the right one looks like, or None."""
-    r = want.reshape(-1)
-    s = got.reshape(-1)
-    if np.dot(r, r) > 0:
-        c = float(np.dot(s, r) / np.dot(r, r))
-        if rel_err(s, c * r) <= 1e-6 and not np.isclose(c, 1.0):
-            if np.isclose(c, -1.0):
-                return "has the right size but the opposite sign"
-            if abs(c) < 1e-12:
-                return "is all zeros"
-            return f"is off by a constant factor: {_factor_name(c, factors)} times the right one"
-    if got.ndim >= 2 and got.shape[-1] == got.shape[-2] and rel_err(got, np.swapaxes(want, -1, -2)) <= 1e-6:
-        return "is the right one transposed (its last two axes swapped)"
-    if got.ndim >= 1 and got.shape[0] % 3 == 0 and got.shape[0] >= 3:
-        thirds = np.split(want, 3)
-        for order in ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
-            if rel_err(got, np.concatenate([thirds[i] for i in order])) <= 1e-6:
-                return ("holds the right three blocks of rows (q, k, v) in the wrong order: "
-                        "q's rows 0:D, k's D:2D, v's 2D:3D")
-    diff = got - want
-    where = _only_at(diff)
-    if where:
-        return where
-    if got.ndim >= 1 and got.shape[-1] > 1 and np.abs(diff).max() > 0:
-        spread = np.abs(diff - diff.mean(axis=-1, keepdims=True)).max()
-        if spread <= 1e-6 * np.abs(diff).max():
-            return ("differs from the right one by the same amount in every entry along the "
-                    "last axis: a term like mean(...) or sum(...) over that axis is missing "
-                    "or extra (a path through a mean?)")
-    return None
-
-
-def _only_at(diff):
-    """'is wrong only where axis a is i ...' when the difference sits at one or two
-    indices of some axis (and nowhere else), else None."""
-    bad = np.abs(diff) > 1e-9 * max(np.abs(diff).max(), 1e-300)
-    if not bad.any():
-        return None
-    for axis, n in enumerate(diff.shape):
-        if n < 3:
-            continue
-        rows = np.flatnonzero(np.moveaxis(bad, axis, 0).reshape(n, -1).any(axis=1))
-        if len(rows) <= 2:
-            at = " and ".join(str(i) for i in rows)
-            return (f"is wrong only at index {at} of axis {axis} (of {n}) and right everywhere else: "
-                    f"what is special there?")
-    return None
-
-
-def _shape_problem(got, want, shown):
-    """Why got cannot be the gradient want (wrong shape, type, NaN), or None."""
-    if got is None:
-        return f"{shown} is None"
-    if not hasattr(got, "shape"):
-        return f"{shown} is a {type(got).__name__}, not an array"
-    if got.shape != want.shape:
-        why = f"{shown} has shape {tuple(got.shape)}, expected {tuple(want.shape)} (its input's)"
-        if got.shape == want.shape[::-1]:
-            return why + ": transposed?"
-        if got.ndim > want.ndim and got.shape[got.ndim - want.ndim:] == want.shape:
-            return why + ": a parameter used by every row gets the sum over those rows"
-        if got.size == want.size:
-            return why + ": the right size, reshape it"
-        return why
-    if not np.isfinite(got).all():
-        return f"{shown} holds NaN or Inf"
-    if got.dtype != want.dtype:
-        return (f"{shown} is {got.dtype}, its input {want.dtype}: keep the input's dtype (new "
-                f"arrays with dtype=dy.dtype; np.zeros(shape) is float64)")
-    return None
 
 
 # ------------------------------------------------------------------ backward passes
@@ -310,7 +217,7 @@ def _grade_backward(ex, fn):
                 verdict.summary = f"{label}: {verdict.summary}"
             return verdict
     verdict = _need_dx_check(ex, fn) or _dtype_check(ex, fn) or Verdict(ex.name, RIGHT)
-    verdict.notes = _numpy_only(fn)
+    verdict.notes = numpy_only(fn)
     return verdict
 
 
@@ -338,10 +245,10 @@ def _grade_case(ex, fn, case, need_dx=None):
                             "images): skip that product and return None in its place"])
         inputs = {k: v for k, v in inputs.items() if k != first}
         got, want = ({k: d[k] for k in inputs} for d in (got, want))
-    swapped = _swapped_order(got, want, shown, ex)
+    swapped = swapped_order(got, want, shown, ex)
     if swapped:
         return Verdict(ex.name, WRONG, swapped)
-    problems = {k: _shape_problem(got[k], want[k], shown[k]) for k in inputs}
+    problems = {k: shape_problem(got[k], want[k], shown[k]) for k in inputs}
     if any(problems.values()):
         return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p))
     numeric = _numeric(case)
@@ -382,48 +289,6 @@ def _need_dx_check(ex, fn):
     return None if verdict.status == RIGHT else verdict
 
 
-# names of NumPy that make no array, fine in code for any backend
-_NUMPY_CONSTANTS = {"float32", "float64", "pi", "e", "newaxis", "inf", "nan", "finfo", "dtype"}
-
-
-def _numpy_only(fn):
-    """Notes on what in fn's source runs on NumPy only (np.X calls; in a kernel, an
-    assignment into an argument's slice), for a GPU run."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(body_of(fn))))
-    except (OSError, TypeError, SyntaxError):
-        return []
-    used = sorted({n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-                   and isinstance(n.value, ast.Name) and n.value.id in ("np", "numpy")
-                   and n.attr not in _NUMPY_CONSTANTS})
-    notes = []
-    if used:
-        notes.append(f"np.{', np.'.join(used)} run on NumPy only: on a GPU the arrays are CuPy's; "
-                     f"write xp = array_module(dy) and xp.{used[0]}"
-                     if not isinstance(fn, kernel) else
-                     f"np.{', np.'.join(used)} in a kernel: use xp.{used[0]} (the kernel's xp is "
-                     f"CuPy's on a GPU)")
-    if isinstance(fn, kernel) and any(isinstance(n, (ast.Assign, ast.AugAssign))
-                                      and any(isinstance(t, ast.Subscript) for t in
-                                              getattr(n, "targets", [getattr(n, "target", None)]))
-                                      for n in ast.walk(tree)):
-        notes.append("an assignment into a slice (m[...] = ...) runs on NumPy, but a fused GPU "
-                     "kernel updates its arguments only with +=, -=")
-    return notes
-
-
-def _swapped_order(got, want, shown, ex):
-    """'X holds what Y should: ...' when gradients come back in the wrong order, else None."""
-    for k in got:
-        for j in want:
-            if (j != k and hasattr(got[k], "shape") and got[k].shape == want[j].shape
-                    and (getattr(got[k], "shape", None) != want[k].shape or rel_err(got[k], want[k]) > TOL)
-                    and rel_err(np.asarray(got[k], dtype=np.float64), want[j]) <= 1e-6):
-                return (f"{shown[k]} holds what {shown[j]} should: return "
-                        f"({', '.join(ex.returns)}) in that order")
-    return None
-
-
 def _verdict(ex, errors, wrong):
     """A Verdict naming the wrong and the right gradients (a dict's by their layers:
     grads['attn.*'] for every attn. entry)."""
@@ -438,14 +303,10 @@ def _verdict(ex, errors, wrong):
     bad = [g for g, (_, w) in groups.items() if w]
     good = [g for g, (_, w) in groups.items() if not w]
     errs = ", ".join(f"{groups[g][0]:.1e}" for g in bad)
-    summary = f"{_and(bad)} wrong (relative error{'s' if len(bad) > 1 else ''} {errs})"
+    summary = f"{join_names(bad)} wrong (relative error{'s' if len(bad) > 1 else ''} {errs})"
     if good:
-        summary += f"; {_and(good)} right"
+        summary += f"; {join_names(good)} right"
     return Verdict(ex.name, WRONG, summary, [], errors)
-
-
-def _and(names):
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _dtype_check(ex, fn):
@@ -465,7 +326,7 @@ def _dtype_check(ex, fn):
     if not bad:
         return None
     verb = "comes" if len(bad) == 1 else "come"
-    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs {_and([shown[k] for k in bad])} "
+    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs {join_names([shown[k] for k in bad])} "
                    f"{verb} back {got[bad[0]].dtype}", [FLOAT32_HINT])
 
 
@@ -481,9 +342,9 @@ def _loss_cases():
     return [("integer labels", logits, labels, 0.0,
              "without smoothing q is onehot(label): loss = -mean of log pi at the label"),
             ("label smoothing 0.1", logits, labels, 0.1,
-             "with smoothing the target is q = (1 - eps) onehot + eps / K, over all K classes"),
+             "with smoothing the target is q = (1 - ls) onehot + ls / K, over all K classes"),
             ("soft targets", logits, soft, 0.1,
-             "soft targets [B, K] take onehot's place: q = (1 - eps) labels + eps / K"),
+             "soft targets [B, K] take onehot's place: q = (1 - ls) labels + ls / K"),
             ("logits near 1000", logits + 1000.0, labels, 0.1,
              "exp(1000) overflows: subtract each row's max first, t = z - max z")]
 
@@ -510,7 +371,7 @@ def _grade_loss(ex, fn):
         except (TypeError, ValueError):
             return Verdict(ex.name, WRONG, f"the loss is a {type(got_loss).__name__}, not a number "
                            f"(a 0-d array or a float)")
-        problem = _shape_problem(got_d, want, "dlogits")
+        problem = shape_problem(got_d, want, "dlogits")
         if problem or not math.isfinite(got_loss):
             return Verdict(ex.name, WRONG, f"{what}: {problem or 'the loss is ' + str(got_loss)}",
                            [hint] if hint else [])
@@ -537,7 +398,7 @@ def _grade_loss(ex, fn):
     if getattr(got[1], "dtype", None) != np.float32:
         return Verdict(ex.name, WRONG, f"right in float64, but float32 logits give {got[1].dtype} dlogits",
                        [FLOAT32_HINT])
-    return Verdict(ex.name, RIGHT, notes=_numpy_only(fn))
+    return Verdict(ex.name, RIGHT, notes=numpy_only(fn))
 
 
 # ------------------------------------------------------------------ the optimizer
@@ -603,7 +464,7 @@ def _grade_adam(ex, fn):
             elif k in ex.hints:
                 verdict.hints.append(f"{k}: {ex.hints[k]}")
         return verdict
-    return Verdict(ex.name, RIGHT, notes=_numpy_only(fn))
+    return Verdict(ex.name, RIGHT, notes=numpy_only(fn))
 
 
 # ------------------------------------------------------------------ the entry points

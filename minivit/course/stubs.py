@@ -28,18 +28,19 @@ D width, h heads, d = D / h head width, F the MLP's hidden width, K classes, M a
 axes flattened into rows.
 """
 
-import math
+# what your code may use (the stubs themselves use none of it)
+import math  # noqa: F401
 
-import numpy as np
+import numpy as np  # noqa: F401
 
-from minivit.engine.backend import array_module, erf, kernel
+from minivit.engine.backend import array_module, erf, kernel  # noqa: F401
 from minivit.engine.layers import (layernorm_forward, linear_forward, norm_backward,
                                    norm_forward, patch_embed_forward, patchify, softmax_forward,
-                                   token_embed_forward, unpatchify)
-from minivit.engine.loss import check_labels
+                                   token_embed_forward, unpatchify)  # noqa: F401
+from minivit.engine.loss import check_labels  # noqa: F401
 from minivit.engine.transformer import (attention_forward, block_forward, head_forward,
                                         merge_heads, mlp_forward, pool_backward, sdpa_forward,
-                                        split_heads)
+                                        split_heads)  # noqa: F401
 
 
 # --------------------------------------------------------------------------- 1. linear
@@ -225,14 +226,15 @@ def head_backward(dlogits, cache):
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """The loss and its gradient at once (this one is forward and backward):
 
-        pi = softmax(z) over the K classes of each row of z = logits [B, K]
-        q  = (1 - eps) onehot(label) + eps / K        (eps = label_smoothing)
-        loss = -(1/B) sum_b sum_k q_bk log pi_bk      (the mean over the batch)
+        p  = softmax(z) over the K classes of each row of z = logits [B, K]
+        q  = (1 - ls) onehot(label) + ls / K          (ls = label_smoothing)
+        loss = -(1/B) sum_b sum_k q_bk log p_bk       (the mean over the batch)
 
     labels: [B] integer classes, or soft targets [B, K] (rows of probabilities, as mixup
     makes: they take onehot's place). labels, soft = check_labels(logits, labels,
-    label_smoothing) checks them and says which. Compute log pi stably: with
-    t = z - max z, log pi = t - log sum exp t (exp never overflows).
+    label_smoothing) checks them and says which. Compute log p stably: with
+    t = z - max z, log p = t - log sum exp t (exp never overflows). (docs/gradients.md
+    writes the softmax's output a and the target theta.)
     Return (loss, dlogits): loss a number (a 0-d array is fine), dlogits [B, K].
     docs/gradients.md section 11.
     """

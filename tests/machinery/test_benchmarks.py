@@ -125,3 +125,35 @@ def test_roofline_times_the_same_products_on_pytorch():
     assert proc.returncode == 0, proc.stderr
     rows = re.findall(r"^ +32 +65( +\d+\.\d+){10}$", proc.stdout, re.M)
     assert len(rows) == 1 and "torch GEMMs ms" in proc.stdout
+
+
+def test_blas_shapes_times_each_product_of_a_step_on_every_blas_found():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "blas_shapes.py"), "--preset", "sample",
+           "--embed-dim", "16", "--depth", "1", "--batch-sizes", "4", "--sizes", "32", "--rounds", "1",
+           "--top", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^preset sample; libraries: openblas", out, re.M)
+    assert re.search(r"^batch 4, 32px: \d+ products of \d+ shapes, \d+\.\d+ GFLOP; GEMM reference "
+                     r"\d+\.\d GFLOP/s", out, re.M)
+    assert len(re.findall(r"^ +\(\d[\d, ]*\) +\(\d[\d, ]*\) +\d+ +\d\.\d{4}( +\d+\.\d)+$", out, re.M)) == 3
+    assert re.search(r"^step's products, total ms \(GFLOP/s\): openblas \d+\.\d \(\d+\.\d\)", out, re.M)
+
+
+def test_blas_shapes_onemkl_products_equal_numpys():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import blas_shapes
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    lib = blas_shapes.load_mkl()
+    if lib is None:
+        pytest.skip("oneMKL is not installed here (pip install mkl)")
+    import numpy as np
+    rng = np.random.default_rng(0)
+    matmul = blas_shapes.mkl_matmul(lib)
+    for sa, sb in (((5, 3), (3, 4)), ((2, 3, 5, 4), (2, 3, 4, 6)), ((4, 8), (1, 6, 8, 2))):
+        a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+        assert np.allclose(matmul(a, b), a @ b, atol=1e-5)

@@ -1,0 +1,175 @@
+"""The training step's own matrix products, shape by shape, on every BLAS found here:
+NumPy's (OpenBLAS), oneMKL (`pip install mkl`: libmkl_rt, called below through ctypes on
+the arrays' own memory, cblas_sgemm and cblas_sgemm_batch_strided) and BLIS (`pip install
+blis`, single-threaded), to choose the one the fast path uses (benchmarks/RESULTS.md).
+
+    python benchmarks/blas_shapes.py                               # hybrid, batch 128 and 80, 16/24/32px
+    python benchmarks/blas_shapes.py --preset default --sizes 32 --batch-sizes 80
+
+The shapes are the step's real ones (forward, cross-entropy, backward, the optimizer),
+recorded on the strict CuPy stand-in as roofline.py records them. Each distinct product
+is timed by itself on fresh float32 operands, the median of --rounds rounds, on one
+thread (what each of the fast path's shards sees: it cuts the batch into one shard per
+core, BLAS held to one thread each) and, with --all-threads, on every thread too.
+Printed per shape: how often the step runs it, its GFLOP, each library's GFLOP/s; then
+per size, each library's total for the step's products and its share of the whole
+product time, and the GEMM reference (threads.gemm_gflops) of the same run.
+"""
+
+import argparse
+import collections
+import ctypes
+import glob
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from minivit.config import PRESETS, TrainConfig  # noqa: E402
+from minivit.fast.threads import gemm_gflops, tune_host_allocator  # noqa: E402
+from roofline import count_flops, stage_sizes  # noqa: E402
+
+ROW_MAJOR, NO_TRANS = 101, 111
+
+
+def load_mkl():
+    """libmkl_rt of this environment (the mkl wheel puts it in lib/), its two GEMMs typed,
+    or None."""
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")), key=len)
+    if not found:
+        return None
+    lib = ctypes.CDLL(found[0])
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    lib.cblas_sgemm.restype = lib.cblas_sgemm_batch_strided.restype = None
+    lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+    lib.cblas_sgemm_batch_strided.argtypes = [i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i, i, i]
+    return lib
+
+
+def mkl_matmul(lib):
+    """a @ b on oneMKL for C-contiguous float32 operands (a stack: batch axes broadcast
+    by a stride of 0, as NumPy broadcasts them)."""
+    def matmul(a, b):
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        out = np.empty(batch + (m, n), dtype=np.float32)
+        if not batch:
+            lib.cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, 1.0, a.ctypes.data, k,
+                            b.ctypes.data, n, 0.0, out.ctypes.data, n)
+            return out
+        count = int(np.prod(batch))
+        stride = [0 if int(np.prod(t.shape[:-2])) == 1 else t.shape[-2] * t.shape[-1] for t in (a, b)]
+        if any(s and t.shape[:-2] != batch for s, t in zip(stride, (a, b))):
+            return np.matmul(a, b)          # a partial broadcast: not a strided batch
+        lib.cblas_sgemm_batch_strided(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, 1.0, a.ctypes.data, k,
+                                      stride[0], b.ctypes.data, n, stride[1], 0.0, out.ctypes.data,
+                                      n, m * n, count)
+        return out
+    return matmul
+
+
+def libraries():
+    """{name: matmul(a, b) -> c} of every BLAS found (oneMKL loaded here, before
+    threadpoolctl's controller is built, so that it holds oneMKL's threads too)."""
+    found = {"openblas": np.matmul}
+    lib = load_mkl()
+    if lib is not None:
+        found["mkl"] = mkl_matmul(lib)
+    try:
+        import blis.py
+
+        def blis_matmul(a, b):
+            if a.ndim == b.ndim == 2:
+                return blis.py.gemm(a, b)
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            pairs = zip(np.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
+                        np.broadcast_to(b, batch + b.shape[-2:]).reshape(-1, *b.shape[-2:]))
+            return np.stack([blis.py.gemm(np.ascontiguousarray(x), np.ascontiguousarray(y)) for x, y in pairs])
+        found["blis"] = blis_matmul
+    except ImportError:
+        pass
+    return found
+
+
+def seconds(fn, rounds, min_time=0.02):
+    """The median over rounds of one call's time (each round repeats fn for min_time)."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        reps, start = 0, time.perf_counter()
+        while reps == 0 or time.perf_counter() - start < min_time:
+            fn()
+            reps += 1
+        times.append((time.perf_counter() - start) / reps)
+    return float(np.median(times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="hybrid", choices=list(PRESETS))
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 80])
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--all-threads", action="store_true", help="also time every product on all threads")
+    ap.add_argument("--top", type=int, default=12, help="shapes printed per size (by time)")
+    ap.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")
+    ap.add_argument("--depth", type=int, default=None, help="override the preset's depth")
+    args = ap.parse_args(argv)
+    tune_host_allocator()
+    libs = libraries()                       # oneMKL loaded first: threadpoolctl then finds it
+    from threadpoolctl import ThreadpoolController
+    control = ThreadpoolController()
+    cfg = TrainConfig.from_preset(args.preset, **{k: v for k, v in (("embed_dim", args.embed_dim),
+                                                                   ("depth", args.depth)) if v})
+    print(f"preset {args.preset}; libraries: {', '.join(libs)}; BLAS found by threadpoolctl: "
+          f"{', '.join(sorted({i['internal_api'] for i in control.info() if i['user_api'] == 'blas'}))}")
+    rng = np.random.default_rng(0)
+    modes = [1] + ([None] if args.all_threads else [])
+    for batch in args.batch_sizes:
+        for side in args.sizes or stage_sizes(cfg):
+            _, _, shapes = count_flops(cfg, batch, side)
+            counts = collections.Counter((tuple(a), tuple(b)) for a, b in shapes)
+            ref = gemm_gflops()
+            rows = []
+            for (sa, sb), count in counts.items():
+                a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+                gflop = 2 * np.prod(np.broadcast_shapes(sa[:-2], sb[:-2]) or (1,)) * sa[-2] * sa[-1] * sb[-1] / 1e9
+                times = {}
+                for threads in modes:
+                    for name, matmul in libs.items():
+                        if threads is None and name == "blis":
+                            continue
+                        with control.limit(limits=threads, user_api="blas") if threads else _nothing():
+                            times[(name, threads)] = seconds(lambda: matmul(a, b), args.rounds)
+                rows.append((sa, sb, count, gflop, times))
+            print(f"\nbatch {batch}, {side}px: {len(shapes)} products of {len(rows)} shapes, "
+                  f"{sum(r[3] * r[2] for r in rows):.2f} GFLOP; GEMM reference {ref:.1f} GFLOP/s "
+                  f"(1024^3, all threads)")
+            keys = [k for k in rows[0][4]]
+            head = "  ".join(f"{name}{'' if t else '*'}" .rjust(10) for name, t in keys)
+            print(f"{'a':>18} {'b':>18} {'x':>3} {'GFLOP':>7} {head}   (GFLOP/s; * all threads)")
+            rows.sort(key=lambda r: -r[2] * r[4][("openblas", 1)])
+            for sa, sb, count, gflop, times in rows[:args.top]:
+                rates = "  ".join(f"{gflop / times[k]:>10.1f}" for k in keys)
+                print(f"{str(sa):>18} {str(sb):>18} {count:>3} {gflop:>7.4f} {rates}")
+            totals = {k: sum(r[2] * r[4][k] for r in rows) for k in keys}
+            flops = sum(r[2] * r[3] for r in rows)
+            print("step's products, total ms (GFLOP/s): " + ", ".join(
+                f"{name}{'' if t else '*'} {1e3 * v:.1f} ({flops / v:.1f})" for (name, t), v in totals.items()))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+if __name__ == "__main__":
+    main()
