@@ -394,10 +394,8 @@ def main(argv=None):
         debug = args.debug or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
         show_traceback = debug or not isinstance(e, MinivitError)
         if world.size > 1:   # the other ranks may wait in a collective: stop them all
-            if show_traceback:
-                traceback.print_exc()
             world.abort(f"minivit {args.command}: rank {world.rank} failed: {type(e).__name__}: {e}",
-                        getattr(e, "exit_status", 1))
+                        getattr(e, "exit_status", 1), traceback.format_exc() if show_traceback else "")
         if show_traceback:
             raise
         print(f"minivit {args.command}: error: {e}", file=sys.stderr)

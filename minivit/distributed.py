@@ -24,6 +24,7 @@ imported when the process was started by an MPI launcher.
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -121,11 +122,16 @@ class World:
         if self.size > 1:
             self.comm.Barrier()
 
-    def abort(self, message, code=1):
-        """Stop every rank of the job: name this rank and the cause on stderr."""
+    def abort(self, message, code=1, details=""):
+        """Stop every rank of the job: name this rank and the cause on stderr (first, then
+        the details, e.g. a traceback), and give the launcher a moment to pass them on: an
+        MPI abort can cut off the output it has not forwarded yet."""
         print(f"{message} (rank {self.rank} of {self.size}; stopping every rank)", file=sys.stderr,
               flush=True)
+        if details:
+            print(details, file=sys.stderr, end="", flush=True)
         if self.size > 1:
+            time.sleep(0.5)
             self.comm.Abort(code)
 
 
