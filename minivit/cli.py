@@ -356,9 +356,14 @@ def cmd_exercises(args, parser):
     namespace = yours.load(args.file)
     print(f"Checking {args.file}: every gradient against finite differences and the engine's "
           f"(float64, then float32 for the dtype); the optimizer updates against the engine's")
-    results = yours.check(namespace, args.names, extra=args.all)
-    for number, verdict in results:
-        print(verdict.report(number))
+    grading = []
+    try:
+        results = yours.check(namespace, args.names, every=args.all, on_start=grading.append,
+                              on_result=lambda number, verdict: print(verdict.report(number), flush=True))
+    except KeyboardInterrupt:
+        print(f"\nminivit exercises: stopped while grading {grading[-1]}: a loop that never "
+              f"ends there?", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(yours.summary(results) + ".")
     every_right = all(v.right for _, v in results)
     if every_right and not args.names:

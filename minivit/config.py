@@ -105,8 +105,8 @@ class TrainConfig(ViTConfig):
                              f"stem_channels {self.stem_channels}: e.g. --stem-channels 24")
         if self.layers and self.engine != "reference":
             raise ValueError(f"layers {self.layers!r} trains your functions in the engine itself: "
-                             f"use --engine reference (the fast path has its own kernels), or leave "
-                             f"out --engine")
+                             f"use engine 'reference' (--engine reference; the fast path has its "
+                             f"own kernels)")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         return self

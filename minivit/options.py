@@ -186,8 +186,12 @@ def build_parser():
                                           "and the engine")
     chk.add_argument("file", metavar="FILE")
     chk.add_argument("names", nargs="*", metavar="NAME", help="only these exercises (default: "
-                     "every exercise of the core; the extra ones when named, or with --all)")
-    chk.add_argument("--all", action="store_true", help="the extra exercises too")
+                     "every exercise of the core and every optional one written)")
+    chk.add_argument("--all", action="store_true", help="the optional exercises too, written or "
+                     "not (those written are checked anyway)")
+    for action in ex_sub.choices.values():
+        action.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help=f"show the traceback of minivit's own errors too (also: {DEBUG_ENV_VAR}=1)")
 
     d = sub.add_parser("download", help="download the full CIFAR-10",
                        description=f"Fetch the official archive (md5-checked) into --data "

@@ -74,6 +74,10 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
         cfg = TrainConfig.from_dict(saved[2]["train"])
         data = data if data is not None else saved[2].get("data_arg")
     cfg.validate()
+    if student is not None and cfg.engine != "reference":
+        raise BadValue(f"train(student=...) runs your functions in the engine itself, but the "
+                       f"configuration's engine is {cfg.engine!r}: pass engine='reference' "
+                       f"(TrainConfig.from_preset(..., engine='reference'))")
     with yours.for_training(cfg.layers, namespace=student, log=log):
         fast.tune_host_allocator()
         run = start_run(cfg, data, out, world, saved=saved, init_from=init_from, backend=backend,

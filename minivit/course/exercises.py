@@ -8,6 +8,9 @@ grade.py's for the loss and the optimizer), and the hints for each of its gradie
 """
 
 from dataclasses import dataclass, field
+from importlib import import_module
+
+from ..engine.errors import BadValue
 
 
 @dataclass(frozen=True)
@@ -125,30 +128,34 @@ EXERCISES = [
     Exercise("conv2d_backward", "layers", "overlapping windows add up: col2im (--stem-channels)",
              "2b", "conv2d", ("dx", "dw", "db"),
              {"dx": "every window's gradient added back at its place in the padded image "
-                    "(+=, windows overlap), then the padding cut off"}, extra=True),
+                    "(+=, windows overlap), then the padding cut off"}, extra=True,
+             more_cases={"conv2d_stride1": "with stride 1"}),
 ]
 
 BY_NAME = {e.name: e for e in EXERCISES}
 
 
 def exercise(name):
-    """The exercise of that name, or ValueError naming the exercises."""
+    """The exercise of that name, or BadValue (a ValueError) naming the exercises."""
     if name not in BY_NAME:
-        raise ValueError(f"no exercise named {name!r}: the exercises are "
-                         f"{', '.join(BY_NAME)} (`minivit exercises` lists them)")
+        raise BadValue(f"no exercise named {name!r}: the exercises are "
+                       f"{', '.join(BY_NAME)} (`minivit exercises` lists them)")
     return BY_NAME[name]
 
 
-_ENGINE = {}        # name -> the engine's function, read once, before anything is swapped
+def number(name):
+    """The exercise's place in learning order, from 1."""
+    return list(BY_NAME).index(exercise(name).name) + 1
+
+
+# name -> the engine's function, read when the course is imported (before a student's
+# file or a training run could swap anything)
+ENGINE = {e.name: getattr(import_module(f"minivit.engine.{e.module}"), e.name) for e in EXERCISES}
 
 
 def engine_function(name):
     """The engine's own function (the solution) of an exercise."""
-    if not _ENGINE:
-        from importlib import import_module
-        _ENGINE.update({e.name: getattr(import_module(f"minivit.engine.{e.module}"), e.name)
-                        for e in EXERCISES})
-    return _ENGINE[exercise(name).name]
+    return ENGINE[exercise(name).name]
 
 
 def listing():

@@ -4,14 +4,17 @@ or not done.
     verdict = grade("layernorm_backward", my_layernorm_backward)
     print(verdict.report())        # one line, and for a wrong one the hints under it
 
-A backward is run on the small case of the engine's own gradient check (float64, a random
-upstream gradient, never all ones: that would hide LayerNorm's mean term), and every
-gradient it returns is compared with finite differences of the engine's forward AND with
-the engine's backward. Right means both agree to 1e-7 (relative), and the same function
-keeps float32 inputs float32. Wrong names each gradient that is wrong and each that is
-right, and looks for a pattern: a constant factor (named, e.g. 2.0 = sqrt(d)), a flipped
-sign, a transposition, a term constant along the last axis (a path through a mean), the
-gradients returned in the wrong order, a missing sum over rows, NaN, a shape or a dtype.
+A backward is run on each small case of the engine's own gradient check that the model's
+options need (float64, a random upstream gradient, never all ones: that would hide
+LayerNorm's mean term), and every gradient it returns is compared with finite differences
+of the engine's forward AND with the engine's backward. Right means both agree to 1e-7
+(relative) on every case, float32 inputs give float32 gradients, neither the upstream
+gradient nor the cache is changed, and need_dx=False gives None. The loss is graded the
+same way on its own cases; the optimizer updates against the engine's, state for state.
+Wrong names each gradient that is wrong and each that is right, and diagnose.py looks for
+a pattern: a constant factor (named, e.g. 2 = sqrt(d)), a flipped sign, a transposition,
+a term constant along the last axis (a path through a mean), a difference at one index,
+the gradients returned in the wrong order, a missing sum over rows, NaN, a shape or a dtype.
 
 While an exercise is graded, the other exercises its function calls by name (a student's
 attention_backward calling their linear_backward) are the engine's, so each exercise is
@@ -46,7 +49,7 @@ class Verdict:
     summary: str = ""                             # what is right and what is wrong
     hints: list = field(default_factory=list)     # what to look at, most specific first
     errors: dict = field(default_factory=dict)    # returned name -> relative error
-    notes: list = field(default_factory=list)     # right, but: what would fail on a GPU
+    notes: list = field(default_factory=list)     # what in it runs on NumPy only (a GPU run fails)
 
     @property
     def right(self):
@@ -89,6 +92,27 @@ def engine_for_others(fn, name):
         quiet.__exit__(None, None, None)
         if scope is not None:
             scope.update(saved)
+
+
+class _Outcome:
+    """What calling a student's function gave: its result, or the Verdict it earned
+    (not done, or wrong with what it raised)."""
+
+    def __init__(self, result=None, verdict=None):
+        self.result, self.verdict = result, verdict
+
+
+def _call(name, fn, *args):
+    """fn(*args) with the other exercises the engine's (engine_for_others): an _Outcome.
+    NotImplementedError is "not done"; any other error (SystemExit too: a stray exit()
+    must not end the grading) a wrong verdict naming it; Ctrl-C goes through."""
+    try:
+        with engine_for_others(fn, name):
+            return _Outcome(fn(*args))
+    except NotImplementedError:
+        return _Outcome(verdict=Verdict(name, NOT_DONE))
+    except (Exception, SystemExit) as e:                # their code, any error: a verdict
+        return _Outcome(verdict=_raised(name, e, fn))
 
 
 def as_called(name, fn):
@@ -144,9 +168,6 @@ def _signature_problem(name, fn):
     return None
 
 
-# --------------------------------------------------------------------- diagnosing
-
-
 # ------------------------------------------------------------------ backward passes
 
 _FD = {}          # a case's finite differences, computed once per process
@@ -173,50 +194,68 @@ def _numeric(case):
     return _FD[case]
 
 
+def _layout(ex, inputs):
+    """{input name: (how the student calls its gradient, the key of its hint in ex.hints)}:
+    ("dx", "dx") for the arrays returned in order; ("grads['norm1.weight']", "grads") for
+    a parameter's gradient in the dict of a (dx, grads) exercise."""
+    names = list(inputs)
+    if ex.returns[-1] == "grads":
+        return {names[0]: (ex.returns[0], ex.returns[0]),
+                **{k: (f"grads[{k!r}]", "grads") for k in names[1:]}}
+    return {k: (r, r) for k, r in zip(names, ex.returns)}
+
+
 def _named(ex, result, inputs):
     """What a backward returned -> {input name: gradient}, or a str saying what is off."""
     names = list(inputs)
     if ex.returns[-1] == "grads":                 # (dx, {parameter name: gradient})
-        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
-            return f"returns {type(result).__name__}, expected ({ex.returns[0]}, a dict of the parameters' gradients)"
+        if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], dict)):
+            return (f"returns {type(result).__name__}, expected ({ex.returns[0]}, a dict of the "
+                    f"parameters' gradients)")
         missing = [k for k in names[1:] if k not in result[1]]
         if missing:
             return f"the dict of gradients has no {', '.join(map(repr, missing))}"
+        extra = [k for k in result[1] if k not in names[1:]]
+        if extra:
+            return (f"the dict of gradients has {', '.join(map(repr, extra))}, which this model "
+                    f"has no parameter of (the engine adds each entry to a parameter's gradient)")
         return {names[0]: result[0], **{k: result[1][k] for k in names[1:]}}
-    if len(names) == 1 and not isinstance(result, (tuple, list)):
-        result = (result,)
+    if len(names) == 1:
+        if isinstance(result, (tuple, list)):
+            return (f"returns a {type(result).__name__}; {ex.returns[0]} is its only gradient: "
+                    f"return the array itself")
+        return {names[0]: result}
     if not isinstance(result, (tuple, list)) or len(result) != len(names):
         n = len(result) if isinstance(result, (tuple, list)) else 1
         return f"returns {n} value{'s' if n != 1 else ''}, expected {len(names)}: ({', '.join(ex.returns)})"
     return dict(zip(names, result))
 
 
-def _shown(ex, inputs):
-    """{input name: how the student calls its gradient}."""
-    names = list(inputs)
-    if ex.returns[-1] == "grads":
-        return {names[0]: ex.returns[0], **{k: f"grads[{k!r}]" for k in names[1:]}}
-    return dict(zip(names, ex.returns))
-
-
-def _hint_key(ex, inputs):
-    """{input name: the key of its gradient's hint in ex.hints}."""
-    names = list(inputs)
-    if ex.returns[-1] == "grads":
-        return {names[0]: ex.returns[0], **{k: "grads" for k in names[1:]}}
-    return dict(zip(names, ex.returns))
+def _arrays(obj):
+    """Every NumPy array reachable from a cache (its fields, nested caches), by path."""
+    if isinstance(obj, np.ndarray):
+        return {"": obj}
+    fields = vars(obj) if hasattr(obj, "__dict__") and not callable(obj) else (
+        obj if isinstance(obj, dict) else {})
+    found = {}
+    for key, value in fields.items():
+        for path, array in _arrays(value).items():
+            found[f".{key}{path}"] = array
+    return found
 
 
 def _grade_backward(ex, fn):
-    """Every case of the exercise in turn (the first failing one is the verdict), then
-    need_dx=False and float32 inputs; notes on code that would fail on a GPU."""
+    """Every case of the exercise in turn, in float64 then float32 (the first that fails
+    is the verdict), then need_dx=False; notes on code that would fail on a GPU."""
     for case, label in ex.cases.items():
         verdict = _grade_case(ex, fn, case)
+        if verdict.status == RIGHT:
+            verdict = _dtype_check(ex, fn, case) or verdict
         if verdict.status != RIGHT:
             if label and verdict.summary:
                 verdict.summary = f"{label}: {verdict.summary}"
             return verdict
-    verdict = _need_dx_check(ex, fn) or _dtype_check(ex, fn) or Verdict(ex.name, RIGHT)
+    verdict = _need_dx_check(ex, fn) or Verdict(ex.name, RIGHT)
     verdict.notes = numpy_only(fn)
     return verdict
 
@@ -226,15 +265,14 @@ def _grade_case(ex, fn, case, need_dx=None):
     forward, _, inputs, cache, G = _case(case)
     extra = () if need_dx is None else (need_dx,)
     want = _named(ex, engine_function(ex.name)(G, copy.deepcopy(cache), *extra), inputs)
-    shown = _shown(ex, inputs)
-    dy = G.copy()
-    try:
-        with engine_for_others(fn, ex.name):
-            got = _named(ex, fn(dy, copy.deepcopy(cache), *extra), inputs)
-    except NotImplementedError:
-        return Verdict(ex.name, NOT_DONE)
-    except Exception as e:                              # their code, any error: a verdict
-        return _raised(ex.name, e, fn)
+    layout = _layout(ex, inputs)
+    shown = {k: v[0] for k, v in layout.items()}
+    dy, theirs = G.copy(), copy.deepcopy(cache)
+    before = {path: a.copy() for path, a in _arrays(theirs).items()}
+    outcome = _call(ex.name, fn, dy, theirs, *extra)
+    if outcome.verdict:
+        return outcome.verdict
+    got = _named(ex, outcome.result, inputs)
     if isinstance(got, str):
         return Verdict(ex.name, WRONG, got, [_hint_of_returns(ex, inputs)])
     if need_dx is False:
@@ -257,17 +295,24 @@ def _grade_case(ex, fn, case, need_dx=None):
     wrong = [k for k in inputs if errors[k] > TOL]
     verdict = _verdict(ex, {shown[k]: errors[k] for k in inputs}, [shown[k] for k in wrong])
     if not wrong:
+        changed = [path for path, a in _arrays(theirs).items()
+                   if path in before and not np.array_equal(a, before[path])]
         if not np.array_equal(dy, G):
             return Verdict(ex.name, WRONG, "changed its upstream gradient (the first argument) "
                            "in place", ["the caller still needs the gradient it passed: compute "
                                          "into new arrays (a = a * w, not a *= w)"])
+        if changed:
+            return Verdict(ex.name, WRONG, f"changed the cache in place (cache{changed[0]})",
+                           ["the cache holds the forward's arrays, some of them the model's own "
+                            "parameters: read them, compute into new arrays"])
         return verdict
     for k in wrong:
-        found = pattern(np.asarray(got[k], dtype=np.float64), want[k], ex.factors)
+        found = pattern(np.asarray(got[k], dtype=np.float64), want[k], ex.factors,
+                        blocks=ex.name == "attention_backward")
         if found:
             verdict.hints.append(f"your {shown[k]} {found}")
-        if _hint_key(ex, inputs)[k] in ex.hints:
-            verdict.hints.append(f"{shown[k]}: {ex.hints[_hint_key(ex, inputs)[k]]}")
+        if layout[k][1] in ex.hints:
+            verdict.hints.append(f"{shown[k]}: {ex.hints[layout[k][1]]}")
     verdict.hints = list(dict.fromkeys(h.split(": ", 1)[1] if h.startswith("grads[") else h
                                        for h in verdict.hints))
     return verdict
@@ -309,25 +354,26 @@ def _verdict(ex, errors, wrong):
     return Verdict(ex.name, WRONG, summary, [], errors)
 
 
-def _dtype_check(ex, fn):
+def _dtype_check(ex, fn, case):
     """A Verdict when float32 inputs give other than float32 gradients, else None."""
-    rng = np.random.default_rng(SEED)
-    forward, _, inputs = gradcheck.LAYERS[ex.case](rng)
+    forward, _, inputs = gradcheck.LAYERS[case](np.random.default_rng(SEED))
     inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
     out, cache = forward(**inputs)
     G = np.random.default_rng(SEED + 1).standard_normal(np.shape(out)).astype(np.float32)
-    shown = _shown(ex, inputs)
-    try:
-        with engine_for_others(fn, ex.name):
-            got = _named(ex, fn(G, cache), inputs)
-    except Exception as e:                              # right in float64, fails in float32
-        return _raised(ex.name, e, fn)
+    outcome = _call(ex.name, fn, G, cache)
+    if outcome.verdict:                             # right in float64, fails in float32
+        return outcome.verdict
+    got = _named(ex, outcome.result, inputs)
+    if isinstance(got, str):
+        return Verdict(ex.name, WRONG, f"with float32 inputs: {got}")
     bad = [k for k in inputs if getattr(got[k], "dtype", None) != np.float32]
     if not bad:
         return None
+    shown = {k: v[0] for k, v in _layout(ex, inputs).items()}
     verb = "comes" if len(bad) == 1 else "come"
-    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs {join_names([shown[k] for k in bad])} "
-                   f"{verb} back {got[bad[0]].dtype}", [FLOAT32_HINT])
+    return Verdict(ex.name, WRONG, f"right in float64, but from float32 inputs "
+                   f"{join_names([shown[k] for k in bad])} {verb} back {got[bad[0]].dtype}",
+                   [FLOAT32_HINT])
 
 
 # ------------------------------------------------------------------ the loss
@@ -340,7 +386,7 @@ def _loss_cases():
     soft = rng.random((4, 5))
     soft /= soft.sum(axis=1, keepdims=True)
     return [("integer labels", logits, labels, 0.0,
-             "without smoothing q is onehot(label): loss = -mean of log pi at the label"),
+             "without smoothing q is onehot(label): loss = -mean of log p at the label"),
             ("label smoothing 0.1", logits, labels, 0.1,
              "with smoothing the target is q = (1 - ls) onehot + ls / K, over all K classes"),
             ("soft targets", logits, soft, 0.1,
@@ -350,21 +396,21 @@ def _loss_cases():
 
 
 def _grade_loss(ex, fn):
+    """Each case of _loss_cases in turn (the first that fails is the verdict), then float32
+    logits for the dtype."""
+    eps = gradcheck.TOLERANCES["float64"][0]
     for n, (what, logits, labels, smoothing, hint) in enumerate(_loss_cases()):
-        hint = hint if n else None              # a case's own hint: when the ones before passed
+        hints = [hint] if n else []             # a case's own hint: when the ones before passed
         want_loss, want = loss.cross_entropy(logits, labels, smoothing)
-        try:
-            with engine_for_others(fn, ex.name):
-                got = fn(logits.copy(), labels.copy(), smoothing)
-        except NotImplementedError:
-            return Verdict(ex.name, NOT_DONE)
-        except Exception as e:                          # their code, any error: a verdict
-            verdict = _raised(ex.name, e, fn)
-            verdict.summary = f"{what}: {verdict.summary}"
-            verdict.hints += [hint] if hint else []
-            return verdict
+        outcome = _call(ex.name, fn, logits.copy(), labels.copy(), smoothing)
+        if outcome.verdict:
+            if outcome.verdict.status == WRONG:
+                outcome.verdict.summary = f"{what}: {outcome.verdict.summary}"
+                outcome.verdict.hints += hints
+            return outcome.verdict
+        got = outcome.result
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
-            return Verdict(ex.name, WRONG, "returns something else than (loss, dlogits)")
+            return Verdict(ex.name, WRONG, "returns something other than (loss, dlogits)")
         got_loss, got_d = got
         try:
             got_loss = float(got_loss)
@@ -373,13 +419,12 @@ def _grade_loss(ex, fn):
                            f"(a 0-d array or a float)")
         problem = shape_problem(got_d, want, "dlogits")
         if problem or not math.isfinite(got_loss):
-            return Verdict(ex.name, WRONG, f"{what}: {problem or 'the loss is ' + str(got_loss)}",
-                           [hint] if hint else [])
+            return Verdict(ex.name, WRONG, f"{what}: {problem or 'the loss is ' + str(got_loss)}", hints)
 
         def objective():
-            return float(loss.cross_entropy(logits_fd, labels, smoothing)[0])
-        logits_fd = logits.copy()
-        numeric = gradcheck.numeric_gradient(objective, logits_fd, 3e-6, np.arange(logits.size)).reshape(want.shape)
+            return float(loss.cross_entropy(nudged, labels, smoothing)[0])
+        nudged = logits.copy()
+        numeric = gradcheck.numeric_gradient(objective, nudged, eps, np.arange(logits.size)).reshape(want.shape)
         errors = {"loss": rel_err(np.array(got_loss), np.array(float(want_loss))),
                   "dlogits": max(rel_err(got_d, want), rel_err(got_d, numeric))}
         wrong = [k for k in errors if errors[k] > TOL]
@@ -390,13 +435,16 @@ def _grade_loss(ex, fn):
                 found = pattern(np.asarray(got_d, dtype=np.float64), want, ex.factors)
                 if found:
                     verdict.hints.append(f"your dlogits {found}")
-            verdict.hints += [h for h in [hint] if h] + [f"{k}: {ex.hints[k]}" for k in wrong]
+            verdict.hints += hints + [f"{k}: {ex.hints[k]}" for k in wrong]
             return verdict
-        if got_d.dtype != logits.dtype:
-            break
-    got = fn(logits.astype(np.float32), labels, 0.1)
-    if getattr(got[1], "dtype", None) != np.float32:
-        return Verdict(ex.name, WRONG, f"right in float64, but float32 logits give {got[1].dtype} dlogits",
+    logits, labels = _loss_cases()[1][1:3]
+    outcome = _call(ex.name, fn, logits.astype(np.float32), labels, 0.1)
+    if outcome.verdict:
+        outcome.verdict.summary = f"float32 logits: {outcome.verdict.summary}"
+        return outcome.verdict
+    dtype = getattr(outcome.result[1], "dtype", None) if isinstance(outcome.result, (tuple, list)) else None
+    if dtype != np.float32:
+        return Verdict(ex.name, WRONG, f"right in float64, but float32 logits give {dtype} dlogits",
                        [FLOAT32_HINT])
     return Verdict(ex.name, RIGHT, notes=numpy_only(fn))
 
@@ -433,13 +481,10 @@ def _grade_adam(ex, fn):
         engine(*want, decay, ok, *scalars)
         got = state()
         before = [a.copy() for a in got]
-        try:
-            with engine_for_others(fn, ex.name):
-                returned = fn(*got, decay, ok, *scalars)
-        except NotImplementedError:
-            return Verdict(ex.name, NOT_DONE)
-        except Exception as e:                          # their code, any error: a verdict
-            return _raised(ex.name, e, fn)
+        outcome = _call(ex.name, fn, *got, decay, ok, *scalars)
+        if outcome.verdict:
+            return outcome.verdict
+        returned = outcome.result
         names = ("w", "g", "m", "v")
         errors = {k: rel_err(got[i], want[i]) for i, k in enumerate(names) if k != "g"}
         wrong = [k for k in errors if errors[k] > TOL]
@@ -456,7 +501,7 @@ def _grade_adam(ex, fn):
             if np.array_equal(got[i], before[i]) and not np.array_equal(want[i], before[i]):
                 verdict.hints.append(f"{k} was not changed: update it in place ({k} += ..., "
                                      f"{k} -= ...); the optimizer keeps the arrays it passed"
-                                     + (" (you returned the new w)" if k == "w" and returned is not None
+                                     + (" (you returned the new w)" if k == "w" and hasattr(returned, "shape")
                                         and rel_err(np.asarray(returned), want[0]) <= TOL else ""))
             elif what == "ok False":
                 verdict.hints.append("with ok False nothing may change: write each change as "

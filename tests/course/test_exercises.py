@@ -60,12 +60,12 @@ def test_the_listing_is_in_learning_order_with_what_each_teaches():
 
 
 def test_the_engines_functions_pass_every_exercise():
-    results = yours.check({e.name: engine_function(e.name) for e in EXERCISES}, extra=True)
+    results = yours.check({e.name: engine_function(e.name) for e in EXERCISES}, every=True)
     assert [v.status for _, v in results] == ["right"] * len(EXERCISES), [v.report() for _, v in results]
 
 
 def test_the_stubs_are_all_not_done():
-    results = yours.check(vars(stubs), extra=True)
+    results = yours.check(vars(stubs), every=True)
     assert {v.status for _, v in results} == {"not done"}
 
 
@@ -82,6 +82,7 @@ def test_new_then_check_lists_every_exercise_not_done(tmp_path, capsys):
     for i, e in enumerate(core, 1):
         assert f"{i:2d}  {e.name:<22s} not done" in out
     assert f"{len(core)} not done." in out
+    assert not any(e.name in out for e in EXERCISES if e.extra)      # optional, not written
 
 
 def test_new_never_overwrites_a_file(tmp_path, capsys):
@@ -116,8 +117,6 @@ def test_layernorm_without_its_mean_term_fails_layernorm_alone_naming_dx(tmp_pat
     assert "dx wrong" in wrong[0] and "dw and db right" in wrong[0]
     hints = "\n".join(lines)
     assert "the same amount in every entry along the last axis" in hints and "mean" in hints
-    # block_backward and head_backward call layernorm_backward: still right, graded on their own
-    assert any("block_backward" in line and "right" in line for line in lines)
 
 
 def test_naming_exercises_checks_only_those(tmp_path, capsys):
@@ -380,3 +379,82 @@ def test_code_for_numpy_only_gets_a_note_not_a_fail(tmp_path):
     """, "gelu_backward")
     assert v.status == "right" and "np.exp run on NumPy only" in v.notes[0]
     assert "note: np.exp" in v.report()
+
+
+def test_each_exercise_is_graded_on_its_own_the_others_the_engines(tmp_path):
+    """The student's attention_backward calls the student's linear_backward, which is
+    wrong: linear fails alone, attention is right (graded with the engine's linear)."""
+    path = student(tmp_path, """
+        def linear_backward(dy, cache, need_dx=True):
+            dy2 = dy.reshape(-1, cache.w.shape[0])
+            dx = (dy2 @ cache.w).reshape(cache.x_shape) if need_dx else None
+            return dx, dy2.T @ cache.x2, dy2.mean(axis=0)
+        def attention_backward(dy, cache):
+            do, dw_out, db_out = linear_backward(dy, cache.linear_out)
+            dq, dk, dv = sdpa_backward(split_heads(do, cache.num_heads), cache.sdpa)
+            dqkv = np.concatenate([merge_heads(g) for g in (dq, dk, dv)], axis=-1)
+            dx, dw_in, db_in = linear_backward(dqkv, cache.linear_in)
+            return dx, dw_in, db_in, dw_out, db_out
+    """)
+    namespace = yours.load(path)
+    verdicts = dict((v.name, v) for _, v in yours.check(namespace, ["linear_backward", "attention_backward"]))
+    assert verdicts["linear_backward"].status == "wrong" and verdicts["attention_backward"].status == "right"
+    assert namespace["linear_backward"].__module__ == namespace["__name__"]   # put back after
+
+
+def test_returning_a_tuple_for_one_gradient_or_extra_dict_entries_is_wrong(tmp_path):
+    v = verdict_of(tmp_path, """
+        def softmax_backward(da, cache):
+            a = cache.a
+            return (a * (da - (da * a).sum(axis=-1, keepdims=True)),)
+    """, "softmax_backward")
+    assert v.summary.startswith("returns a tuple; ds is its only gradient: return the array itself")
+    v = verdict_of(tmp_path, """
+        def head_backward(dlogits, cache):
+            dz, dw, db = linear_backward(dlogits, cache.linear)
+            dpooled, grads = norm_backward(dz, cache.norm)
+            grads.update({"head.weight": dw, "head.bias": db})
+            dh, grads["attention_pool.weight"] = pool_backward(dpooled, cache.pool)
+            return dh, grads
+    """, "head_backward")
+    assert "the dict of gradients has 'attention_pool.weight', which this model has no parameter of" in v.summary
+
+
+def test_changing_the_cache_or_exiting_is_a_verdict(tmp_path):
+    v = verdict_of(tmp_path, """
+        def linear_backward(dy, cache, need_dx=True):
+            dy2 = dy.reshape(-1, cache.w.shape[0])
+            dx = (dy2 @ cache.w).reshape(cache.x_shape) if need_dx else None
+            dw, db = dy2.T @ cache.x2, dy2.sum(axis=0)
+            w = cache.w
+            w *= 2
+            return dx, dw, db
+    """, "linear_backward")
+    assert v.status == "wrong"          # dx is computed before w doubles: caught as a change
+    assert v.summary == "changed the cache in place (cache.w)"
+    v = verdict_of(tmp_path, """
+        def gelu_backward(dy, cache):
+            exit()
+    """, "gelu_backward")
+    assert v.status == "wrong" and v.summary.startswith("raised SystemExit")
+
+
+def test_a_written_optional_exercise_is_checked_too(tmp_path, capsys):
+    path = student(tmp_path, """
+        def rmsnorm_backward(dy, cache):
+            xhat, rstd, w = cache.xhat, cache.rstd, cache.w
+            return rstd * dy * w, (dy * xhat).reshape(-1, w.size).sum(axis=0)
+    """)
+    assert cli.main(["exercises", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "rmsnorm_backward       WRONG" in out
+
+
+def test_the_conv_stem_is_graded_at_stride_1_too(tmp_path):
+    v = verdict_of(tmp_path, """
+        from minivit.engine.layers import conv2d_backward as engine_conv
+        def conv2d_backward(dy, cache, need_dx=True):
+            cache.stride = 2
+            return engine_conv(dy, cache, need_dx)
+    """, "conv2d_backward")
+    assert v.summary.startswith("with stride 1:")

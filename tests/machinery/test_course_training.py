@@ -112,7 +112,7 @@ def test_layers_needs_the_engine_not_the_fast_path(tmp_path, capsys):
     path.write_text("from minivit.engine.layers import *\n")
     with pytest.raises(SystemExit):
         cli.main(["train", "--layers", str(path), "--engine", "fast", "--out", str(tmp_path / "r")])
-    assert "use --engine reference" in capsys.readouterr().err
+    assert "(--engine reference" in capsys.readouterr().err
 
 
 def test_in_the_engine_swaps_every_reference_and_restores_them():
@@ -122,3 +122,38 @@ def test_in_the_engine_swaps_every_reference_and_restores_them():
         assert layers.linear_backward is mine and transformer.linear_backward is mine
     assert layers.linear_backward is engine_function("linear_backward")
     assert transformer.linear_backward is engine_function("linear_backward")
+
+
+def test_the_notebooks_namespace_is_as_it_was_after_training(tmp_path):
+    """The exercises not done are the engine's during the run, the student's stubs again
+    after it (a check cell run after the training cell grades the student's code)."""
+    from minivit.course import stubs
+    namespace = {k: v for k, v in vars(stubs).items()}
+    namespace["gelu_backward"] = counting_functions()["gelu_backward"]
+    before = dict(namespace)
+    cfg = TrainConfig.from_preset("sample", engine="reference", epochs=1, **TINY)
+    train(cfg, out=tmp_path / "run", plots=False, progress=False, log=quiet, student=namespace)
+    assert namespace == before
+    assert yours.check(namespace, ["layernorm_backward"])[0][1].status == "not done"
+
+
+def test_a_function_calling_the_engines_through_its_module_trains(tmp_path):
+    """While training, layers.linear_backward is the student's; the student's own call to
+    it goes to the engine's, as when it was graded (not into itself, forever)."""
+    path = tmp_path / "mine.py"
+    path.write_text(textwrap.dedent("""\
+        from minivit.engine import layers
+        def linear_backward(dy, cache, need_dx=True):
+            return layers.linear_backward(dy, cache, need_dx)
+    """))
+    cfg = TrainConfig.from_preset("sample", layers=str(path), engine="reference", epochs=1, **TINY)
+    lines = []
+    train(cfg, out=tmp_path / "run", plots=False, progress=False, log=lines.append)
+    assert any(line.startswith("That ViT learned from your gradients: linear_backward of") for line in lines)
+
+
+def test_student_functions_need_the_engine_not_the_fast_path(tmp_path):
+    cfg = TrainConfig.from_preset("sample", epochs=1, **TINY)
+    with pytest.raises(ValueError, match="engine='reference'"):
+        train(cfg, out=tmp_path / "run", log=quiet, student=counting_functions())
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()

@@ -82,6 +82,7 @@ def test_the_notebook_with_the_engines_functions_is_all_right_and_trains(tmp_pat
         if cell.cell_type == "code":
             cell.source = solution.get(cell.source, cell.source)
             if "student=globals()" in cell.source:           # a short run: one epoch, a tiny ViT
+                assert 'epochs=15)' in cell.source
                 cell.source = cell.source.replace(
                     'epochs=15)', 'epochs=1, limit_train=256, embed_dim=16, depth=1, num_heads=2)')
     nb = _run(nb, tmp_path, monkeypatch)
