@@ -157,3 +157,18 @@ def test_blas_shapes_onemkl_products_equal_numpys():
     for sa, sb in (((5, 3), (3, 4)), ((2, 3, 5, 4), (2, 3, 4, 6)), ((4, 8), (1, 6, 8, 2))):
         a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
         assert np.allclose(matmul(a, b), a @ b, atol=1e-5)
+
+
+def test_step_phases_prints_where_a_steps_time_goes():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_phases.py"), "--preset", "sample",
+           "--steps", "2", "--batch-size", "8", "--top", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^train_step: \d+\.\d ms a step, \d+\.\d images/s", out, re.M)
+    for phase in ("runner.py:forward", "runner.py:backward", "optim.py:step"):
+        assert re.search(rf"^  {re.escape(phase)} +\d+\.\d ms +\d+\.\d%$", out, re.M), phase
+    assert len(re.findall(r"^  \S.* +\d+\.\d ms +\d+\.\d%$", out, re.M)) >= 4 + 3
+    assert re.search(r"^between steps \(the loader's next batch, the loop's bookkeeping\): median "
+                     r"\d+\.\d ms$", out, re.M)
