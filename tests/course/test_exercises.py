@@ -324,28 +324,23 @@ def test_need_dx_false_must_return_none_for_dx(tmp_path):
     assert v.summary == "with need_dx=False dx must be None"
 
 
+ADAM = """
+    @kernel
+    def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
+                    bias_correction2_sqrt, eps):
+        g = g + decay * w
+        m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
+        v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
+        w -= xp.where(ok, step_size * m / STEP, 0.0)
+        return w
+"""
+
+
 def test_adams_eps_outside_the_root_and_its_simplest_case_first(tmp_path):
-    v = verdict_of(tmp_path, """
-        @kernel
-        def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
-                        bias_correction2_sqrt, eps):
-            g = g + decay * w
-            m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
-            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
-            w -= xp.where(ok, step_size * m / ((xp.sqrt(v) + eps) / bias_correction2_sqrt), 0.0)
-            return w
-    """, "adam_update")
+    v = verdict_of(tmp_path, ADAM.replace("STEP", "((xp.sqrt(v) + eps) / bias_correction2_sqrt)"),
+                   "adam_update")
     assert v.summary.startswith("gradients near 1e-9, where eps matters: w wrong")
-    v = verdict_of(tmp_path, """
-        @kernel
-        def adam_update(xp, w, g, m, v, decay, ok, step_size, one_minus_b1, one_minus_b2,
-                        bias_correction2_sqrt, eps):
-            g = g + decay * w
-            m += xp.where(ok, one_minus_b1 * (g - m), 0.0)
-            v += xp.where(ok, one_minus_b2 * (g * g - v), 0.0)
-            w -= xp.where(ok, step_size * m / (np.sqrt(v) + eps), 0.0)
-            return w
-    """, "adam_update")
+    v = verdict_of(tmp_path, ADAM.replace("STEP", "(np.sqrt(v) + eps)"), "adam_update")
     assert v.summary.startswith("no weight decay: w wrong")
 
 

@@ -13,16 +13,7 @@ import re
 
 from minivit.engine import gradcheck
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def read(path):
-    with open(os.path.join(ROOT, path)) as f:
-        return f.read()
-
-
-DOC = read(os.path.join("docs", "gradients.md"))
-QUOTE = re.compile(r"```python (minivit/[\w/]+\.py)\n(.*?)```", re.S)
+from test_docs import DOC, QUOTE, ROOT, read  # noqa: F401  (the page and its quotes, read once)
 
 # ----------------------------------------------------------------- symbols in formulas
 

@@ -16,9 +16,10 @@ from helpers import STEMS, model_from_reference, stem_model, tiny_config, torch_
 H = minivit.to_host
 
 
-@pytest.mark.parametrize("cls_only", [False, True])
-@pytest.mark.parametrize("drop_path", [False, True])
-def test_fast_block_equals_the_engine_block(drop_path, cls_only):
+def _fast_and_engine_block(drop_path, cls_only):
+    """gradcheck's block case through the fast block's forward (checked equal to the
+    engine's) and the engine's backward -> (dy, rows the fast block computes, its cache,
+    the engine's dx and parameter gradients)."""
     _, _, inputs = gradcheck.LAYERS["block"](np.random.default_rng(0))
     p = {k: v for k, v in inputs.items() if k != "x"}
     x = inputs["x"]
@@ -31,6 +32,13 @@ def test_fast_block_equals_the_engine_block(drop_path, cls_only):
     dy = np.zeros_like(y_ref)
     dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
     dx_ref, g_ref = transformer.block_backward(dy, c_ref)
+    return dy, rows, c, dx_ref, g_ref
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+@pytest.mark.parametrize("drop_path", [False, True])
+def test_fast_block_equals_the_engine_block(drop_path, cls_only):
+    dy, rows, c, dx_ref, g_ref = _fast_and_engine_block(drop_path, cls_only)
     g = {k: np.full_like(v, np.nan) for k, v in g_ref.items()}   # every entry must be written
     dx = runner.block_backward_into(dy[:, :rows], c, g, np)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
@@ -48,18 +56,8 @@ def test_the_gpus_schedule_of_a_block_equals_the_engine_block(drop_path, cls_onl
     (without stochastic depth), norm1's a bias laid just before it (the previous block's
     mlp.2.bias), which must get the row sum of the block's dx."""
     monkeypatch.setattr(runner, "attention_nobias", runner.attention_gpu)
-    _, _, inputs = gradcheck.LAYERS["block"](np.random.default_rng(0))
-    p = {k: v for k, v in inputs.items() if k != "x"}
-    x, D = inputs["x"], inputs["x"].shape[-1]
-    keep = ((np.array([2.0, 0.0, 2.0])[:, None, None], np.array([2.0, 2.0, 0.0])[:, None, None])
-            if drop_path else None)
-    y_ref, c_ref = transformer.block_forward(x, p, 2, keep=keep)
-    y, c = runner.block_fused(x, p, 2, keep=keep, cls_only=cls_only)
-    rows = 1 if cls_only else x.shape[1]
-    np.testing.assert_allclose(y, y_ref[:, :rows], rtol=1e-12, atol=1e-14)
-    dy = np.zeros_like(y_ref)
-    dy[:, :rows] = np.random.default_rng(1).standard_normal(y.shape)
-    dx_ref, g_ref = transformer.block_backward(dy, c_ref)
+    dy, rows, c, dx_ref, g_ref = _fast_and_engine_block(drop_path, cls_only)
+    D = dy.shape[-1]
     shapes = {"before": (D,), **transformer.block_param_shapes(D, 16)}
     sizes = [int(np.prod(shape)) for shape in shapes.values()]
     offset = dict(zip(shapes, np.cumsum([0] + sizes)))
