@@ -58,7 +58,7 @@ def linear_backward_into(dy, c, gw, gb, need_dx=True):
     dy2 = dy.reshape(-1, c.w.shape[0])
     array_module(dy2).matmul(dy2.T, c.x2, out=gw)               # dW = dy^T x
     if gb is not None:
-        dy2.sum(axis=0, out=gb)                                 # db = sum dy
+        kernels.column_sums(dy2, out=gb)                        # db = sum dy
     return (dy2 @ c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
 
 
@@ -67,8 +67,8 @@ def layernorm_fused(x, w, b, eps=1e-5):
     keeps the variance's row sum, var_sum, where the reference keeps rstd: the kernels
     that need 1/sqrt(var + eps) compute it."""
     inv_d = 1.0 / x.shape[-1]
-    x_sum = x.sum(axis=-1, keepdims=True)                                    # [..., 1]
-    var_sum = kernels.squared_deviation(x, x_sum, inv_d).sum(axis=-1, keepdims=True)  # [..., 1]
+    x_sum = kernels.row_sums(x)                                              # [..., 1]
+    var_sum = kernels.row_sums(kernels.squared_deviation(x, x_sum, inv_d))   # [..., 1]
     y, xhat = kernels.layernorm_apply(x, x_sum, var_sum, w, b, inv_d, eps)   # [..., D]
     return y, Cache(xhat=xhat, var_sum=var_sum, w=w, eps=eps)
 
@@ -78,11 +78,10 @@ def layernorm_backward_into(dy, c, gw, gb, dres=0.0):
     residual gradient)."""
     D = c.w.shape[0]
     g, gx, dyx = kernels.layernorm_backward_parts(dy, c.w, c.xhat)
-    dyx.reshape(-1, D).sum(axis=0, out=gw)
-    dy.reshape(-1, D).sum(axis=0, out=gb)
-    return kernels.layernorm_backward_dx(g, c.xhat, g.sum(axis=-1, keepdims=True),
-                                         gx.sum(axis=-1, keepdims=True), c.var_sum, 1.0 / D,
-                                         c.eps, dres)
+    kernels.column_sums(dyx.reshape(-1, D), out=gw)
+    kernels.column_sums(dy.reshape(-1, D), out=gb)
+    return kernels.layernorm_backward_dx(g, c.xhat, kernels.row_sums(g), kernels.row_sums(gx),
+                                         c.var_sum, 1.0 / D, c.eps, dres)
 
 
 def norm_fused(x, p, name, kind="layernorm"):
@@ -105,24 +104,26 @@ def norm_backward_into(dy, c, g, dres=0.0):
     return layernorm_backward_into(dy, c.norm, g[c.name + ".weight"], g[c.name + ".bias"], dres)
 
 
-def sdpa_fused(q, k, v):
-    """transformer.sdpa_forward: softmax(q k^T / sqrt d) v; q may have fewer rows than k."""
+def sdpa_fused(q, k, v, out=None):
+    """transformer.sdpa_forward: softmax(q k^T / sqrt d) v, into out when given (a view
+    [B, h, Nq, d]: NumPy's matmul writes a view whose rows are contiguous without a copy);
+    q may have fewer rows than k."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = q @ k.transpose(0, 1, 3, 2)                                          # [B, h, Nq, N]
     a = kernels.scaled_exp(s, s.max(axis=-1, keepdims=True), scale)
-    a /= a.sum(axis=-1, keepdims=True)                                       # softmax
-    return a @ v, Cache(q=q, k=k, v=v, a=a, scale=scale)
+    a /= kernels.row_sums(a)                                                 # softmax
+    return array_module(a).matmul(a, v, out=out), Cache(q=q, k=k, v=v, a=a, scale=scale)
 
 
 def sdpa_fused_backward(do, c, dheads):
     """transformer.sdpa_backward, the softmax's backward in one kernel, writing dq, dk, dv into
-    dheads[0], [1], [2] ([B, h, N, d] each; dq into its first Nq rows, the rest zero).
-    do [B, h, Nq, d] contiguous."""
+    dheads[0], [1], [2] ([B, h, N, d] each, views; dq into its first Nq rows, the rest
+    zero). do [B, h, Nq, d]."""
     xp = array_module(do)
     Nq = do.shape[2]
     da = do @ c.v.transpose(0, 1, 3, 2)                                      # [B, h, Nq, N]
     xp.matmul(c.a.transpose(0, 1, 3, 2), do, out=dheads[2])                  # dv = a^T do
-    ds = kernels.softmax_backward_ds(da, c.a, (da * c.a).sum(axis=-1, keepdims=True), c.scale)
+    ds = kernels.softmax_backward_ds(da, c.a, kernels.row_sums(da * c.a), c.scale)
     if Nq < dheads.shape[3]:                                                 # tokens that did not ask
         dheads[0, :, :, Nq:] = 0
     xp.matmul(ds, c.k, out=dheads[0, :, :, :Nq])                             # dq = ds k
@@ -133,23 +134,23 @@ def attention_nobias(x, p, num_heads, queries=None):
     """transformer.attention_forward without the output bias (the residual kernel adds it).
     queries: only the first `queries` tokens ask (the class-token block).
 
-    The projection's output is laid out once as heads [3, B, h, N, d] (q, k, v, each
-    contiguous), its bias added in the same kernel: a batched matmul on CuPy first copies
-    every operand that is not C-contiguous, and split_heads' views are not."""
+    No head is copied into a layout of its own: NumPy's batched matmul takes q, k, v as
+    views of the projection's output, and writes the heads' outputs o straight into
+    merge_heads' layout, as long as each matrix's rows are contiguous (BLAS's leading
+    dimension). CuPy would copy such views first: the GPU has its own schedule."""
     xp = array_module(x)
     if xp is not np:
         return attention_gpu(x, p, num_heads, queries)
     B, N, D = x.shape
     h, d = num_heads, D // num_heads
+    Nq = N if queries is None else queries
     qkv, c_in = linear_nobias(x, p["attn.in_proj_weight"])                   # [B, N, 3D]
-    heads = xp.empty((3, B, h, N, d), dtype=qkv.dtype)                       # [3, B, h, N, d]
-    xp.add(qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4),
-           p["attn.in_proj_bias"].reshape(3, 1, h, 1, d), out=heads)
-    q, k, v = heads[0], heads[1], heads[2]                                   # [B, h, N, d]
-    if queries is not None:
-        q = q[:, :, :queries]
-    o, c_sdpa = sdpa_fused(q, k, v)                                          # [B, h, Nq, d]
-    y, c_out = linear_nobias(transformer.merge_heads(o), p["attn.out_proj.weight"])  # [B, Nq, D]
+    qkv += p["attn.in_proj_bias"]
+    heads = qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4)              # [3, B, h, N, d] view
+    q, k, v = heads[0, :, :, :Nq], heads[1], heads[2]                        # [B, h, N, d]
+    o = xp.empty((B, Nq, h, d), dtype=qkv.dtype)                             # [B, Nq, h, d]
+    _, c_sdpa = sdpa_fused(q, k, v, out=o.transpose(0, 2, 1, 3))             # o as [B, h, Nq, d]
+    y, c_out = linear_nobias(o.reshape(B, Nq, D), p["attn.out_proj.weight"])  # [B, Nq, D]
     return y, Cache(linear_in=c_in, sdpa=c_sdpa, linear_out=c_out, num_heads=num_heads)
 
 
@@ -159,12 +160,12 @@ def attention_backward_into(dy, c, g, xp):
     if xp is not np:
         return attention_backward_gpu(dy, c, g, xp)
     do = linear_backward_into(dy, c.linear_out, g["attn.out_proj.weight"], g["attn.out_proj.bias"])
-    do = xp.ascontiguousarray(transformer.split_heads(do, c.num_heads))          # [B, h, Nq, d]
     B, h, N, d = c.sdpa.k.shape
-    dheads = xp.empty((3, B, h, N, d), dtype=do.dtype)                       # dq, dk, dv
-    sdpa_fused_backward(do, c.sdpa, dheads)
-    dqkv = dheads.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * h * d)          # [B, N, 3D]: one copy
-    return linear_backward_into(dqkv, c.linear_in, g["attn.in_proj_weight"], g["attn.in_proj_bias"])
+    dqkv = xp.empty((B, N, 3, h, d), dtype=do.dtype)                         # the projection's layout
+    sdpa_fused_backward(xp.ascontiguousarray(transformer.split_heads(do, h)), c.sdpa,
+                        dqkv.transpose(2, 0, 3, 1, 4))                       # dq, dk, dv as [3, B, h, N, d]
+    return linear_backward_into(dqkv.reshape(B, N, 3 * h * d), c.linear_in,
+                                g["attn.in_proj_weight"], g["attn.in_proj_bias"])
 
 
 # a model's `gelu` setting -> its kernel: (h, b) -> (GELU(h + b), GELU'(h + b))

@@ -76,3 +76,24 @@ def test_the_blocked_gelu_check_reaches_the_blocked_path_and_catches_an_error(mo
     monkeypatch.setattr(kernels, "normal_cdf", lambda x, gauss: real_cdf(x, gauss) + np.float32(1e-5))
     report = check.check_blocked_gelu()
     assert not report["GELU(x)"].passed and not report["GELU'(x)"].passed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_by_blas_equal_numpys_sums(dtype):
+    """row_sums and column_sums (a product with a vector of ones on NumPy) give NumPy's
+    sums to rounding, on contiguous arrays and on views (which take NumPy's sum)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 65, 65)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a in (x, x[:, :, :, :40], x.transpose(0, 1, 3, 2)):
+        got = kernels.row_sums(a)
+        assert got.shape == a.shape[:-1] + (1,) and got.dtype == dtype
+        np.testing.assert_allclose(got, a.sum(axis=-1, keepdims=True), rtol=tol, atol=tol * 10)
+    x2 = x.reshape(-1, 65)
+    for a in (x2, x2[::2]):
+        out = np.full(65, np.nan, dtype=dtype)
+        assert kernels.column_sums(a, out=out) is out
+        np.testing.assert_allclose(out, a.sum(axis=0), rtol=tol, atol=tol * 100)
+    short, long = kernels._ones(3, dtype), kernels._ones(5000, dtype)
+    assert not short.flags.writeable and not long.flags.writeable
+    assert np.array_equal(kernels._ones(3, dtype), np.ones(3)) and len(kernels._ones(4999, dtype)) == 4999
