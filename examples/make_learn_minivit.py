@@ -313,7 +313,7 @@ assert report.passed"""),
 ] + exercise_cells() + [
     ("md", """## 7. The shipped model: predictions and attention maps
 
-minivit ships a trained `hybrid` model (83.7% on CIFAR-10's test images after 30 minutes on
+minivit ships a trained `hybrid` model (85.6% on CIFAR-10's test images after 30 minutes on
 a 2-core CPU; `minivit/pretrained/README.md`). Here it is on 16 images of the sample."""),
     ("code", """model, meta = checkpoint.load_model(checkpoint.SHIPPED_MODEL, backend="numpy")
 images, labels = x_test[:16], y_test[:16]
