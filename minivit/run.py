@@ -136,6 +136,8 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     threads = max(1, fast.cpu_threads() // world.local_size) if model.xp is np else None
     if world.local_size > 1 and threads is not None:
         fast.limit_blas_threads(threads)          # the ranks on this machine share its cores
+    if cfg.engine == "fast" and model.xp is np:   # its products on the faster BLAS here
+        log(fast.blas.choose(model, cfg.batch_size // world.size or 1, threads))
     if cfg.engine == "fast":                      # the fast path must compute the engine's numbers
         sides = [side for _, side in resize_stages(cfg)]         # progressive resizing's
         problem = fast.check_against_engine(model, sides=sorted({min(sides), max(sides)}))

@@ -34,7 +34,7 @@ import numpy as np
 from ..engine import layers, resize, transformer
 from ..engine.backend import array_module
 from ..engine.draws import StepDraws
-from . import kernels
+from . import blas, kernels
 from .threads import cpu_threads, parallel_map, shards
 
 
@@ -49,17 +49,17 @@ from .threads import cpu_threads, parallel_map, shards
 def linear_nobias(x, w):
     """x [..., Din] @ w^T -> [..., Dout], the bias left to the next kernel."""
     x2 = x.reshape(-1, x.shape[-1])
-    return (x2 @ w.T).reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
+    return blas.matmul(x2, w.T).reshape(*x.shape[:-1], w.shape[0]), Cache(x2=x2, w=w, x_shape=x.shape)
 
 
 def linear_backward_into(dy, c, gw, gb, need_dx=True):
     """layers.linear_backward, writing dW into gw and db into gb (gb None: db was written
     already); -> dx (or None)."""
     dy2 = dy.reshape(-1, c.w.shape[0])
-    array_module(dy2).matmul(dy2.T, c.x2, out=gw)               # dW = dy^T x
+    blas.matmul(dy2.T, c.x2, out=gw)                                      # dW = dy^T x
     if gb is not None:
-        kernels.column_sums(dy2, out=gb)                        # db = sum dy
-    return (dy2 @ c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
+        kernels.column_sums(dy2, out=gb)                                  # db = sum dy
+    return blas.matmul(dy2, c.w).reshape(c.x_shape) if need_dx else None  # dx = dy W
 
 
 def layernorm_fused(x, w, b, eps=1e-5):
@@ -109,25 +109,24 @@ def sdpa_fused(q, k, v, out=None):
     [B, h, Nq, d]: NumPy's matmul writes a view whose rows are contiguous without a copy);
     q may have fewer rows than k."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s = q @ k.transpose(0, 1, 3, 2)                                          # [B, h, Nq, N]
+    s = blas.matmul(q, k.transpose(0, 1, 3, 2))                              # [B, h, Nq, N]
     a = kernels.scaled_exp(s, s.max(axis=-1, keepdims=True), scale)
     a /= kernels.row_sums(a)                                                 # softmax
-    return array_module(a).matmul(a, v, out=out), Cache(q=q, k=k, v=v, a=a, scale=scale)
+    return blas.matmul(a, v, out=out), Cache(q=q, k=k, v=v, a=a, scale=scale)
 
 
 def sdpa_fused_backward(do, c, dheads):
     """transformer.sdpa_backward, the softmax's backward in one kernel, writing dq, dk, dv into
     dheads[0], [1], [2] ([B, h, N, d] each, views; dq into its first Nq rows, the rest
     zero). do [B, h, Nq, d]."""
-    xp = array_module(do)
     Nq = do.shape[2]
-    da = do @ c.v.transpose(0, 1, 3, 2)                                      # [B, h, Nq, N]
-    xp.matmul(c.a.transpose(0, 1, 3, 2), do, out=dheads[2])                  # dv = a^T do
+    da = blas.matmul(do, c.v.transpose(0, 1, 3, 2))                          # [B, h, Nq, N]
+    blas.matmul(c.a.transpose(0, 1, 3, 2), do, out=dheads[2])                # dv = a^T do
     ds = kernels.softmax_backward_ds(da, c.a, kernels.row_sums(da * c.a), c.scale)
     if Nq < dheads.shape[3]:                                                 # tokens that did not ask
         dheads[0, :, :, Nq:] = 0
-    xp.matmul(ds, c.k, out=dheads[0, :, :, :Nq])                             # dq = ds k
-    xp.matmul(ds.transpose(0, 1, 3, 2), c.q, out=dheads[1])                  # dk = ds^T q
+    blas.matmul(ds, c.k, out=dheads[0, :, :, :Nq])                           # dq = ds k
+    blas.matmul(ds.transpose(0, 1, 3, 2), c.q, out=dheads[1])                # dk = ds^T q
 
 
 def attention_nobias(x, p, num_heads, queries=None):

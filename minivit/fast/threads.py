@@ -93,6 +93,12 @@ def limit_blas_threads(n):
     return True
 
 
+def blas_threads_held_to_one():
+    """A context in which BLAS runs on one thread (nothing when threadpoolctl is missing)."""
+    blas = _blas_controller()
+    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
+
+
 def parallel_map(fn, items):
     """[fn(item) for item in items], the items run at once in threads with BLAS held to
     one thread each; the first runs in the calling thread. Exceptions propagate."""
@@ -106,8 +112,7 @@ def parallel_map(fn, items):
                 _pool.shutdown(wait=False)      # a bigger pool replaces it
             _pool = ThreadPoolExecutor(max_workers=len(items) - 1,
                                        thread_name_prefix="minivit-shard")
-    blas = _blas_controller()
-    with blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
+    with blas_threads_held_to_one():
         futures = [_pool.submit(fn, item) for item in items[1:]]
         try:
             first = fn(items[0])

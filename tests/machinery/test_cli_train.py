@@ -35,6 +35,7 @@ def test_train_prints_progress_and_where_outputs_went(tmp_path, capsys):
     assert "Full CIFAR-10 not found: using the sample shipped with minivit" in text
     assert f"Run folder: {out}" in text and "run by the fast path (checked against the engine)" in text
     assert "epoch   1  train loss" in text and f"Outputs in {out}" in text
+    assert "BLAS: " in text                  # which BLAS runs the fast path's products, and why
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -72,3 +72,13 @@ def test_the_installed_jupyterlab_starts():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"\d+\.\d+", proc.stdout.strip()), proc.stdout
+
+
+def test_the_mkl_extra_is_in_full_and_is_what_the_fast_path_finds():
+    """`pip install minivit[mkl]` brings the wheel whose libmkl_rt fast/blas.py loads; CI's
+    `full` holds it, so the tests of the fast path on oneMKL run there."""
+    assert requirements("mkl") == {"mkl"} and "mkl" in requirements("full")
+    from minivit.fast import blas
+    if importlib.util.find_spec("mkl") is None and not blas._candidates():
+        pytest.skip("the mkl wheel is not installed")
+    assert blas.find_mkl() is not None
