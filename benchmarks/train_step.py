@@ -23,7 +23,20 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minivit  # noqa: E402
 from minivit.fast import FastRunner, cross_entropy  # noqa: E402
-from minivit.fast.threads import tune_host_allocator  # noqa: E402
+from minivit.fast import blas  # noqa: E402
+from minivit.fast.threads import gemm_gflops, tune_host_allocator  # noqa: E402
+
+
+def cpu_name():
+    """The CPU's model name (Linux), e.g. 'AMD EPYC' or 'Intel(R) Xeon(R) ...'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def parse_args(argv=None):
@@ -95,9 +108,11 @@ def bench_minivit(args, x_host, y_host):
     return net, timer(step, sync, args.steps, args.warmup)
 
 
-def bench_torch(args, x_host, y_host, device):
+def bench_torch(args, x_host, y_host, device, threads=None):
     import torch
     from torch_simplevit import SimpleViT
+    if threads:                           # the threads minivit has
+        torch.set_num_threads(threads)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     model = SimpleViT(**model_config(args)).to(device=device, dtype=dtype)
     x = torch.from_numpy(x_host).to(device=device, dtype=dtype)
@@ -196,8 +211,9 @@ def main(argv=None):
     tune_host_allocator()              # as the training entry points do
     net, round_mini = bench_minivit(args, x, y)
     model = net.model
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"NumPy {np.__version__}")
+    print(f"machine: {cpu_name()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, NumPy {np.__version__}; float32 GEMM reference "
+          f"{gemm_gflops(model.xp):.1f} GFLOP/s")
     print(f"model: {model!r}")
     print(f"batch {B}, {args.dtype}, {args.warmup} warm-up steps, then {args.rounds} rounds of "
           f"{args.steps} timed steps per side, taking turns")
@@ -209,8 +225,10 @@ def main(argv=None):
             print("torch: not installed, comparison skipped (pip install torch to add it)")
         else:
             device = "cuda" if model.backend == "cupy" else "cpu"
-            round_torch, _ = bench_torch(args, x, y, device)
+            round_torch, _ = bench_torch(args, x, y, device, threads=net.threads if model.xp is np else None)
             sides.append("torch")
+    if model.xp is np:       # the products on the BLAS a training run would choose; after torch's
+        print(blas.choose(model, B, net.threads))     # import, which oneMKL loaded first would slow
     times = {side: [] for side in sides}
     for r in range(args.rounds):
         times["minivit"].append(round_mini())

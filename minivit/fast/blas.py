@@ -16,7 +16,8 @@ or =mkl to decide instead; without the mkl wheel everything stays on NumPy.
     c = blas.matmul(a, b)             # a @ b on the chosen BLAS (NumPy arrays; else np.matmul)
 
 Only the products' rounding differs between the two; the tests run the fast path against
-the engine on both.
+the engine on both. One caution: PyTorch imported into a process after oneMKL was loaded
+here runs its own products sequentially (1.5x slower steps seen): import torch first.
 """
 
 import ctypes

@@ -20,6 +20,8 @@ def test_train_step_benchmark_prints_its_figures():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert len(re.findall(r"^round \d: minivit \d+\.\d img/s$", out, re.M)) == 2
+    assert re.search(r"^machine: .+; float32 GEMM reference \d+\.\d GFLOP/s$", out, re.M)
+    assert re.search(r"^BLAS: ", out, re.M)
     assert re.search(r"minivit \(numpy, \d+ threads?\): +\d+\.\d ms/step +\d+\.\d images/s", out)
     assert re.search(r"peak memory minivit: \d+ MiB", out)
     rows = re.findall(r"^ +(\d+) +(\d+) +(\d+) +\d+\.\d +\d+\.\d+$", out, re.M)
