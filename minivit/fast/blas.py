@@ -24,12 +24,13 @@ import ctypes
 import glob
 import os
 import sys
+import threading
 import time
 
 import numpy as np
 
 from ..engine.backend import array_module
-from ..engine.errors import BadValue
+from ..engine.errors import BadValue, MissingPackage
 from . import threads
 
 ENV_VAR = "MINIVIT_BLAS"
@@ -38,7 +39,10 @@ MIN_GAIN = 1.05          # oneMKL is taken only when it is at least 5% faster
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _MKL_THREADING_SEQUENTIAL = 1   # each call on the thread that makes it: the shards are the threads
+_MKL_INTERFACE_LP64 = 0
+_INT_MAX = 2 ** 31 - 1           # ctypes' c_int wraps silently past it
 _lib = None              # libmkl_rt with its GEMMs typed, False when not found
+_lib_lock = threading.Lock()
 _use = {"matrix": False, "batched": False}   # which products run on oneMKL
 
 
@@ -61,24 +65,31 @@ def _candidates():
 def find_mkl():
     """libmkl_rt loaded, its float32 and float64 GEMMs typed; None when not installed."""
     global _lib
-    if _lib is None:
-        _lib = False
-        for path in _candidates():
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)   # before any other call
-            i, p = ctypes.c_int, ctypes.c_void_p
-            for name, scalar in (("s", ctypes.c_float), ("d", ctypes.c_double)):
-                gemm, batch = getattr(lib, f"cblas_{name}gemm"), getattr(lib, f"cblas_{name}gemm_batch")
-                gemm.restype = batch.restype = None
-                gemm.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
-                batch.argtypes = [i] + [p] * 13 + [i, p]      # the group API: arrays of each argument
-            _lib = lib
-            _forget_blas_controller()
-            break
+    with _lib_lock:
+        if _lib is None:
+            _lib = _load_mkl()
     return _lib or None
+
+
+def _load_mkl():
+    """The first libmkl_rt found that loads, set up and typed -> it, or False."""
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        # before any other call, whatever MKL_INTERFACE_LAYER and MKL_THREADING_LAYER say:
+        lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64)         # 32-bit ints, as typed below
+        lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
+        i, p = ctypes.c_int, ctypes.c_void_p
+        for name, scalar in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+            gemm, batch = getattr(lib, f"cblas_{name}gemm"), getattr(lib, f"cblas_{name}gemm_batch")
+            gemm.restype = batch.restype = None
+            gemm.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
+            batch.argtypes = [i] + [p] * 13 + [i, p]      # the group API: arrays of each argument
+        _forget_blas_controller()
+        return lib
+    return False
 
 
 def _forget_blas_controller():
@@ -127,8 +138,9 @@ def _mkl_matmul(a, b, out):
         return None                       # np.matmul says what is wrong
     if out is None:
         out = np.empty(batch + (m, n), dtype=a.dtype)
-    elif out.shape != batch + (m, n) or out.dtype != a.dtype:
-        return None
+    elif (out.shape != batch + (m, n) or out.dtype != a.dtype or not out.flags.writeable
+          or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+        return None                       # np.matmul copies an overlapping out, or refuses it
     if 0 in out.shape or k == 0:
         return None
     size = a.itemsize
@@ -138,6 +150,8 @@ def _mkl_matmul(a, b, out):
     lb = _layout([s // size for s in b.strides[-2:]], k, n)
     lc = _layout([s // size for s in out.strides[-2:]], m, n)
     if la is None or lb is None or lc is None or lc[0]:
+        return None
+    if max(m, n, k, la[1], lb[1], lc[1], int(np.prod(batch, dtype=np.int64))) > _INT_MAX:
         return None
     kind = "s" if a.dtype == np.float32 else "d"
     trans = [_TRANS if t else _NO_TRANS for t, _ in (la, lb)]
@@ -183,12 +197,12 @@ def current():
 
 
 def set_blas(name):
-    """Run every product on "openblas" (NumPy's) or "mkl" (ImportError when the mkl wheel
-    is missing)."""
+    """Run every product on "openblas" (NumPy's) or "mkl" (MissingPackage, an ImportError,
+    when the mkl wheel is missing)."""
     if name not in ("openblas", "mkl"):
         raise BadValue(f"unknown BLAS {name!r}: choose openblas or mkl")
     if name == "mkl" and find_mkl() is None:
-        raise ImportError("oneMKL (libmkl_rt) was not found in this environment: install it "
+        raise MissingPackage("oneMKL (libmkl_rt) was not found in this environment: install it "
                           "with `pip install minivit[mkl]` (or `pip install mkl`), or use "
                           f"{ENV_VAR}=openblas")
     for kind in _use:

@@ -3,11 +3,15 @@ the fast path on oneMKL equals the engine, and the choice between the two BLAS l
 (MINIVIT_BLAS, else timed) says what it chose. The tests that need oneMKL run when the
 mkl wheel is installed (`pip install minivit[mkl]`, part of [full]: CI runs them)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import minivit
-from minivit.engine.errors import BadValue
+from minivit.engine.errors import BadValue, MissingPackage
 from minivit.fast import blas, check
 
 from helpers import tiny_config
@@ -67,6 +71,45 @@ def test_onemkl_products_equal_numpys_on_every_layout(dtype):
 
 
 @needs_mkl
+def test_an_out_numpy_would_copy_or_refuse_is_left_to_numpy():
+    """An out overlapping an operand (NumPy computes from a copy) or read-only (NumPy refuses
+    it) never reaches oneMKL."""
+    blas.set_blas("mkl")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    want = a @ b
+    assert blas._mkl_matmul(a, b, a) is None
+    np.testing.assert_allclose(blas.matmul(a, b, out=a), want, rtol=1e-12)
+    stack = rng.standard_normal((2, 4, 4))
+    want = stack @ stack[0]
+    np.testing.assert_allclose(blas.matmul(stack, stack[0].copy(), out=stack), want, rtol=1e-12)
+    frozen = np.zeros((4, 4))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        blas.matmul(a, b, out=frozen)
+
+
+@needs_mkl
+def test_onemkl_loads_once_for_racing_threads_and_whatever_its_environment_says():
+    """Four threads asking at once all get the library; MKL_INTERFACE_LAYER=ILP64 (64-bit
+    ints, which the typed calls do not pass) and a threading layer in the environment are
+    overridden, so the products stay right."""
+    code = ("import threading, numpy as np\n"
+            "from minivit.fast import blas\n"
+            "got = []\n"
+            "ts = [threading.Thread(target=lambda: got.append(blas.find_mkl() is not None)) for _ in range(4)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "blas.set_blas('mkl')\n"
+            "a, b = np.arange(20.0).reshape(5, 4), np.arange(12.0).reshape(4, 3)\n"
+            "s = np.arange(24.0).reshape(2, 3, 4)\n"
+            "print(got, np.array_equal(blas.matmul(a, b), a @ b), np.array_equal(blas.matmul(s, b), s @ b))\n")
+    env = dict(os.environ, MKL_INTERFACE_LAYER="ILP64", MKL_THREADING_LAYER="INTEL")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[True, True, True, True] True True"
+
+
+@needs_mkl
 @pytest.mark.parametrize("kwargs", [{}, {"pool": "seq", "stem_channels": 4}, {"drop_path": 0.5}])
 def test_the_fast_path_on_onemkl_equals_the_engine(kwargs):
     blas.set_blas("mkl")
@@ -105,10 +148,10 @@ def test_the_setting_and_a_missing_onemkl_say_what_to_do(monkeypatch):
     monkeypatch.setenv(blas.ENV_VAR, "fastest")
     with pytest.raises(BadValue, match="MINIVIT_BLAS='fastest' is not one of auto, openblas, mkl"):
         blas.choose(model, 8)
-    assert issubclass(BadValue, ValueError)
+    assert issubclass(BadValue, ValueError) and issubclass(MissingPackage, ImportError)
     monkeypatch.setattr(blas, "find_mkl", lambda: None)
     monkeypatch.setenv(blas.ENV_VAR, "mkl")
-    with pytest.raises(ImportError, match=r"pip install minivit\[mkl\]"):
+    with pytest.raises(MissingPackage, match=r"pip install minivit\[mkl\]"):
         blas.choose(model, 8)
     monkeypatch.setenv(blas.ENV_VAR, "openblas")
     assert blas.choose(model, 8) == "BLAS: openblas (MINIVIT_BLAS=openblas)"
