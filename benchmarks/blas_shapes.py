@@ -1,7 +1,9 @@
 """The training step's own matrix products, shape by shape, on every BLAS found here:
-NumPy's (OpenBLAS), oneMKL (`pip install mkl`: libmkl_rt, called below through ctypes on
-the arrays' own memory, cblas_sgemm and cblas_sgemm_batch_strided) and BLIS (`pip install
-blis`, single-threaded), to choose the one the fast path uses (benchmarks/RESULTS.md).
+NumPy's (OpenBLAS), oneMKL (`pip install minivit[mkl]`: libmkl_rt through ctypes, as the
+fast path calls it, minivit/fast/blas.py) and BLIS (`pip install blis`, single-threaded),
+to choose the one the fast path uses (benchmarks/RESULTS.md). oneMKL runs sequentially, as
+in the fast path's shards, so its --all-threads figures are its one-thread ones (those of
+2026-12-06 in RESULTS.md had its OpenMP threads).
 
     python benchmarks/blas_shapes.py                               # hybrid, batch 128 and 80, 16/24/32px
     python benchmarks/blas_shapes.py --preset default --sizes 32 --batch-sizes 80
@@ -18,8 +20,6 @@ product time, and the GEMM reference (threads.gemm_gflops) of the same run.
 
 import argparse
 import collections
-import ctypes
-import glob
 import os
 import sys
 import time
@@ -31,55 +31,16 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from minivit.config import PRESETS, TrainConfig  # noqa: E402
+from minivit.fast import blas  # noqa: E402
 from minivit.fast.threads import gemm_gflops, tune_host_allocator  # noqa: E402
 from roofline import count_flops, stage_sizes  # noqa: E402
 
-ROW_MAJOR, NO_TRANS = 101, 111
-
-
-def load_mkl():
-    """libmkl_rt of this environment (the mkl wheel puts it in lib/), its two GEMMs typed,
-    or None."""
-    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")), key=len)
-    if not found:
-        return None
-    lib = ctypes.CDLL(found[0])
-    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.cblas_sgemm.restype = lib.cblas_sgemm_batch_strided.restype = None
-    lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
-    lib.cblas_sgemm_batch_strided.argtypes = [i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i, i, i]
-    return lib
-
-
-def mkl_matmul(lib):
-    """a @ b on oneMKL for C-contiguous float32 operands (a stack: batch axes broadcast
-    by a stride of 0, as NumPy broadcasts them)."""
-    def matmul(a, b):
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-        out = np.empty(batch + (m, n), dtype=np.float32)
-        if not batch:
-            lib.cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, 1.0, a.ctypes.data, k,
-                            b.ctypes.data, n, 0.0, out.ctypes.data, n)
-            return out
-        count = int(np.prod(batch))
-        stride = [0 if int(np.prod(t.shape[:-2])) == 1 else t.shape[-2] * t.shape[-1] for t in (a, b)]
-        if any(s and t.shape[:-2] != batch for s, t in zip(stride, (a, b))):
-            return np.matmul(a, b)          # a partial broadcast: not a strided batch
-        lib.cblas_sgemm_batch_strided(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, 1.0, a.ctypes.data, k,
-                                      stride[0], b.ctypes.data, n, stride[1], 0.0, out.ctypes.data,
-                                      n, m * n, count)
-        return out
-    return matmul
-
-
 def libraries():
-    """{name: matmul(a, b) -> c} of every BLAS found (oneMKL loaded here, before
-    threadpoolctl's controller is built, so that it holds oneMKL's threads too)."""
+    """{name: matmul(a, b) -> c} of every BLAS found: oneMKL as the fast path calls it
+    (fast/blas.py: sequential, one thread, whatever the thread limit)."""
     found = {"openblas": np.matmul}
-    lib = load_mkl()
-    if lib is not None:
-        found["mkl"] = mkl_matmul(lib)
+    if blas.find_mkl() is not None:
+        found["mkl"] = lambda a, b: blas.mkl_matmul(a, b, None)
     try:
         import blis.py
 
@@ -121,7 +82,7 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=None, help="override the preset's depth")
     args = ap.parse_args(argv)
     tune_host_allocator()
-    libs = libraries()                       # oneMKL loaded first: threadpoolctl then finds it
+    libs = libraries()
     from threadpoolctl import ThreadpoolController
     control = ThreadpoolController()
     cfg = TrainConfig.from_preset(args.preset, **{k: v for k, v in (("embed_dim", args.embed_dim),

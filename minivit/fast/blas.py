@@ -128,7 +128,7 @@ def _addresses(t, batch):
     return (offsets + t.ctypes.data).reshape(-1)
 
 
-def _mkl_matmul(a, b, out):
+def mkl_matmul(a, b, out=None):
     """a @ b (into out) on oneMKL -> out, or None when the operands do not suit it."""
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim < 2 or b.ndim < 2:
         return None
@@ -183,7 +183,7 @@ def matmul(a, b, out=None):
     (NumPy float32 or float64, each matrix with contiguous rows or columns)."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and (out is None or type(out) is np.ndarray)
             and _use["batched" if max(a.ndim, b.ndim) > 2 else "matrix"]):
-        done = _mkl_matmul(a, b, out)
+        done = mkl_matmul(a, b, out)
         if done is not None:
             return done
     return array_module(a).matmul(a, b, out=out)

@@ -144,23 +144,6 @@ def test_blas_shapes_times_each_product_of_a_step_on_every_blas_found():
     assert re.search(r"^step's products, total ms \(GFLOP/s\): openblas \d+\.\d \(\d+\.\d\)", out, re.M)
 
 
-def test_blas_shapes_onemkl_products_equal_numpys():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import blas_shapes
-    finally:
-        sys.path.remove(os.path.join(ROOT, "benchmarks"))
-    lib = blas_shapes.load_mkl()
-    if lib is None:
-        pytest.skip("oneMKL is not installed here (pip install mkl)")
-    import numpy as np
-    rng = np.random.default_rng(0)
-    matmul = blas_shapes.mkl_matmul(lib)
-    for sa, sb in (((5, 3), (3, 4)), ((2, 3, 5, 4), (2, 3, 4, 6)), ((4, 8), (1, 6, 8, 2))):
-        a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
-        assert np.allclose(matmul(a, b), a @ b, atol=1e-5)
-
-
 def test_step_phases_prints_where_a_steps_time_goes():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_phases.py"), "--preset", "sample",
            "--steps", "2", "--batch-size", "8", "--top", "4"]
