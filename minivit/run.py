@@ -137,7 +137,8 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     if world.local_size > 1 and threads is not None:
         fast.limit_blas_threads(threads)          # the ranks on this machine share its cores
     if cfg.engine == "fast" and model.xp is np:   # its products on the faster BLAS here
-        log(fast.blas.choose(model, cfg.batch_size // world.size or 1, threads))
+        log(fast.blas.choose(model, cfg.batch_size // world.size or 1, threads,
+                             previous=saved[2].get("blas") if saved is not None else None))
     if cfg.engine == "fast":                      # the fast path must compute the engine's numbers
         sides = [side for _, side in resize_stages(cfg)]         # progressive resizing's
         problem = fast.check_against_engine(model, sides=sorted({min(sides), max(sides)}))
@@ -152,7 +153,8 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
               val_loader=Loader(d["x_val"], d["y_val"], cfg.eval_batch_size, xp, mean, std, dtype=cfg.dtype),
               guard=NonFiniteGuard(model, len(train_loader)),
               meta=dict(train=dataclasses.asdict(cfg), data_arg=None if data is None else str(data),
-                        mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES)),
+                        mean=mean.tolist(), std=std.tolist(), classes=list(CLASSES),
+                        blas=fast.blas.current() if cfg.engine == "fast" and xp is np else None),
               log=log, progress=progress, on_step=on_step, compiled=xp is np, clock=clock)
     if saved is not None:
         restore(run, *saved)

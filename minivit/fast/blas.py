@@ -44,6 +44,7 @@ _INT_MAX = 2 ** 31 - 1           # ctypes' c_int wraps silently past it
 _lib = None              # libmkl_rt with its GEMMs typed, False when not found
 _lib_lock = threading.Lock()
 _use = {"matrix": False, "batched": False}   # which products run on oneMKL
+_NAMES = {True: "oneMKL", False: "NumPy's"}
 
 
 # ---------------------------------------------------------------------- finding oneMKL
@@ -265,11 +266,12 @@ def _time_on(library, kind, pairs):
         _use.update(previous)
 
 
-def choose(model, batch_size, threads=1, clock=None):
+def choose(model, batch_size, threads=1, clock=None, previous=None):
     """Set which BLAS runs which kind of product for model at batch_size on threads shards,
-    by MINIVIT_BLAS, else by timing both (BLAS held to one thread, as each shard runs) ->
-    one line saying what was chosen and why. clock(kind, library) -> seconds replaces the
-    timing (the tests')."""
+    by MINIVIT_BLAS, else as `previous` (a run's current() when it began: a resumed run
+    keeps its products' rounding, so it ends bit for bit as one never stopped), else by
+    timing both (BLAS held to one thread, as each shard runs) -> one line saying what was
+    chosen and why. clock(kind, library) -> seconds replaces the timing (the tests')."""
     value = setting()
     if value != "auto":
         set_blas(value)
@@ -277,6 +279,14 @@ def choose(model, batch_size, threads=1, clock=None):
     set_blas("openblas")
     if model.xp is not np:
         return "BLAS: the GPU's (cuBLAS)"
+    if previous:
+        wanted = {kind: previous.get(kind) == "mkl" for kind in _use}
+        if any(wanted.values()) and find_mkl() is None:
+            return ("BLAS: NumPy's; this run began on oneMKL, which is not installed here "
+                    "(`pip install minivit[mkl]`): it goes on, not bit for bit as it would have")
+        _use.update(wanted)
+        return "BLAS: as the run began: " + ", ".join(
+            f"{kind} products on {_NAMES[on]}" for kind, on in _use.items())
     if find_mkl() is None:
         return "BLAS: NumPy's (oneMKL not installed: `pip install minivit[mkl]` to let minivit try it)"
     if clock is None:
@@ -289,6 +299,5 @@ def choose(model, batch_size, threads=1, clock=None):
     for kind in _use:
         openblas, mkl = clock(kind, "openblas"), clock(kind, "mkl")
         _use[kind] = mkl * MIN_GAIN <= openblas
-        winner = "oneMKL" if _use[kind] else "NumPy's"
-        said.append(f"{kind} products on {winner} (oneMKL {openblas / mkl:.2f}x NumPy's speed)")
+        said.append(f"{kind} products on {_NAMES[_use[kind]]} (oneMKL {openblas / mkl:.2f}x NumPy's speed)")
     return "BLAS: " + ", ".join(said)

@@ -159,3 +159,31 @@ def test_the_setting_and_a_missing_onemkl_say_what_to_do(monkeypatch):
     monkeypatch.delenv(blas.ENV_VAR)
     assert "oneMKL not installed" in blas.choose(model, 8)
     assert blas.current() == {"matrix": "openblas", "batched": "openblas"}
+
+
+@needs_mkl
+def test_a_resumed_run_keeps_the_blas_it_began_with(tmp_path, monkeypatch):
+    """The choice is saved with the run (checkpoint meta "blas"): a resumed run takes it
+    again instead of timing anew, so it ends bit for bit as a run never stopped; where
+    oneMKL is gone, the run goes on and says it is no longer bit for bit."""
+    from minivit import checkpoint as ckpt
+    from minivit.config import TrainConfig
+    from minivit.train import train
+    from helpers import TINY, quiet, same_checkpoints
+
+    cfg = TrainConfig.from_preset("sample", epochs=2, **TINY)
+    kw = dict(progress=False, plots=False)
+    monkeypatch.setenv(blas.ENV_VAR, "mkl")
+    train(cfg, out=tmp_path / "straight", log=quiet, **kw)
+    train(cfg, out=tmp_path / "halted", stop_after_epochs=1, log=quiet, **kw)
+    assert ckpt.load(tmp_path / "halted" / "checkpoint.npz")[2]["blas"] == {"matrix": "mkl", "batched": "mkl"}
+    monkeypatch.delenv(blas.ENV_VAR)
+    blas.set_blas("openblas")
+    said = []
+    train(None, out=tmp_path / "halted", resume=True, log=said.append, **kw)
+    assert "BLAS: as the run began: matrix products on oneMKL, batched products on oneMKL" in said
+    same_checkpoints(tmp_path / "straight" / "checkpoint.npz", tmp_path / "halted" / "checkpoint.npz")
+    model = minivit.ViT(**tiny_config(depth=1))
+    monkeypatch.setattr(blas, "find_mkl", lambda: None)
+    assert "not bit for bit" in blas.choose(model, 8, previous={"matrix": "mkl", "batched": "openblas"})
+    assert blas.current() == {"matrix": "openblas", "batched": "openblas"}
