@@ -20,6 +20,7 @@ product time, and the GEMM reference (threads.gemm_gflops) of the same run.
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import time
@@ -105,7 +106,8 @@ def main(argv=None):
                     for name, matmul in libs.items():
                         if threads is None and name == "blis":
                             continue
-                        with control.limit(limits=threads, user_api="blas") if threads else _nothing():
+                        limit = control.limit(limits=threads, user_api="blas") if threads else None
+                        with limit or contextlib.nullcontext():
                             times[(name, threads)] = seconds(lambda: matmul(a, b), args.rounds)
                 rows.append((sa, sb, count, gflop, times))
             print(f"\nbatch {batch}, {side}px: {len(shapes)} products of {len(rows)} shapes, "
@@ -122,14 +124,6 @@ def main(argv=None):
             flops = sum(r[2] * r[3] for r in rows)
             print("step's products, total ms (GFLOP/s): " + ", ".join(
                 f"{name}{'' if t else '*'} {1e3 * v:.1f} ({flops / v:.1f})" for (name, t), v in totals.items()))
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 if __name__ == "__main__":

@@ -88,15 +88,9 @@ def _load_mkl():
             gemm.restype = batch.restype = None
             gemm.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
             batch.argtypes = [i] + [p] * 13 + [i, p]      # the group API: arrays of each argument
-        _forget_blas_controller()
+        threads.forget_blas_controller()     # so that it holds oneMKL's threads too
         return lib
     return False
-
-
-def _forget_blas_controller():
-    """threadpoolctl's controller lists the BLAS libraries loaded when it was made: make it
-    again, so that it holds oneMKL's threads too (threads.parallel_map)."""
-    threads._blas = None
 
 
 # ---------------------------------------------------------------------- the products

@@ -82,6 +82,13 @@ def _blas_controller():
     return _blas
 
 
+def forget_blas_controller():
+    """threadpoolctl's controller lists the BLAS libraries loaded when it was made: drop it,
+    so that the next use makes it again and holds a BLAS loaded since (blas.py's oneMKL)."""
+    global _blas
+    _blas = None
+
+
 def limit_blas_threads(n):
     """Hold BLAS to n threads in this process from now on (for several processes on one
     machine, e.g. MPI ranks, which would otherwise each start a BLAS thread per core and

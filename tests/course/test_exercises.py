@@ -354,15 +354,21 @@ def test_a_difference_at_one_index_is_located(tmp_path):
     assert "your dpos_embed is wrong only at index 0 of axis 1 (of 5)" in "\n".join(v.hints)
 
 
-def test_q_k_v_joined_in_the_wrong_order_is_named(tmp_path):
-    v = verdict_of(tmp_path, """
+def attention_backward_source(order):
+    """A student's attention_backward that joins the three gradients in `order`, e.g.
+    "dq, dk, dv" (right) or "dk, dq, dv" (the blocks swapped)."""
+    return f"""
         def attention_backward(dy, cache):
             do, dw_out, db_out = linear_backward(dy, cache.linear_out)
             dq, dk, dv = sdpa_backward(split_heads(do, cache.num_heads), cache.sdpa)
-            dqkv = np.concatenate([merge_heads(g) for g in (dk, dq, dv)], axis=-1)
+            dqkv = np.concatenate([merge_heads(g) for g in ({order})], axis=-1)
             dx, dw_in, db_in = linear_backward(dqkv, cache.linear_in)
             return dx, dw_in, db_in, dw_out, db_out
-    """, "attention_backward")
+    """
+
+
+def test_q_k_v_joined_in_the_wrong_order_is_named(tmp_path):
+    v = verdict_of(tmp_path, attention_backward_source("dk, dq, dv"), "attention_backward")
     assert "holds the right three blocks of rows (q, k, v) in the wrong order" in "\n".join(v.hints)
 
 
@@ -384,13 +390,7 @@ def test_each_exercise_is_graded_on_its_own_the_others_the_engines(tmp_path):
             dy2 = dy.reshape(-1, cache.w.shape[0])
             dx = (dy2 @ cache.w).reshape(cache.x_shape) if need_dx else None
             return dx, dy2.T @ cache.x2, dy2.mean(axis=0)
-        def attention_backward(dy, cache):
-            do, dw_out, db_out = linear_backward(dy, cache.linear_out)
-            dq, dk, dv = sdpa_backward(split_heads(do, cache.num_heads), cache.sdpa)
-            dqkv = np.concatenate([merge_heads(g) for g in (dq, dk, dv)], axis=-1)
-            dx, dw_in, db_in = linear_backward(dqkv, cache.linear_in)
-            return dx, dw_in, db_in, dw_out, db_out
-    """)
+    """ + attention_backward_source("dq, dk, dv"))
     namespace = yours.load(path)
     verdicts = dict((v.name, v) for _, v in yours.check(namespace, ["linear_backward", "attention_backward"]))
     assert verdicts["linear_backward"].status == "wrong" and verdicts["attention_backward"].status == "right"
