@@ -9,8 +9,8 @@ residuals, the optimizer's elementwise work, copies) moves memory. For each imag
 - **matmul GFLOP per step**: counted, not estimated: the step (forward, cross-entropy,
   backward, the preset's optimizer) runs on the strict CuPy stand-in of the tests (a first
   step sets the optimizer up, the second is counted), which adds up 2 m k n for every
-  product it performs (the same code as on NumPy; only
-  the cutting of the batch into shards differs, which changes no product's total);
+  product it performs (the same code as on NumPy, Muon with NumPy's one stack a shape;
+  only the cutting of the batch into shards differs, which changes no product's total);
 - **step ms**: the same step on NumPy, as training runs it (FastRunner's shards in
   threads), the median of --rounds rounds of --steps steps after a warm-up;
 - **roofline**: the GEMM reference of every time-budget run (threads.gemm_gflops: a
@@ -80,12 +80,13 @@ def stage_sizes(cfg):
     return sizes + [cfg.model_config().img_size]
 
 
-def make_step(cfg, backend, batch, side, seed=0):
+def make_step(cfg, backend, batch, side, seed=0, stacked=None):
     """-> (model_pass, optimizer_step): one training step of cfg's model and optimizer on a
     fixed batch of side x side images, as the training loop runs it (forward,
-    cross-entropy, backward without the image gradient; then the optimizer)."""
+    cross-entropy, backward without the image gradient; then the optimizer). stacked:
+    make_optimizer's (Muon's one padded stack; default: on the GPU only)."""
     model = minivit.ViT(cfg.model_config(), backend=backend, seed=seed)
-    (net, cross_entropy), opt = make_net(cfg, model), make_optimizer(cfg, model)
+    (net, cross_entropy), opt = make_net(cfg, model), make_optimizer(cfg, model, stacked)
     rng = np.random.default_rng(seed)
     x = model.xp.asarray(rng.standard_normal((batch, 3, side, side)).astype(model.dtype))
     y = model.xp.asarray(rng.integers(0, model.config.num_classes, batch))
@@ -100,11 +101,12 @@ def make_step(cfg, backend, batch, side, seed=0):
 
 def count_flops(cfg, batch, side):
     """-> (model FLOPs, optimizer FLOPs, [(a shape, b shape) of every product]) of one
-    step, run on the stand-in."""
+    step, run on the stand-in with the CPU's schedule (Muon one stack a shape, as NumPy
+    runs it, not the GPU's one padded stack, whose zeros would count as work)."""
     import cupy_strict
     from launch_count import install_stand_in
     install_stand_in()
-    model_pass, optimizer_step = make_step(cfg, "cupy", batch, side)
+    model_pass, optimizer_step = make_step(cfg, "cupy", batch, side, stacked=False)
     model_pass(), optimizer_step()                 # the first step sets the optimizer up
     flops, shapes = [], []
     for run in (model_pass, optimizer_step):

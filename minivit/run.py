@@ -40,17 +40,20 @@ def decay_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(cfg, model):
+def make_optimizer(cfg, model, stacked=None):
     """cfg's optimizer for model's parameters (Muon: the fast path's, whose stacks share
-    the CPU's threads, unless cfg trains the engine itself)."""
+    the CPU's threads, unless cfg trains the engine itself). stacked: the fast Muon's one
+    padded stack of every matrix (default: on the GPU only; fast.Muon)."""
     if cfg.optimizer == "adam":
         return optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     groups = decay_groups(model, cfg.weight_decay)
     if cfg.optimizer == "muon":      # the blocks' matrices and the patch embedding by Muon
         matrices = [p for p in groups[0]["params"] if p.name.startswith(MUON_PREFIXES)]
         groups[0]["params"] = [p for p in groups[0]["params"] if p not in matrices]
-        muon = fast.Muon if cfg.engine == "fast" else optim.Muon
-        return muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        if cfg.engine == "reference":
+            return optim.Muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return fast.Muon(matrices, groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                         stacked=stacked)
     return optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 

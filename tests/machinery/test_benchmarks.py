@@ -87,7 +87,8 @@ def test_test_time_views_rebuild_the_validation_split_and_score_each_view_set(tm
 def test_roofline_counts_every_product_of_a_step_and_prints_its_figures():
     """The stand-in's count of a step's matmul FLOPs equals the count by hand for a plain
     ViT (no stem, class-token-only last block, no image gradient, Adam: no products), and
-    the script prints one row per image size."""
+    the script prints one row per image size; Muon's products are counted as the CPU runs
+    them (one stack a shape, not the GPU's padded stack)."""
     code = """
 import sys
 sys.path[:0] = [{bench!r}, {tests!r}]
@@ -104,11 +105,18 @@ last = N * D * 3 * D * 2 + 2 * N * D * 2 + D * D * 2 + 2 * D * F * 2   # the cla
 forward = patch + full + last + D * K * 2
 # backward: dW and dx of every product (attention: 4 products for 2), no dx of the patches
 print(model == B * (3 * forward - patch), opt == 0, len(shapes))
+# Muon: the CPU's schedule, one stack a shape [G, m, n] (m <= n after turning), each of its
+# 5 Newton-Schulz steps 2 m m n (the Gram) + 2 m m m (its square) + 2 m m n; no padding
+hybrid = TrainConfig.from_preset("hybrid", embed_dim=12, depth=1, num_heads=3)
+_, opt, _ = roofline.count_flops(hybrid, B, 16)
+muon = roofline.make_optimizer(hybrid, roofline.minivit.ViT(hybrid.model_config()))
+by_hand = sum(len(ps) * 5 * (4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3) for s, ps in muon.stacks.items())
+print(opt == by_hand)
 """.format(bench=os.path.join(ROOT, "benchmarks"), tests=os.path.join(ROOT, "tests"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "True", "41"]
+    assert proc.stdout.split() == ["True", "True", "41", "True"]
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "roofline.py"), "--embed-dim", "12",
            "--depth", "1", "--batch-size", "4", "--steps", "1", "--rounds", "1", "--warmup", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
