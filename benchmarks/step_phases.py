@@ -69,11 +69,11 @@ def main(argv=None):
                                   limit_train=batch * args.steps, low_res=args.low_res, mid_res=0.0,
                                   checkpoint_minutes=0.0)
     ref = gemm_gflops()
-    profile, between, last = cProfile.Profile(), [], []
+    profile, between, last, steps = cProfile.Profile(), [], [], [0]
     real_step = minivit_train.train_step
 
     def profiled_step(*a, **k):                  # the profile holds the steps alone
-        now = time.perf_counter()
+        now, steps[0] = time.perf_counter(), steps[0] + 1
         if last:
             between.append(now - last[0])        # the loader's batch and the loop's bookkeeping
         profile.enable()
@@ -91,11 +91,11 @@ def main(argv=None):
         minivit_train.train_step = real_step
     stats = pstats.Stats(profile)
     phases, step = callees(stats, "minivit/train.py", "train_step")
-    per = 1e3 / args.steps
+    per = 1e3 / steps[0]                         # the steps the data held, not --steps
     stage = f"low_res {args.low_res}" if args.low_res else "full size"
-    print(f"preset {args.preset}, batch {batch}, {args.steps} steps ({stage}), fast path on NumPy, "
+    print(f"preset {args.preset}, batch {batch}, {steps[0]} steps ({stage}), fast path on NumPy, "
           f"{cpu_threads()} threads; GEMM reference {ref:.1f} GFLOP/s")
-    print(f"train_step: {step * per:.1f} ms a step, {batch / (step / args.steps):.1f} images/s; "
+    print(f"train_step: {step * per:.1f} ms a step, {batch / (step / steps[0]):.1f} images/s; "
           f"what it calls, ms a step and share:")
     for phase, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
         if seconds * per >= 0.05:

@@ -165,3 +165,15 @@ def test_step_phases_prints_where_a_steps_time_goes():
     assert len(re.findall(r"^  \S.* +\d+\.\d ms +\d+\.\d%$", out, re.M)) >= 4 + 3
     assert re.search(r"^between steps \(the loader's next batch, the loop's bookkeeping\): median "
                      r"\d+\.\d ms$", out, re.M)
+
+
+def test_step_phases_divides_by_the_steps_the_data_held():
+    """Asked for more steps than the data holds (the shipped sample's 2,000 images, batch
+    256: 8 batches), the per-step figures divide by the steps run, not by --steps."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_phases.py"), "--preset", "sample",
+           "--steps", "50", "--batch-size", "256", "--top", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    steps = int(re.search(r"^preset sample, batch 256, (\d+) steps", proc.stdout, re.M).group(1))
+    assert steps in (7, 8)
