@@ -14,7 +14,8 @@ A tiny run on the shipped sample (3 epochs of 4 steps) meets:
   temporary file written, before the rename, after it), each followed by `--resume`,
   until the run ends: its weights must equal an uninterrupted run's bit for bit, and
   after every kill every file in the run folder must be whole.
-It prints the figures recorded in benchmarks/RESULTS.md (Reliability): faults injected, runs
+It prints the figures recorded in benchmarks/RESULTS.md (their table: archive/RESULTS-log.md,
+Reliability): faults injected, runs
 resumed, files lost or damaged (the goal: 0). tests/machinery/test_kill.py and test_disk_full.py run the same
 machinery, on fewer kill points, plus CuPy, MPI, signals and lock cases.
 

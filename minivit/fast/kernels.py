@@ -27,7 +27,7 @@ BLOCKED_GELU = not os.environ.get("MINIVIT_NO_BLOCKED_GELU")
 
 BLOCK = 1 << 16          # elements per block: 256 KiB of float32
 MIN_SIZE = 1 << 12       # from 4,096 elements on the blocked path is the faster (benchmarks/
-                         # RESULTS.md); smaller arrays take the plain body
+                         # archive/RESULTS-log.md); smaller arrays take the plain body
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -96,7 +96,7 @@ def blocked_gelu(x):
 # NumPy sums along a short last axis (LayerNorm's 96 channels, softmax's 65 keys) one row
 # at a time, an inner-loop call per row; BLAS's matrix-vector product with a vector of
 # ones sums the same rows about 5x faster ([8320, 96] float32: 0.26 ms against 0.05 on
-# one core, benchmarks/RESULTS.md), and the columns of a [M, D] gradient 3x faster. On
+# one core, benchmarks/archive/RESULTS-log.md), and the columns of a [M, D] gradient 3x faster. On
 # the GPU a sum is one reduction kernel, as a product would be: there it stays a sum.
 
 _ONES = {}           # dtype -> a read-only vector of ones, grown to the longest asked for
