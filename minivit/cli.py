@@ -153,6 +153,7 @@ def cmd_train(args, parser):
     except BaseException:
         if created and world.main and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)                        # a failed start leaves no empty folder
+            print(f"(the run stopped before writing anything: {out} removed)", file=sys.stderr)
         raise
     return 0
 
@@ -354,6 +355,8 @@ def cmd_exercises(args, parser):
               f"Grade them with: minivit exercises check {args.file}")
         return 0
     namespace = yours.load(args.file)
+    for name in args.names or []:
+        exercises.exercise(name)                 # an unknown name: its error before any output
     print(f"Checking {args.file}: every gradient against finite differences and the engine's "
           f"(float64, then float32 for the dtype); the optimizer updates against the engine's")
     grading = []

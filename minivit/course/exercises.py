@@ -42,7 +42,7 @@ EXERCISES = [
              {"dx": "y_mj = sum_i x_mi W_ji + b_j: which W_ji does x_mi meet? dx has x's shape [..., Din]",
               "dw": "every row m of the flattened input contributes to dW: a sum over m, a matrix product",
               "db": "b is added to every row: its gradient sums dy over every row (all leading axes)"},
-             {"M": 6}),
+             {"M": 6}, more_cases={"linear_rows": "on rows [B, D], as the head calls it"}),
     Exercise("patch_embed_backward", "layers", "a conv with stride = kernel is a linear layer on patches",
              "2", "patch_embed", ("dx", "dw", "db"),
              {"dx": "the linear backward's patch gradients go back to their places: unpatchify",
@@ -59,12 +59,12 @@ EXERCISES = [
              {"dx": "x reaches y three ways: directly through xhat, through mu and through r; "
                     "each path is a term (section 4 derives d mu/dx_i and d r/dx_i)",
               "dw": "w scales xhat in every row: sum over the rows", "db": "b is added to every row: sum over the rows"},
-             {"D": 8}),
+             {"D": 8}, more_cases={"layernorm_rows": "on rows [B, D], as the head calls it"}),
     Exercise("softmax_backward", "layers", "a Jacobian that couples every entry of a row",
              "5", "softmax", ("ds",),
              {"ds": "every a_i depends on every s_j: work out the Jacobian ∂a_i/∂s_j (section 5), "
                     "then sum over i without building the N x N matrix"},
-             {"N": 5}),
+             {"N": 5}, more_cases={"softmax_heads": "on scores [B, H, N, N], as attention calls it"}),
     Exercise("sdpa_backward", "transformer", "attention: two matrix products around a softmax",
              "6", "sdpa", ("dq", "dk", "dv"),
              {"dq": "back through o = a v to a, through the softmax to s, then s = q k^T / sqrt(d) to q",
@@ -120,7 +120,8 @@ EXERCISES = [
               "m": "AdamW's moments see the gradient without the decay term"}),
     Exercise("rmsnorm_backward", "layers", "LayerNorm without the mean (--norm rmsnorm)",
              "4b", "rmsnorm", ("dx", "dw"),
-             {"dx": "x reaches y directly and through r (no mean here): two terms"}, {"D": 8}, extra=True),
+             {"dx": "x reaches y directly and through r (no mean here): two terms"}, {"D": 8}, extra=True,
+             more_cases={"rmsnorm_rows": "on rows [B, D], as the head calls it"}),
     Exercise("gelu_tanh_backward", "layers", "GELU's tanh approximation (--gelu tanh)",
              "7", "gelu_tanh", ("dx",),
              {"dx": "the product rule on x (1 + t)/2, then the chain rule through t = tanh(u) "

@@ -147,6 +147,9 @@ def _raised(name, error, fn):
                          "so the result lines up with the array it came from")
         else:
             hints.append("the arrays on that line do not line up: print their shapes")
+    elif "matmul" in str(error) and "mismatch" in str(error):
+        hints.append("a matrix product's inner sizes differ: is a transpose missing (w.T; for a "
+                     "stack of matrices, .swapaxes(-2, -1))? print the two operands' shapes")
     elif isinstance(error, (AttributeError, KeyError)):
         hints.append("read the cache by the names the docstring gives")
     return Verdict(name, WRONG, f"raised {msg[:200]}{_where(error, fn)}", hints)
@@ -322,6 +325,8 @@ def _hint_of_returns(ex, inputs):
     if ex.returns[-1] == "grads":
         return (f"return ({ex.returns[0]}, grads) with grads holding "
                 f"{', '.join(repr(k) for k in list(inputs)[1:])}")
+    if len(ex.returns) == 1:
+        return f"return {ex.returns[0]}"
     return f"return ({', '.join(ex.returns)})"
 
 
@@ -415,8 +420,12 @@ def _grade_loss(ex, fn):
         try:
             got_loss = float(got_loss)
         except (TypeError, ValueError):
-            return Verdict(ex.name, WRONG, f"the loss is a {type(got_loss).__name__}, not a number "
-                           f"(a 0-d array or a float)")
+            kind = type(got_loss).__name__
+            kind = f"{'an' if kind[0] in 'aeiou' or kind.startswith('nd') else 'a'} {kind}"  # an ndarray
+            if np.ndim(got_d) == 0:
+                return Verdict(ex.name, WRONG, f"the loss is {kind} and dlogits a number",
+                               ["return (loss, dlogits) in that order"])
+            return Verdict(ex.name, WRONG, f"the loss is {kind}, not a number (a 0-d array or a float)")
         problem = shape_problem(got_d, want, "dlogits")
         if problem or not math.isfinite(got_loss):
             return Verdict(ex.name, WRONG, f"{what}: {problem or 'the loss is ' + str(got_loss)}", hints)

@@ -322,6 +322,9 @@ LAYERS = {
     "linear": lambda rng: (layers.linear_forward, layers.linear_backward,
                            {"x": rng.standard_normal((2, 3, 5)), "w": rng.standard_normal((4, 5)),
                             "b": rng.standard_normal(4)}),
+    "linear_rows": lambda rng: (layers.linear_forward, layers.linear_backward,   # [B, D], as the head
+                                {"x": rng.standard_normal((6, 5)), "w": rng.standard_normal((4, 5)),
+                                 "b": rng.standard_normal(4)}),
     "patch_embed": lambda rng: (layers.patch_embed_forward, layers.patch_embed_backward,
                                 {"x": rng.standard_normal((2, 3, 8, 8)),
                                  "w": 0.2 * rng.standard_normal((6, 3, 4, 4)),
@@ -346,11 +349,19 @@ LAYERS = {
     "layernorm": lambda rng: (layers.layernorm_forward, layers.layernorm_backward,
                               {"x": 3 * rng.standard_normal((2, 3, 8)) + 1,
                                "w": 1 + 0.5 * rng.standard_normal(8), "b": rng.standard_normal(8)}),
+    "layernorm_rows": lambda rng: (layers.layernorm_forward, layers.layernorm_backward,  # [B, D]
+                                   {"x": 3 * rng.standard_normal((5, 8)) + 1,
+                                    "w": 1 + 0.5 * rng.standard_normal(8), "b": rng.standard_normal(8)}),
     "rmsnorm": lambda rng: (layers.rmsnorm_forward, layers.rmsnorm_backward,
                             {"x": 3 * rng.standard_normal((2, 3, 8)) + 1,
                              "w": 1 + 0.5 * rng.standard_normal(8)}),
+    "rmsnorm_rows": lambda rng: (layers.rmsnorm_forward, layers.rmsnorm_backward,        # [B, D]
+                                 {"x": 3 * rng.standard_normal((5, 8)) + 1,
+                                  "w": 1 + 0.5 * rng.standard_normal(8)}),
     "softmax": lambda rng: (layers.softmax_forward, layers.softmax_backward,
                             {"s": 2 * rng.standard_normal((2, 3, 5))}),
+    "softmax_heads": lambda rng: (layers.softmax_forward, layers.softmax_backward,  # [B, H, N, N]
+                                  {"s": 2 * rng.standard_normal((2, 2, 3, 5))}),
     "gelu": _gelu_case("exact"),
     "gelu_tanh": _gelu_case("tanh"),
     "sdpa": lambda rng: (transformer.sdpa_forward, transformer.sdpa_backward,

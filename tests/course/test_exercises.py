@@ -126,7 +126,8 @@ def test_naming_exercises_checks_only_those(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "softmax_backward" in out and "rmsnorm_backward" in out and "linear_backward" not in out
     assert cli.main(["exercises", "check", str(path), "softmax"]) == 2
-    assert "no exercise named 'softmax'" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "no exercise named 'softmax'" in err and out == ""        # the error, nothing before it
 
 
 # ------------------------------------------------------------------ hints from the error's pattern
@@ -453,3 +454,51 @@ def test_the_conv_stem_is_graded_at_stride_1_too(tmp_path):
             return engine_conv(dy, cache, need_dx)
     """, "conv2d_backward")
     assert v.summary.startswith("with stride 1:")
+
+
+def test_code_for_three_axes_only_fails_on_the_shapes_the_model_also_calls(tmp_path):
+    """The head calls linear and LayerNorm on rows [B, D], attention the softmax on
+    [B, H, N, N]: a backward right on [B, N, D] alone is wrong, on the case that shows it."""
+    v = verdict_of(tmp_path, """
+        from minivit.engine.layers import linear_backward as engine_linear
+        def linear_backward(dy, cache, need_dx=True):
+            B_, N_, _ = dy.shape
+            return engine_linear(dy, cache, need_dx)
+    """, "linear_backward")
+    assert v.status == "wrong" and v.summary.startswith("on rows [B, D], as the head calls it: raised ValueError")
+    v = verdict_of(tmp_path, """
+        from minivit.engine.layers import layernorm_backward as engine_layernorm
+        def layernorm_backward(dy, cache):
+            dx, _, _ = engine_layernorm(dy, cache)
+            return dx, (dy * cache.xhat).sum(axis=(0, 1)), dy.sum(axis=(0, 1))
+    """, "layernorm_backward")
+    assert v.status == "wrong" and v.summary.startswith("on rows [B, D], as the head calls it:")
+    v = verdict_of(tmp_path, """
+        def softmax_backward(da, cache):
+            a = cache.a
+            return a * (da - (da * a).sum(axis=2, keepdims=True))
+    """, "softmax_backward")
+    assert v.status == "wrong" and v.summary.startswith("on scores [B, H, N, N], as attention calls it:")
+
+
+def test_a_missing_transpose_that_breaks_a_product_gets_a_hint(tmp_path):
+    v = verdict_of(tmp_path, """
+        def linear_backward(dy, cache, need_dx=True):
+            dy2 = dy.reshape(-1, cache.w.shape[0])
+            dx = (dy2 @ cache.w.T).reshape(cache.x_shape) if need_dx else None
+            return dx, dy2.T @ cache.x2, dy2.sum(axis=0)
+    """, "linear_backward")
+    assert v.status == "wrong" and "matmul" in v.summary
+    assert "is a transpose missing" in "\n".join(v.hints)
+
+
+def test_the_loss_and_its_gradient_swapped_and_one_return_named_plainly(tmp_path):
+    v = verdict_of(tmp_path, """
+        from minivit.engine.loss import cross_entropy as engine_loss
+        def cross_entropy(logits, labels, smoothing=0.0):
+            loss, dlogits = engine_loss(logits, labels, smoothing)
+            return dlogits, loss
+    """, "cross_entropy")
+    assert v.summary == "the loss is an ndarray and dlogits a number"
+    assert v.hints == ["return (loss, dlogits) in that order"]
+    assert grade._hint_of_returns(exercises.BY_NAME["softmax_backward"], {"s": None}) == "return ds"
