@@ -291,7 +291,9 @@ def _grade_case(ex, fn, case, need_dx=None):
         return Verdict(ex.name, WRONG, swapped)
     problems = {k: shape_problem(got[k], want[k], shown[k]) for k in inputs}
     if any(problems.values()):
-        return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p))
+        return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p),
+                       [f"{shown[k]}: {ex.hints[layout[k][1]]}" for k in inputs
+                        if problems[k] and layout[k][1] in ex.hints])
     numeric = _numeric(case)
     errors = {k: max(rel_err(np.asarray(got[k], dtype=np.float64), want[k]),
                      rel_err(np.asarray(got[k], dtype=np.float64), numeric[k])) for k in inputs}
@@ -440,10 +442,11 @@ def _grade_loss(ex, fn):
         if wrong:
             verdict = _verdict(ex, errors, wrong)
             verdict.summary = f"{what}: {verdict.summary}"
-            if "dlogits" in wrong:
-                found = pattern(np.asarray(got_d, dtype=np.float64), want, ex.factors)
+            for k, got_k, want_k in (("loss", got_loss, want_loss), ("dlogits", got_d, want)):
+                found = k in wrong and pattern(np.asarray(got_k, dtype=np.float64),
+                                               np.asarray(want_k, dtype=np.float64), ex.factors)
                 if found:
-                    verdict.hints.append(f"your dlogits {found}")
+                    verdict.hints.append(f"your {k} {found}")
             verdict.hints += hints + [f"{k}: {ex.hints[k]}" for k in wrong]
             return verdict
     logits, labels = _loss_cases()[1][1:3]

@@ -502,3 +502,19 @@ def test_the_loss_and_its_gradient_swapped_and_one_return_named_plainly(tmp_path
     assert v.summary == "the loss is an ndarray and dlogits a number"
     assert v.hints == ["return (loss, dlogits) in that order"]
     assert grade._hint_of_returns(exercises.BY_NAME["softmax_backward"], {"s": None}) == "return ds"
+
+
+def test_a_summed_loss_and_a_wrong_shape_get_their_hints(tmp_path):
+    v = verdict_of(tmp_path, """
+        from minivit.engine.loss import cross_entropy as engine_loss
+        def cross_entropy(logits, labels, smoothing=0.0):
+            loss, dlogits = engine_loss(logits, labels, smoothing)
+            return loss * len(labels), dlogits
+    """, "cross_entropy")
+    assert "your loss is off by a constant factor: 4 = B times the right one" in v.hints
+    v = verdict_of(tmp_path, """
+        def token_embed_backward(dy, cache):
+            return dy, dy[:, :1].sum(axis=0, keepdims=True), dy.sum(axis=0, keepdims=True)
+    """, "token_embed_backward")
+    assert "dx has shape (2, 5, 6), expected (2, 4, 6)" in v.summary
+    assert "dx: the patch tokens are rows 1: of y" in v.hints
