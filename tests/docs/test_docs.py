@@ -48,6 +48,17 @@ def test_every_quoted_code_line_is_a_line_of_the_file_it_names():
                 assert normal(line) in lines, f"docs/gradients.md quotes a line {path} does not have:\n{line}"
 
 
+def test_the_guide_to_adding_a_layer_quotes_the_code_as_it_is():
+    """docs/adding-a-layer.md says every block it shows is the code as it is."""
+    blocks = QUOTE.findall(read(os.path.join("docs", "adding-a-layer.md")))
+    assert len(blocks) >= 10
+    for path, body in blocks:
+        lines = code_lines(path)
+        for line in body.splitlines():
+            if line.strip():
+                assert normal(line) in lines, f"docs/adding-a-layer.md quotes a line {path} does not have:\n{line}"
+
+
 def test_docs_link_to_real_functions_and_real_checks():
     doc = DOC
     links = re.findall(r"\[`([\w.]+)`\]\(\.\./minivit/([\w/]+)\.py\)", doc)

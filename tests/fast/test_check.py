@@ -58,3 +58,21 @@ def test_the_fast_paths_own_reports():
     assert titles == ["block_cls_only", "blocked GELU"]
     assert all(r.passed for r in check.fast_path_reports(max_checks=3))
     assert check.one_thread(minivit.ViT(**tiny_config())).threads == 1
+
+
+def test_a_fast_path_that_raises_where_the_engine_runs_stops_with_one_line(monkeypatch):
+    """A setting the engine knows and the fast path's own table does not (a new GELU): the
+    check says so in one line instead of a traceback."""
+    from minivit.fast import runner
+    monkeypatch.setattr(runner, "GELU_BIAS_KERNELS", {"exact": kernels.gelu_bias})
+    model = minivit.ViT(**tiny_config(gelu="tanh"), seed=1)
+    problem = check_against_engine(model, sides=[8])
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("the fast path cannot run this model though the engine can (KeyError: 'tanh', "
+                              "on 8x8 images)") and problem.endswith("with --engine reference")
+
+
+def test_every_gelu_setting_has_its_fast_kernel():
+    from minivit.engine import layers
+    from minivit.fast import runner
+    assert set(runner.GELU_BIAS_KERNELS) == set(layers.GELUS)
