@@ -79,8 +79,9 @@ editor, and `minivit exercises check my_backward.py` grades it."""),
 Once your functions are right, the engine can run on them: the cell below trains the
 `sample` preset's ViT (4 blocks, 142k parameters) on the sample shipped with minivit, with
 every function of yours that is right in the engine's place (and the engine's for any not
-done yet), about two minutes on a laptop CPU. A wrong function stops it before the first
-step, with the check's verdict. From a shell, with your file: `minivit train --layers my_backward.py`."""),
+done yet): 15 epochs, about five minutes on a 2-core CPU (15-25 s an epoch; fewer
+`epochs` for a quicker look). A wrong function stops it before the first step, with the
+check's verdict. From a shell, with your file: `minivit train --layers my_backward.py`."""),
               ("code", """import time
 from minivit.config import TrainConfig
 from minivit.train import train

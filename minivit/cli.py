@@ -153,7 +153,6 @@ def cmd_train(args, parser):
     except BaseException:
         if created and world.main and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)                        # a failed start leaves no empty folder
-            print(f"(the run stopped before writing anything: {out} removed)", file=sys.stderr)
         raise
     return 0
 

@@ -60,8 +60,7 @@ def test_a_fast_run_on_an_edited_engine_stops_with_one_line(edited, tmp_path):
     errors = [line for line in r.stderr.splitlines() if "disagrees" in line]
     assert len(errors) == 1 and "--engine reference" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
-    assert not (tmp_path / "fast").exists()          # a failed start leaves no folder, and says so
-    assert f"(the run stopped before writing anything: {tmp_path / 'fast'} removed)" in r.stderr
+    assert not (tmp_path / "fast").exists()          # a failed start leaves no folder
 
 
 def test_a_reference_run_trains_the_edited_engine(edited, tmp_path):
