@@ -65,10 +65,11 @@ def save(path, model, meta, optimizer=None, ema=None):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load(path):
+def load(path, option="--checkpoint"):
     """Read a checkpoint -> (weights dict, optimizer arrays dict, meta dict). Never
-    unpickles anything; a damaged or foreign file raises CheckpointError."""
-    fix = "point --checkpoint at a checkpoint.npz or best.npz written by `minivit train`"
+    unpickles anything; a damaged or foreign file raises CheckpointError, its fix naming
+    option (the command-line option the path came from)."""
+    fix = f"point {option} at a checkpoint.npz or best.npz written by `minivit train`"
     if Path(path).is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file",
                               f"{fix} (e.g. {Path(path) / 'best.npz'})")

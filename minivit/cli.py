@@ -86,6 +86,11 @@ def config_for(args, parser):
             base = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
         except (OSError, ValueError, AttributeError) as e:
             parser.error(f"--config {args.config}: cannot read it as a run's config.json ({e})")
+        others = sorted(set(saved) - set(base))
+        if base and others:                      # a summary.json has a preset too
+            parser.error(f"--config {args.config} is not a run's config.json: it holds "
+                         f"{', '.join(others[:4])}{', ...' if len(others) > 4 else ''}, which are not "
+                         f"training settings; give RUN/config.json")
         if "betas" in base:
             base["betas"] = tuple(base["betas"])
         if not base:
@@ -99,16 +104,20 @@ def config_for(args, parser):
             print("note: --data is the shipped sample: using the 'sample' preset (pass --preset "
                   "to choose another)", file=sys.stderr)
     if args.init_from:
-        model = ckpt.load(args.init_from)[2]["model"]
+        model = ckpt.load(args.init_from, "--init-from")[2]["model"]
         problem = ckpt.init_from_mismatch(args.init_from, model, _overrides(args))
         if problem:
             parser.error(problem)
         base.update(ckpt.model_shape(model))
     try:
-        return TrainConfig.from_preset(preset, **{**{k: v for k, v in base.items() if k != "preset"},
-                                                  **_overrides(args, skip=("preset",))}).validate()
+        cfg = TrainConfig.from_preset(preset, **{**{k: v for k, v in base.items() if k != "preset"},
+                                                 **_overrides(args, skip=("preset",))}).validate()
     except (ValueError, TypeError) as e:
         parser.error(str(e))
+    if args.epochs is not None and cfg.time_budget > 0:
+        print(f"note: --epochs is ignored: this run has a time budget of {cfg.time_budget:g} s "
+              f"(add --time-budget 0 to train by epochs)", file=sys.stderr)
+    return cfg
 
 
 def cmd_train(args, parser):

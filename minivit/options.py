@@ -73,9 +73,17 @@ def _common(p, data=True, out_help="output folder"):
     p.add_argument("--out", metavar="PATH", default=None, help=out_help)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are two lines: the error, then where the options are
+    listed (not the whole usage, 30 lines for `minivit train`, above the error)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+
 def build_parser():
-    ap = argparse.ArgumentParser(prog="minivit", description="A Vision Transformer with "
-                                 "hand-derived gradients, on NumPy or CuPy.")
+    ap = Parser(prog="minivit", description="A Vision Transformer with "
+                "hand-derived gradients, on NumPy or CuPy.")
     ap.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

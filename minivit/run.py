@@ -185,7 +185,7 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
 
 def start_from(model, path, log=print):
     """Load a checkpoint's weights into a new run's model (--init-from)."""
-    weights, _, meta = ckpt.load(path)
+    weights, _, meta = ckpt.load(path, "--init-from")
     problem = ckpt.init_from_mismatch(path, meta["model"], dataclasses.asdict(model.config))
     if problem:
         raise BadValue(problem)

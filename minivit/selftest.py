@@ -19,7 +19,7 @@ On a machine with a GPU, this command checks those:
 
 Every check reports pass or FAIL (an error inside a check is a FAIL naming it, never a
 traceback), and the last line is the verdict. Without a GPU it runs the NumPy side and
-says why the GPU side was skipped.
+says why the GPU side was skipped (`--backend auto`), or fails saying why (`--backend cupy`).
 """
 
 import time
@@ -183,14 +183,16 @@ def selftest(backend="auto", log=print):
     """Run the checks on NumPy and on the GPU (when one is usable) -> [Check]. The last
     line logged is the verdict."""
     wanted = "cupy" if backend in ("cupy", "auto") else "numpy"
-    sides = ["numpy"]
+    sides, checks = ["numpy"], []
     if wanted == "cupy":
         reason = gpu_unavailable_reason()
         if reason is None:
             sides.append(resolve_backend("cupy"))
+        elif backend == "cupy":                  # asked for the GPU by name: its absence fails
+            log(f"GPU side not run: {reason}")
+            checks.append(Check("GPU usable", "cupy", False, reason))
         else:
             log(f"GPU side skipped: {reason}")
-    checks = []
     for side in sides:
         log(f"{side}:")
         checks += run_checks(side, log)

@@ -29,6 +29,7 @@ _cupy = None          # the cupy module once it imported and found a GPU
 _cupy_erf = None      # cupyx.scipy.special.erf, with it
 _cupy_error = None    # why it could not be used, and the fix, as sentences
 _cupy_missing = False  # True when CuPy itself did not import (else: no usable GPU)
+_USE_NUMPY = "use the NumPy backend (--backend numpy; backend='numpy' from Python)"
 
 
 def check_gpu(cupy, cupy_erf):
@@ -42,7 +43,7 @@ def check_gpu(cupy, cupy_erf):
         why = "no CUDA device found"
     if count < 1:
         return (f"no NVIDIA GPU is usable: no driver or no device ({why}). CuPy needs an NVIDIA "
-                f"GPU and its driver (`nvidia-smi` shows both); else use backend='numpy'.")
+                f"GPU and its driver (`nvidia-smi` shows both); else {_USE_NUMPY}.")
     try:
         a = cupy.ones((4, 4), dtype="float32")
         float((a @ a).sum())                      # cuBLAS
@@ -50,7 +51,7 @@ def check_gpu(cupy, cupy_erf):
     except Exception as e:
         return (f"the GPU works but CUDA libraries are missing or broken ({type(e).__name__}: "
                 f"{e}). Install them with `pip install 'cupy-cuda12x[ctk]==14.2.0'` (the [gpu] extra "
-                f"does), or install the CUDA 12 toolkit; else use backend='numpy'.")
+                f"does), or install the CUDA 12 toolkit; else {_USE_NUMPY}.")
     return None
 
 
@@ -67,12 +68,12 @@ def _load_cupy():
         _cupy_missing = True
         _cupy_error = (f"CuPy is not installed ({e}). Install it with `pip install -e .[gpu]` "
                        f"(CuPy for CUDA 12 with its libraries) on a machine with an NVIDIA GPU, "
-                       f"or use backend='numpy'.")
+                       f"or {_USE_NUMPY}.")
         return None
     except Exception as e:  # a broken install raising anything
         _cupy_missing = True
         _cupy_error = (f"CuPy failed to import ({type(e).__name__}: {e}). Reinstall it with "
-                       f"`pip install --force-reinstall 'cupy-cuda12x[ctk]==14.2.0'`, or use backend='numpy'.")
+                       f"`pip install --force-reinstall 'cupy-cuda12x[ctk]==14.2.0'`, or {_USE_NUMPY}.")
         return None
     _cupy_error = check_gpu(cupy, cupy_erf)
     if _cupy_error is None:

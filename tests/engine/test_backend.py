@@ -105,7 +105,7 @@ def test_asking_for_cupy_without_a_gpu_says_why_and_how_to_fix(monkeypatch):
         minivit.ViT(backend="cupy")
     msg = str(err.value)
     assert msg.startswith("backend 'cupy' was requested but no NVIDIA GPU is usable")
-    assert backend.gpu_unavailable_reason() in msg and "backend='numpy'" in msg
+    assert backend.gpu_unavailable_reason() in msg and "--backend numpy; backend='numpy' from Python" in msg
 
 
 def test_round_trip_host_device(backend):

@@ -34,7 +34,7 @@ def test_train_prints_progress_and_where_outputs_went(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Full CIFAR-10 not found: using the sample shipped with minivit" in text
     assert f"Run folder: {out}" in text and "run by the fast path (checked against the engine)" in text
-    assert "epoch   1  train loss" in text and f"Outputs in {out}" in text
+    assert "epoch   1  train loss" in text and f"Outputs in {out}/ (config.json, metrics.jsonl, checkpoint.npz, best.npz, final.npz, summary.json, predictions.npz)" in text
     assert "BLAS: " in text                  # which BLAS runs the fast path's products, and why
 
 
@@ -83,6 +83,23 @@ def test_config_and_resume_errors_are_clear(tmp_path, capsys):
     assert "holds no training settings" in capsys.readouterr().err
     assert exit_status(["train", "--resume", "--init-from", "x.npz", "--out", str(tmp_path)]) == 2
     assert "give one or the other" in capsys.readouterr().err
+    (tmp_path / "summary.json").write_text(json.dumps({"preset": "sample", "test_acc": 0.3, "epoch": 6}))
+    assert exit_status(["train", "--config", str(tmp_path / "summary.json")]) == 2
+    assert ("is not a run's config.json: it holds epoch, test_acc, which are not training settings"
+            in capsys.readouterr().err)
+    assert exit_status(["train", "--init-from", str(tmp_path / "nope.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "point --init-from at a checkpoint.npz" in err and "--checkpoint" not in err
+
+
+def test_epochs_with_a_time_budget_says_it_is_ignored(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--preset", "sample", "--time-budget", "5m", "--epochs", "2"])
+    cfg = cli.config_for(args, args.parser)
+    assert cfg.time_budget == 300 and ("note: --epochs is ignored: this run has a time budget of 300 s "
+                                       "(add --time-budget 0 to train by epochs)") in capsys.readouterr().err
+    cli.config_for(parser.parse_args(["train", "--preset", "sample", "--epochs", "2"]), args.parser)
+    assert "--epochs is ignored" not in capsys.readouterr().err
 
 
 def test_init_from_starts_a_new_run_from_saved_weights(run_dir, tmp_path, capsys):
@@ -155,3 +172,12 @@ def test_the_shipped_models_command_reproduces_its_config():
     shipped = json.loads((folder / "config.json").read_text())
     differ = {k: (config.get(k), v) for k, v in shipped.items() if config.get(k) != v}
     assert not differ, f"{' '.join(command)} does not ask for the shipped settings: {differ}"
+
+
+def test_an_option_error_is_the_error_and_where_the_options_are(capsys):
+    """Not argparse's whole usage (30 lines for train) above the one line that matters."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--epochs", "-1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("minivit train: error: argument --epochs: must be a positive "
+                                       "integer, got -1\n(`minivit train --help` lists the options)\n")

@@ -46,6 +46,12 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert "Resuming" in said.out and "epoch   2" in said.out and "epoch   1" not in said.out
     assert "note: --resume continues with the run's saved configuration; ignoring --epochs" in said.err
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2] and (out / "summary.json").exists()
+    assert "already finished" not in said.out
+    assert cli.main(["train", "--resume", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    said = capsys.readouterr().out                  # finished: it says so, and trains nothing
+    assert (f"The run had already finished (epoch 2 of 2): nothing left to train; it is scored again. "
+            f"To train it further, start a new run from it: minivit train --init-from {out / 'final.npz'}") in said
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
 
 
 def test_resume_without_out_continues_the_latest_run(tmp_path, monkeypatch, capsys):

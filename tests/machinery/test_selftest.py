@@ -51,3 +51,15 @@ def test_selftest_fails_loudly(monkeypatch, capsys):
     monkeypatch.setattr(layers, "softmax_backward", lambda da, c: real(da, c) * 1.01)
     assert cli.main(["selftest", "--backend", "numpy"]) == 1
     assert "FAIL  gradcheck softmax" in capsys.readouterr().out
+
+
+def test_selftest_asked_for_the_gpu_by_name_fails_without_one(capsys, monkeypatch):
+    from minivit import selftest
+    from minivit.engine import backend
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", "CuPy is not installed (test).")
+    monkeypatch.setattr(selftest, "run_checks", lambda side, log: [selftest.Check("x", side, True, "")])
+    assert cli.main(["selftest", "--backend", "cupy"]) == 1
+    out = capsys.readouterr().out
+    assert "GPU side not run: CuPy is not installed (test)." in out
+    assert "verdict: FAILED on cupy: cupy GPU usable" in out
