@@ -314,9 +314,9 @@ def cmd_attention(args, parser):
     roll = am.to_grid(am.rollout(maps, readout)[0])                        # [g, g]
     pooled = None if readout is None else am.to_grid(readout[0])           # [g, g]
     layer = args.layer % model.config.depth
-    reader = "the class token" if readout is None else f"the {model.config.pool} pooling's tokens"
+    reader = "the class token attends" if readout is None else f"the {model.config.pool} pooling's tokens attend"
     title = f"predicted {pred}" + (f" (true {label})" if label else "") + \
-        f"; heads of block {layer}, as {reader} attend"
+        f"; heads of block {layer}, as {reader}"
     # by default beside the checkpoint, in its run folder (runs/shipped-model for the shipped one)
     folder = Path("runs") / "shipped-model" if path == ckpt.SHIPPED_MODEL else Path(path).parent
     out = args.out or str(folder / f"attention-{name}.png")

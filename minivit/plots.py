@@ -165,7 +165,7 @@ def plot_run(run_dir, log=print, out_dir=None):
 
     pred_path = run_dir / "predictions.npz"
     if not pred_path.exists():
-        log(f"no predictions.npz in {run_dir} yet (the run has not finished): only curves drawn")
+        log(f"no predictions.npz in {run_dir} (a run writes it when it finishes): only curves drawn")
         return written
     with np.load(pred_path, allow_pickle=False) as f:
         y_true, y_pred, images = f["y_true"], f["y_pred"], f["images"]

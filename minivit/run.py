@@ -168,7 +168,7 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     engine = "the fast path (checked against the engine)" if cfg.engine == "fast" else "the engine"
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}, run by {engine}; "
-        f"preset {cfg.preset}; {length}, {len(train_loader)} steps of batch {cfg.batch_size} an epoch.")
+        f"preset {cfg.preset}; {length}, {len(train_loader)} step{'' if len(train_loader) == 1 else 's'} of batch {cfg.batch_size} an epoch.")
     if cfg.time_budget:                  # the figures of a budget carry the machine's speed
         run.meta["gemm_gflops"] = round(fast.gemm_gflops(xp), 1)
         log(f"Machine reference: float32 GEMM at {run.meta['gemm_gflops']:g} GFLOP/s on {model.backend}.")

@@ -68,7 +68,7 @@ def test_attention_command_draws_a_png(tmp_path, capsys):
     assert cli.main(["attention", "--checkpoint", str(tmp_path / "m.npz"), "--index", "2",
                      "--layer", "0", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert "heads of block 0" in capsys.readouterr().out
+    assert "heads of block 0, as the class token attends" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["attention", "--checkpoint", str(tmp_path / "m.npz"), "--layer", "5"])
     assert "--layer 5 is out of range: the model has 2 blocks" in capsys.readouterr().err
