@@ -14,6 +14,7 @@ selftest (options.py holds the options, this file what each command does).
     minivit selftest --backend cupy
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ from .engine.backend import to_host
 from .errors import BadValue, MinivitError, MissingPackage
 from .evaluate import score_checkpoint
 from .fast.check import fast_path_reports, one_thread
-from .files import read_json, write_json
+from .files import WriteError, read_json, write_json
 from .options import DEBUG_ENV_VAR, build_parser
 from .runlock import train_locked
 
@@ -241,13 +242,24 @@ def cmd_predict(args, parser):
     return 0
 
 
+@contextlib.contextmanager
+def writing_elsewhere_with(option):
+    """A file that cannot be written: its one line ends with the way to write elsewhere."""
+    try:
+        yield
+    except WriteError as e:
+        e.args = (f"{e} (write elsewhere with {option})",)
+        raise
+
+
 def cmd_plot(args, parser):
     from .plots import plot_run
     if not Path(args.run_dir).is_dir():
         parser.error(f"RUN_DIR {args.run_dir} is not a folder; give a run folder written by `minivit train`")
     if args.out:
         _check_writable(parser, args.out)
-    written = plot_run(args.run_dir, out_dir=args.out)
+    with writing_elsewhere_with("--out DIR"):
+        written = plot_run(args.run_dir, out_dir=args.out)
     for path in written:
         print(path)
     return 0 if written else 1          # nothing drawn: matplotlib is missing (said above)
@@ -322,7 +334,8 @@ def cmd_attention(args, parser):
     out = args.out or str(folder / f"attention-{name}.png")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        am.draw(image, heads, roll, out, title, pooled)
+        with writing_elsewhere_with("--out FILE.png"):
+            am.draw(image, heads, roll, out, title, pooled)
     except ImportError:
         raise MissingPackage("matplotlib is not installed: `pip install -e .[plot]` to draw "
                              "attention maps") from None

@@ -73,3 +73,18 @@ def test_time_budget_curves_read_against_minutes_with_the_resolution_switch_mark
     marks = [(l.get_label(), round(l.get_xdata()[0], 9)) for l in fig.axes[0].lines if "px" in l.get_label()]
     assert marks == [("16px -> 24px images", 1.0), ("24px -> 32px images", 3.0)]   # 20%, 60% of 5 min
     plt.close(fig)
+
+
+def test_a_plot_that_cannot_be_written_says_where_else_to_write(run_dir, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import errno
+    import os
+    from minivit import files
+
+    def read_only(*a, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    assert cli.main(["plot", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"minivit plot: error: cannot write {run_dir}/")
+    assert err.endswith("read-only file system (write elsewhere with --out DIR)\n")
