@@ -38,25 +38,24 @@ def code_lines(path):
     return lines
 
 
-def test_every_quoted_code_line_is_a_line_of_the_file_it_names():
-    blocks = QUOTE.findall(DOC)
-    assert len(blocks) >= 20
+def assert_quotes_the_code(doc, at_least):
+    """Every line of every ```python FILE block of docs/<doc> is a line of FILE."""
+    blocks = QUOTE.findall(read(os.path.join("docs", doc)))
+    assert len(blocks) >= at_least
     for path, body in blocks:
         lines = code_lines(path)
         for line in body.splitlines():
             if line.strip():
-                assert normal(line) in lines, f"docs/gradients.md quotes a line {path} does not have:\n{line}"
+                assert normal(line) in lines, f"docs/{doc} quotes a line {path} does not have:\n{line}"
+
+
+def test_every_quoted_code_line_is_a_line_of_the_file_it_names():
+    assert_quotes_the_code("gradients.md", at_least=20)
 
 
 def test_the_guide_to_adding_a_layer_quotes_the_code_as_it_is():
     """docs/adding-a-layer.md says every block it shows is the code as it is."""
-    blocks = QUOTE.findall(read(os.path.join("docs", "adding-a-layer.md")))
-    assert len(blocks) >= 10
-    for path, body in blocks:
-        lines = code_lines(path)
-        for line in body.splitlines():
-            if line.strip():
-                assert normal(line) in lines, f"docs/adding-a-layer.md quotes a line {path} does not have:\n{line}"
+    assert_quotes_the_code("adding-a-layer.md", at_least=10)
 
 
 def test_docs_link_to_real_functions_and_real_checks():
