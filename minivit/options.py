@@ -78,7 +78,9 @@ class Parser(argparse.ArgumentParser):
     listed (not the whole usage, 30 lines for `minivit train`, above the error)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+        where = (f"`{self.prog} --help` lists the options" if " " in self.prog else
+                 f"`{self.prog} --help` lists the commands, `{self.prog} COMMAND --help` a command's options")
+        self.exit(2, f"{self.prog}: error: {message}\n({where})\n")
 
 
 def build_parser():
@@ -176,7 +178,8 @@ def build_parser():
                                     "NumPy and on the GPU when one is usable; prints a pass/fail line "
                                     "per check and a verdict.")
     st.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="cupy or auto: the GPU side too, when a GPU is usable (default auto)")
+                    help="auto: the GPU side too when a GPU is usable (default); cupy: the GPU "
+                         "side, failing when no GPU is usable; numpy: NumPy's side alone")
 
     ex = sub.add_parser("exercises", help="the course: write every backward pass yourself, graded",
                         description="The course's exercises: each a function of the engine (its name "

@@ -292,8 +292,8 @@ def _grade_case(ex, fn, case, need_dx=None):
     problems = {k: shape_problem(got[k], want[k], shown[k]) for k in inputs}
     if any(problems.values()):
         return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p),
-                       [f"{shown[k]}: {ex.hints[layout[k][1]]}" for k in inputs
-                        if problems[k] and layout[k][1] in ex.hints])
+                       _unique_hints([f"{shown[k]}: {ex.hints[layout[k][1]]}" for k in inputs
+                                      if problems[k] and layout[k][1] in ex.hints]))
     numeric = _numeric(case)
     errors = {k: max(rel_err(np.asarray(got[k], dtype=np.float64), want[k]),
                      rel_err(np.asarray(got[k], dtype=np.float64), numeric[k])) for k in inputs}
@@ -318,9 +318,13 @@ def _grade_case(ex, fn, case, need_dx=None):
             verdict.hints.append(f"your {shown[k]} {found}")
         if layout[k][1] in ex.hints:
             verdict.hints.append(f"{shown[k]}: {ex.hints[layout[k][1]]}")
-    verdict.hints = list(dict.fromkeys(h.split(": ", 1)[1] if h.startswith("grads[") else h
-                                       for h in verdict.hints))
+    verdict.hints = _unique_hints(verdict.hints)
     return verdict
+
+
+def _unique_hints(hints):
+    """hints without repeats; a hint on one of grads' entries said once, without its key."""
+    return list(dict.fromkeys(h.split(": ", 1)[1] if h.startswith("grads[") else h for h in hints))
 
 
 def _hint_of_returns(ex, inputs):
@@ -445,8 +449,8 @@ def _grade_loss(ex, fn):
             for k, got_k, want_k in (("loss", got_loss, want_loss), ("dlogits", got_d, want)):
                 found = k in wrong and pattern(np.asarray(got_k, dtype=np.float64),
                                                np.asarray(want_k, dtype=np.float64), ex.factors)
-                if found:
-                    verdict.hints.append(f"your {k} {found}")
+                if found and (k == "dlogits" or "=" in found or "opposite sign" in found):
+                    verdict.hints.append(f"your {k} {found}")   # one number: a named factor only
             verdict.hints += hints + [f"{k}: {ex.hints[k]}" for k in wrong]
             return verdict
     logits, labels = _loss_cases()[1][1:3]

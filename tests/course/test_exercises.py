@@ -513,6 +513,13 @@ def test_a_summed_loss_and_a_wrong_shape_get_their_hints(tmp_path):
     """, "cross_entropy")
     assert "your loss is off by a constant factor: 4 = B times the right one" in v.hints
     v = verdict_of(tmp_path, """
+        from minivit.engine.loss import cross_entropy as engine_loss
+        def cross_entropy(logits, labels, smoothing=0.0):
+            loss, dlogits = engine_loss(logits, labels, smoothing)
+            return loss + 0.01, dlogits
+    """, "cross_entropy")              # one number is a multiple of any other: no factor named
+    assert v.status == "wrong" and not any("constant factor" in h for h in v.hints)
+    v = verdict_of(tmp_path, """
         def token_embed_backward(dy, cache):
             return dy, dy[:, :1].sum(axis=0, keepdims=True), dy.sum(axis=0, keepdims=True)
     """, "token_embed_backward")

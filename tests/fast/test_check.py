@@ -72,6 +72,18 @@ def test_a_fast_path_that_raises_where_the_engine_runs_stops_with_one_line(monke
                               "on 8x8 images)") and problem.endswith("with --engine reference")
 
 
+def test_a_fast_path_bug_keeps_its_traceback(monkeypatch):
+    """Only a missing table entry (KeyError) is said in one line; any other error of the
+    fast path is a bug and goes through as it is."""
+    from minivit.fast import runner
+
+    def broken(*a, **kw):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(runner, "GELU_BIAS_KERNELS", {"exact": broken, "tanh": broken})
+    with pytest.raises(ZeroDivisionError):
+        check_against_engine(minivit.ViT(**tiny_config(), seed=1), sides=[8])
+
+
 def test_every_gelu_setting_has_its_fast_kernel():
     from minivit.engine import layers
     from minivit.fast import runner

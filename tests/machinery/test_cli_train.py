@@ -181,3 +181,8 @@ def test_an_option_error_is_the_error_and_where_the_options_are(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err == ("minivit train: error: argument --epochs: must be a positive "
                                        "integer, got -1\n(`minivit train --help` lists the options)\n")
+    with pytest.raises(SystemExit):                 # the top-level parser's: both helps named
+        cli.main(["train", "--bogus"])
+    assert capsys.readouterr().err == ("minivit: error: unrecognized arguments: --bogus\n(`minivit "
+                                       "--help` lists the commands, `minivit COMMAND --help` a "
+                                       "command's options)\n")

@@ -45,6 +45,12 @@ def test_a_time_budget_ends_on_time_with_the_rate_decayed_and_resumes(tmp_path, 
     assert [(m["epoch"], m["step"], m["train_seconds"]) for m in resumed] == \
         [(m["epoch"], m["step"], m["train_seconds"]) for m in metrics]
     same_checkpoints(tmp_path / "run" / "checkpoint.npz", tmp_path / "cut" / "checkpoint.npz")
+    # resumed once more, its budget spent: it says so and trains nothing (no phantom epoch)
+    said, clock = [], StepClock(STEP)
+    train(None, out=tmp_path / "cut", resume=True, clock=clock, on_step=clock.step,
+          **{**kw, "log": said.append})
+    assert any(line.startswith("The run had already finished (its time budget spent)") for line in said)
+    assert read_metrics(tmp_path / "cut") == resumed and clock() == 0.0
 
 
 def test_on_a_gpu_the_time_budget_clock_starts_after_the_compiling_first_step(tmp_path, cupy_strict_module,
