@@ -163,12 +163,11 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
         restore(run, *saved)
     if world.main:
         write_json(out / "config.json", dataclasses.asdict(cfg))
-    length = (f"{cfg.time_budget:g} s of training" if cfg.time_budget
-              else f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
+    length = f"{cfg.time_budget:g} s of training" if cfg.time_budget else counted(cfg.epochs, "epoch")
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     engine = "the fast path (checked against the engine)" if cfg.engine == "fast" else "the engine"
     log(f"Model: {model.num_parameters():,} parameters on {model.backend}{ranks}, run by {engine}; "
-        f"preset {cfg.preset}; {length}, {len(train_loader)} step{'' if len(train_loader) == 1 else 's'} of batch {cfg.batch_size} an epoch.")
+        f"preset {cfg.preset}; {length}, {counted(len(train_loader), 'step')} of batch {cfg.batch_size} an epoch.")
     if cfg.time_budget:                  # the figures of a budget carry the machine's speed
         run.meta["gemm_gflops"] = round(fast.gemm_gflops(xp), 1)
         log(f"Machine reference: float32 GEMM at {run.meta['gemm_gflops']:g} GFLOP/s on {model.backend}.")
@@ -181,6 +180,11 @@ def start_run(cfg, data, out, world, saved=None, init_from=None, backend=None, l
         steps += [f"{side}x{side} to {end:.0%}" for end, side in stages[1:-1]]
         log(f"Progressive resizing: {', '.join(steps)}, then {cfg.img_size}x{cfg.img_size}.")
     return run
+
+
+def counted(n, word):
+    """'1 step', '2 steps'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def start_from(model, path, log=print):
@@ -201,6 +205,7 @@ def restore(run, weights, optim_state, meta):
         run.ema.load_state_dict({**meta["ema"], "shadow": optim_state["ema.shadow"]})
     run.epoch, run.step, run.best_val_acc = meta["epoch"], meta["step"], meta["best_val_acc"]
     run.train_seconds = meta.get("train_seconds", 0.0)
+    run.out_of_time = bool(run.cfg.time_budget) and run.train_seconds >= run.cfg.time_budget
     run.totals = meta.get("in_epoch") or new_epoch_totals()
     # forget metrics of epochs after the checkpoint (from a run killed after writing them)
     if run.world.main:

@@ -85,8 +85,6 @@ def train(cfg, data=None, out="runs/run", *, resume=False, init_from=None, backe
 
         last_epoch = 10 ** 9 if cfg.time_budget else cfg.epochs     # a budget ends on the clock
         end_epoch = last_epoch if stop_after_epochs is None else min(last_epoch, run.epoch + stop_after_epochs)
-        if saved is not None and cfg.time_budget and run.train_seconds >= cfg.time_budget:
-            run.out_of_time = True               # a budget run resumed after its end
         if saved is not None and (run.epoch >= last_epoch or run.out_of_time):
             done = "its time budget spent" if cfg.time_budget else f"epoch {run.epoch} of {cfg.epochs}"
             log(f"The run had already finished ({done}): nothing left to train; it is scored "
@@ -295,9 +293,9 @@ def finish(out, backend=None, log=print, plots=True, data=None, world=None):
         written = plot_run(out, log=log)
         if written:
             log("Plots: " + ", ".join(str(p) for p in written))
-    written = [f for f in ("config.json", "metrics.jsonl", "checkpoint.npz", "best.npz", "final.npz",
-                           "summary.json", "predictions.npz") if (out / f).exists()]
-    log(f"Outputs in {out}/ ({', '.join(written)})")
+    files = [f for f in ("config.json", "metrics.jsonl", "checkpoint.npz", "best.npz", "final.npz",
+                         "summary.json", "predictions.npz") if (out / f).exists()]
+    log(f"Outputs in {out}/ ({', '.join(files)})")
     return summary
 
 

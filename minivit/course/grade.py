@@ -292,7 +292,7 @@ def _grade_case(ex, fn, case, need_dx=None):
     problems = {k: shape_problem(got[k], want[k], shown[k]) for k in inputs}
     if any(problems.values()):
         return Verdict(ex.name, WRONG, "; ".join(p for p in problems.values() if p),
-                       _unique_hints([f"{shown[k]}: {ex.hints[layout[k][1]]}" for k in inputs
+                       _unique_hints([_exercise_hint(ex, shown, layout, k) for k in inputs
                                       if problems[k] and layout[k][1] in ex.hints]))
     numeric = _numeric(case)
     errors = {k: max(rel_err(np.asarray(got[k], dtype=np.float64), want[k]),
@@ -317,9 +317,14 @@ def _grade_case(ex, fn, case, need_dx=None):
         if found:
             verdict.hints.append(f"your {shown[k]} {found}")
         if layout[k][1] in ex.hints:
-            verdict.hints.append(f"{shown[k]}: {ex.hints[layout[k][1]]}")
+            verdict.hints.append(_exercise_hint(ex, shown, layout, k))
     verdict.hints = _unique_hints(verdict.hints)
     return verdict
+
+
+def _exercise_hint(ex, shown, layout, k):
+    """The exercise's own hint on returned value k, as 'dx: ...'."""
+    return f"{shown[k]}: {ex.hints[layout[k][1]]}"
 
 
 def _unique_hints(hints):

@@ -19,6 +19,7 @@ from . import kernels
 from .runner import FastRunner, block_backward_into, block_fused
 
 TOLERANCE = 1e-6     # float64: the two paths agree to about 1e-12; a changed layer, far more
+WAY_OUT = "the engine was changed and the fast path was not; train the engine as it is with --engine reference"
 
 
 def relative_difference(a, b):
@@ -77,8 +78,7 @@ def check_against_engine(model, sides=None, batch=1, seed=0):
             diffs = compare(copy, x, draws_seed=seed)
         except FastPathRaised as error:
             return (f"the fast path cannot run this model though the engine can ({error}, on "
-                    f"{side}x{side} images): the engine was changed and the fast path was not; "
-                    f"train the engine as it is with --engine reference")
+                    f"{side}x{side} images): {WAY_OUT}")
         for name, diff in diffs.items():
             if diff > worst[1]:
                 worst = (name, diff, side)
@@ -87,8 +87,7 @@ def check_against_engine(model, sides=None, batch=1, seed=0):
         return None
     what = "the logits differ" if name == "logits" else f"the gradient of {name} differs"
     return (f"the fast path disagrees with the engine ({what} by {diff:.1e} relative on "
-            f"{side}x{side} images, more than {TOLERANCE:g}): the engine was changed and the fast "
-            f"path was not; train the engine as it is with --engine reference")
+            f"{side}x{side} images, more than {TOLERANCE:g}): {WAY_OUT}")
 
 
 def check_blocked_gelu(seed=0, tol=1e-6):
